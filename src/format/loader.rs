@@ -1,0 +1,247 @@
+//! Maps a `.qpw` file and validates every byte of its frame before anything uses it.
+//! Tensors are handed out as slices of the mapping: no copy, no heap.
+
+use std::path::Path;
+
+use memmap2::Mmap;
+
+use super::layout::*;
+use super::meta::{DType, ModelMeta};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("cannot open {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("not a qp model file (bad magic {0:?}); convert an ONNX model with qp-convert first")]
+    BadMagic([u8; 8]),
+    #[error("model file format version {found} is not supported (this build reads version {supported}); re-convert the model")]
+    Version { found: u32, supported: u32 },
+    #[error("model file is truncated: {0}")]
+    Truncated(String),
+    #[error("model file is corrupt: {0}")]
+    Corrupt(String),
+}
+
+enum Backing {
+    Mapped(Mmap),
+    /// u64 words keep the buffer 8-byte aligned; tensors stay 64-aligned relative to it
+    /// only when it is, so heap-backed files are re-aligned on load (tests, fuzzing).
+    Heap { words: Vec<u64>, len: usize },
+}
+
+impl Backing {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Backing::Mapped(m) => m,
+            Backing::Heap { words, len } => &bytemuck::cast_slice(words)[..*len],
+        }
+    }
+}
+
+/// A validated model file. Tensor accessors borrow from the mapping.
+pub struct QpwFile {
+    backing: Backing,
+    pub header: Header,
+    pub meta: ModelMeta,
+    entries: Vec<TensorEntry>,
+}
+
+impl std::fmt::Debug for QpwFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QpwFile")
+            .field("name", &self.meta.name)
+            .field("file_len", &self.header.file_len)
+            .field("mapped", &self.is_mapped())
+            .finish()
+    }
+}
+
+impl QpwFile {
+    /// Maps the file read-only and validates it.
+    pub fn open(path: &Path) -> Result<QpwFile, FormatError> {
+        let io = |source| FormatError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if (len as usize) < HEADER_SIZE {
+            return Err(FormatError::Truncated(format!(
+                "{len} bytes, smaller than the {HEADER_SIZE}-byte header"
+            )));
+        }
+        let map = qp_kernels::mapping::map_readonly(&file).map_err(io)?;
+        Self::validate(Backing::Mapped(map))
+    }
+
+    /// Validates a file image held in memory (copied into an aligned buffer).
+    pub fn from_bytes(bytes: &[u8]) -> Result<QpwFile, FormatError> {
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+        Self::validate(Backing::Heap {
+            words,
+            len: bytes.len(),
+        })
+    }
+
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.backing, Backing::Mapped(_))
+    }
+
+    pub fn file_len(&self) -> u64 {
+        self.header.file_len
+    }
+
+    fn validate(backing: Backing) -> Result<QpwFile, FormatError> {
+        let bytes = backing.bytes();
+        let len = bytes.len();
+        if len < HEADER_SIZE {
+            return Err(FormatError::Truncated(format!(
+                "{len} bytes, smaller than the {HEADER_SIZE}-byte header"
+            )));
+        }
+        let header: Header = bytemuck::pod_read_unaligned(&bytes[..HEADER_SIZE]);
+        if header.magic != MAGIC {
+            return Err(FormatError::BadMagic(header.magic));
+        }
+        if header.version != FORMAT_VERSION {
+            return Err(FormatError::Version {
+                found: header.version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        if header.header_checksum != header_checksum(&header) {
+            return Err(FormatError::Corrupt("header checksum mismatch".into()));
+        }
+        if header.header_size as usize != HEADER_SIZE {
+            return Err(FormatError::Corrupt(format!(
+                "header size {} (expected {HEADER_SIZE})",
+                header.header_size
+            )));
+        }
+        if header.file_len != len as u64 {
+            return Err(if (len as u64) < header.file_len {
+                FormatError::Truncated(format!(
+                    "{len} bytes on disk, the header says {}",
+                    header.file_len
+                ))
+            } else {
+                FormatError::Corrupt(format!(
+                    "{len} bytes on disk, the header says {} (trailing bytes)",
+                    header.file_len
+                ))
+            });
+        }
+        let section = |what: &str, off: u64, n: u64| -> Result<std::ops::Range<usize>, FormatError> {
+            let end = off
+                .checked_add(n)
+                .filter(|&e| e <= len as u64)
+                .ok_or_else(|| {
+                    FormatError::Corrupt(format!("{what} [{off}, +{n}) lies outside the file"))
+                })?;
+            Ok(off as usize..end as usize)
+        };
+        let meta_range = section("metadata", header.meta_offset, header.meta_len)?;
+        let table_len = header
+            .tensor_count
+            .checked_mul(ENTRY_SIZE as u64)
+            .ok_or_else(|| FormatError::Corrupt("tensor count overflows".into()))?;
+        let table_range = section("tensor table", header.table_offset, table_len)?;
+        let data_range = section("data", header.data_offset, header.data_len)?;
+        if header.data_offset as usize % DATA_ALIGN != 0 {
+            return Err(FormatError::Corrupt("data section is not page aligned".into()));
+        }
+        if header.table_offset % 8 != 0 || (meta_range.end > table_range.start) || (table_range.end > data_range.start) {
+            return Err(FormatError::Corrupt("sections overlap or are misaligned".into()));
+        }
+
+        let meta_bytes = &bytes[meta_range];
+        if checksum(meta_bytes) != header.meta_checksum {
+            return Err(FormatError::Corrupt("metadata checksum mismatch".into()));
+        }
+        let meta: ModelMeta = serde_json::from_slice(meta_bytes)
+            .map_err(|e| FormatError::Corrupt(format!("metadata is not valid: {e}")))?;
+
+        let table_bytes = &bytes[table_range];
+        if checksum(table_bytes) != header.table_checksum {
+            return Err(FormatError::Corrupt("tensor table checksum mismatch".into()));
+        }
+        let entries: Vec<TensorEntry> = table_bytes
+            .chunks_exact(ENTRY_SIZE)
+            .map(bytemuck::pod_read_unaligned)
+            .collect();
+        if entries.len() != meta.tensors.len() {
+            return Err(FormatError::Corrupt(format!(
+                "tensor table has {} entries, metadata lists {}",
+                entries.len(),
+                meta.tensors.len()
+            )));
+        }
+        for (i, (e, spec)) in entries.iter().zip(&meta.tensors).enumerate() {
+            let what = format!("tensor {i} ({})", spec.name);
+            let r = section(&what, e.offset, e.len)?;
+            if r.start < data_range.start || r.end > data_range.end {
+                return Err(FormatError::Corrupt(format!("{what} lies outside the data section")));
+            }
+            if r.start % TENSOR_ALIGN != 0 {
+                return Err(FormatError::Corrupt(format!("{what} is not {TENSOR_ALIGN}-byte aligned")));
+            }
+            if DType::from_code(e.dtype) != Some(spec.dtype) {
+                return Err(FormatError::Corrupt(format!("{what}: dtype code {} disagrees with the metadata", e.dtype)));
+            }
+            if spec.byte_len() != Some(e.len as usize) {
+                return Err(FormatError::Corrupt(format!(
+                    "{what}: {} bytes, dims {:?} need {:?}",
+                    e.len, spec.dims, spec.byte_len()
+                )));
+            }
+            if checksum(&bytes[r]) != e.checksum {
+                return Err(FormatError::Corrupt(format!("{what}: checksum mismatch")));
+            }
+        }
+        Ok(QpwFile {
+            backing,
+            header,
+            meta,
+            entries,
+        })
+    }
+
+    /// Raw bytes of tensor `id` (validated at load).
+    pub fn tensor_bytes(&self, id: usize) -> Option<&[u8]> {
+        let e = self.entries.get(id)?;
+        let o = e.offset as usize;
+        Some(&self.backing.bytes()[o..o + e.len as usize])
+    }
+
+    /// Tensor `id` viewed in place as f32; `None` if it is not an f32 tensor.
+    pub fn tensor_f32(&self, id: usize) -> Option<&[f32]> {
+        if self.meta.tensors.get(id)?.dtype != DType::F32 {
+            return None;
+        }
+        bytemuck::try_cast_slice(self.tensor_bytes(id)?).ok()
+    }
+
+    /// Tensor `id` viewed in place as raw f16 bits.
+    pub fn tensor_u16(&self, id: usize) -> Option<&[u16]> {
+        if self.meta.tensors.get(id)?.dtype != DType::F16 {
+            return None;
+        }
+        bytemuck::try_cast_slice(self.tensor_bytes(id)?).ok()
+    }
+
+    /// Address of tensor `id`'s first byte; lets tests prove tensors are read in place.
+    pub fn tensor_addr(&self, id: usize) -> Option<usize> {
+        self.tensor_bytes(id).map(|b| b.as_ptr() as usize)
+    }
+
+    /// The address range of the whole file image.
+    pub fn image_range(&self) -> std::ops::Range<usize> {
+        let b = self.backing.bytes();
+        let s = b.as_ptr() as usize;
+        s..s + b.len()
+    }
+}

@@ -1,0 +1,3 @@
+//! The graph IR, shape inference and the pass pipeline.
+
+pub mod op;

@@ -1,0 +1,111 @@
+//! The engine's operator set: what the converter lowers ONNX to, what the `.qpw` stores
+//! and what the executors run. Every activation has the batch as its leading axis; shapes
+//! here are per-sample (batch axis left out).
+
+use serde::{Deserialize, Serialize};
+
+/// Channel block of packed conv and dense weights: output channels are grouped in
+/// panels of this many lanes, padded with zeros. One panel is one AVX-512 register or
+/// two AVX2 registers, so one packed layout serves both tiers.
+pub const PACK_LANES: usize = 16;
+
+/// 2-D window geometry shared by convolution and pooling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Window {
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    /// top, left, bottom, right
+    pub pads: [usize; 4],
+}
+
+impl Window {
+    /// Output extent of one spatial axis (`axis` 0 = H, 1 = W), floor mode.
+    pub fn out_extent(&self, axis: usize, input: usize, ceil_mode: bool) -> Option<usize> {
+        let pad = self.pads[axis] + self.pads[axis + 2];
+        let span = self.dilation[axis] * (self.kernel[axis] - 1) + 1;
+        let padded = input + pad;
+        if padded < span || self.stride[axis] == 0 {
+            return None;
+        }
+        let num = padded - span;
+        let q = if ceil_mode {
+            num.div_ceil(self.stride[axis])
+        } else {
+            num / self.stride[axis]
+        };
+        Some(q + 1)
+    }
+}
+
+/// Epilogue applied after a conv or dense accumulation, in this order:
+/// `y = act(acc + bias + residual)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    #[default]
+    None,
+    Relu,
+}
+
+/// One engine operator. Parameters (weights, biases) are tensor ids into the file's
+/// tensor table, listed in `Node::params` in the order documented on each variant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Op {
+    /// NCHW convolution, group 1. Inputs: `[x]` or `[x, residual]` (residual added
+    /// before the activation). Params: `[weight, bias]`; weight packed
+    /// `[ceil(cout/16)][kh][kw][cin][16]` f32, bias `[ceil(cout/16)*16]`.
+    Conv {
+        cin: usize,
+        cout: usize,
+        window: Window,
+        activation: Activation,
+    },
+    /// `y = act(x · Wᵀ + b)` over the last axis. Input `[in]` per sample. Params:
+    /// `[weight, bias]`; weight packed `[ceil(out/16)][in][16]`, bias padded likewise.
+    Dense {
+        input: usize,
+        output: usize,
+        activation: Activation,
+    },
+    MaxPool {
+        window: Window,
+        ceil_mode: bool,
+    },
+    AveragePool {
+        window: Window,
+        ceil_mode: bool,
+        count_include_pad: bool,
+    },
+    GlobalAveragePool,
+    /// Elementwise sum of two activations of the same shape.
+    Add {
+        activation: Activation,
+    },
+    Relu,
+    Sigmoid,
+    /// Reinterprets the per-sample shape; the data order (row-major NCHW) is unchanged.
+    Reshape,
+    /// Concatenation along a per-sample axis (0 = the first axis after the batch).
+    Concat {
+        axis: usize,
+    },
+}
+
+impl Op {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Conv { .. } => "conv",
+            Op::Dense { .. } => "dense",
+            Op::MaxPool { .. } => "max_pool",
+            Op::AveragePool { .. } => "average_pool",
+            Op::GlobalAveragePool => "global_average_pool",
+            Op::Add { .. } => "add",
+            Op::Relu => "relu",
+            Op::Sigmoid => "sigmoid",
+            Op::Reshape => "reshape",
+            Op::Concat { .. } => "concat",
+        }
+    }
+}

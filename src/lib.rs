@@ -1,0 +1,9 @@
+//! qp: a CPU inference engine for the vtracer quality prediction model.
+//!
+//! Data flows one way: `onnx` (import) -> `graph` (IR and passes) -> `convert` (packing,
+//! writing) -> `format` (the `.qpw` file) -> `plan` (per-batch execution plan) -> `exec`
+//! (executors) -> `serve` / `bench` / the CLIs. All `unsafe` lives in the `qp-kernels` crate.
+#![forbid(unsafe_code)]
+
+pub mod format;
+pub mod graph;
