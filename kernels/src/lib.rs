@@ -1,6 +1,8 @@
 //! qp's kernels: the only crate of qp with `unsafe` code and `std::arch`.
 //!
-//! Every kernel has a scalar reference in `scalar`, and SIMD versions chosen at run time
-//! from the CPU's features (see `cpu`).
+//! Every kernel has a scalar reference, and SIMD versions chosen at run time from the
+//! CPU's features (see `cpu`); `QP_MAX_ISA` caps the choice for testing.
 
+pub mod cpu;
 pub mod mapping;
+pub mod parallel;
