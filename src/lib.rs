@@ -5,5 +5,6 @@
 //! (executors) -> `serve` / `bench` / the CLIs. All `unsafe` lives in the `qp-kernels` crate.
 #![forbid(unsafe_code)]
 
+pub mod engine;
 pub mod format;
 pub mod graph;
