@@ -61,6 +61,10 @@ pub struct Feature {
     pub default: Option<f32>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
+    /// When true, clients give the raw value in `[min, max]` and the front end feeds the
+    /// model `(v - min) / (max - min)`; when false the raw value is fed as is.
+    #[serde(default)]
+    pub normalize: bool,
 }
 
 /// How a person's image becomes this input: resize to `height x width`, RGB in [0,1],
