@@ -13,13 +13,19 @@ case.json: {"description", "inputs": [{"name", "file", "shape", "dtype"}], "outp
 "rtol"}; the `unsupported` case has no arrays and instead lists "expect_error" (the ONNX op
 types qp must reject by name) and "nodes" (the names of the offending nodes).
 
-    python tools/make_fixtures.py [--out tests/fixtures]
+    python tools/make_fixtures.py [--out tests/fixtures] [--only CASE ...]
+    python tools/make_fixtures.py --check    # regenerate into a temporary folder and compare
+
+--check fails when a committed model, input or case.json differs in any byte, or when an
+expected output differs from a fresh ONNX Runtime result by more than 1e-6 relative (ORT
+builds may differ in the last bits).
 """
 import argparse
 import json
 import os
 import shutil
 import sys
+import tempfile
 
 import numpy as np
 import onnx
@@ -399,11 +405,43 @@ def write_case(root, case, model, feeds, description):
     return size
 
 
+def check(committed, fresh):
+    """Compare a fresh generation with the committed fixtures; return a list of problems."""
+    problems = []
+    def case_files(root):  # files inside case folders (not e.g. the top-level README)
+        paths = {os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs}
+        return {p for p in paths if os.sep in p}
+
+    committed_files, fresh_files = case_files(committed), case_files(fresh)
+    problems += [f"{f}: not generated any more" for f in sorted(committed_files - fresh_files)]
+    problems += [f"{f}: missing from the committed fixtures" for f in sorted(fresh_files - committed_files)]
+    for f in sorted(committed_files & fresh_files):
+        a_path, b_path = os.path.join(committed, f), os.path.join(fresh, f)
+        if f.split(os.sep)[1:2] == ["expected"]:
+            a, b = np.load(a_path), np.load(b_path)
+            if a.shape != b.shape or not np.allclose(a, b, rtol=1e-6, atol=1e-7):
+                problems.append(f"{f}: differs from a fresh ONNX Runtime result")
+        elif open(a_path, "rb").read() != open(b_path, "rb").read():
+            problems.append(f"{f}: bytes differ from a fresh generation")
+    return problems
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=DEFAULT_OUT, help="fixtures directory (default: tests/fixtures)")
     ap.add_argument("--only", action="append", default=[], help="regenerate only this case (repeatable)")
+    ap.add_argument("--check", action="store_true", help="compare a fresh generation with --out, write nothing")
     args = ap.parse_args(argv)
+    if args.check:
+        if args.only:
+            ap.error("--check regenerates every case; drop --only")
+        with tempfile.TemporaryDirectory() as tmp:
+            main(["--out", tmp])
+            problems = check(args.out, tmp)
+        for p in problems:
+            print("MISMATCH", p)
+        print("fixtures are up to date" if not problems else f"{len(problems)} fixture file(s) out of date")
+        return 1 if problems else 0
     known = [c for c, _ in CASES]
     for name in args.only:
         if name not in known:

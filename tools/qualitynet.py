@@ -39,7 +39,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 BN_EPSILON = 1e-5
-CALIBRATION_IMAGES = 8
+# Pseudo-images in the numpy calibration pass; the full-size pass dominates the run time.
+CALIBRATION_IMAGES = {"full": 16, "tiny": 128}
 STAGES = ((3, 64, 1), (4, 128, 2), (6, 256, 2), (3, 512, 2))  # (blocks, width, first stride)
 EXPANSION = 4
 
@@ -230,7 +231,8 @@ def build(tiny=False, opset=17, fold_bn=False, batch=None, seed=0):
     hw = 32 if tiny else 224
     n_params = len(VTRACER_PARAMS)
     rng = np.random.default_rng(seed)
-    calib_image, calib_params = random_inputs(np.random.default_rng([seed, 1]), CALIBRATION_IMAGES, hw, n_params)
+    n_calib = CALIBRATION_IMAGES["tiny" if tiny else "full"]
+    calib_image, calib_params = random_inputs(np.random.default_rng([seed, 1]), n_calib, hw, n_params)
 
     b = QualityNetBuilder(rng, fold_bn)
     stem = 64 // div
