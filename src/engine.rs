@@ -1,9 +1,11 @@
 //! The engine's public face: load a `.qpw`, run batches. Used by the CLI, the bench and
 //! the server.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use crate::format::{ModelMeta, QpwFile};
+use crate::plan::{validate::validate, Plan};
 pub use qp_kernels::cpu::Isa;
 
 /// A dense f32 tensor; `shape` includes the leading batch axis.
@@ -24,7 +26,7 @@ impl Tensor {
 pub struct EngineOptions {
     /// Cap on the kernel tier (also `QP_MAX_ISA`).
     pub max_isa: Option<Isa>,
-    /// Worker threads (also `QP_THREADS`); default: one per physical core available.
+    /// Worker threads (also `QP_THREADS`); default: one per core available.
     pub threads: Option<usize>,
     /// Run the plain scalar reference executor instead of the optimized one.
     pub reference: bool,
@@ -44,23 +46,167 @@ pub enum EngineError {
     Config(String),
 }
 
+/// Largest batch one `run` accepts; bigger requests are split by the caller.
+pub const MAX_BATCH: usize = 4096;
+
 pub struct Engine {
     file: QpwFile,
+    isa: Isa,
+    threads: usize,
+    reference: bool,
+    plans: HashMap<usize, Plan>,
+    arena: Vec<f32>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("model", &self.file.meta.name)
+            .field("isa", &self.isa)
+            .field("threads", &self.threads)
+            .finish()
+    }
 }
 
 impl Engine {
-    pub fn load(path: &Path, _options: EngineOptions) -> Result<Engine, EngineError> {
-        let file = QpwFile::open(path)?;
-        Ok(Engine { file })
+    pub fn load(path: &Path, options: EngineOptions) -> Result<Engine, EngineError> {
+        Self::from_file(QpwFile::open(path)?, options)
+    }
+
+    /// Builds an engine over an already validated file image.
+    pub fn from_file(file: QpwFile, options: EngineOptions) -> Result<Engine, EngineError> {
+        validate(&file.meta).map_err(EngineError::InvalidModel)?;
+        let isa = qp_kernels::cpu::select_isa(options.max_isa).map_err(EngineError::Config)?;
+        let threads = match options.threads {
+            Some(0) => return Err(EngineError::Config("threads must be at least 1".into())),
+            Some(t) => t,
+            None => match std::env::var("QP_THREADS") {
+                Ok(s) if !s.trim().is_empty() => s
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&t| t > 0)
+                    .ok_or_else(|| EngineError::Config(format!("QP_THREADS={s:?} is not a positive number")))?,
+                _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            },
+        };
+        Ok(Engine {
+            file,
+            isa,
+            threads,
+            reference: options.reference,
+            plans: HashMap::new(),
+            arena: Vec::new(),
+        })
     }
 
     pub fn meta(&self) -> &ModelMeta {
         &self.file.meta
     }
 
+    pub fn file(&self) -> &QpwFile {
+        &self.file
+    }
+
+    /// The kernel tier in use ("reference" executor reports `Isa::Scalar`).
+    pub fn isa(&self) -> Isa {
+        if self.reference {
+            Isa::Scalar
+        } else {
+            self.isa
+        }
+    }
+
+    pub fn executor_name(&self) -> &'static str {
+        if self.reference {
+            "reference"
+        } else {
+            "reference"
+        }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Peak activation memory for `batch`, in bytes.
+    pub fn activation_bytes(&mut self, batch: usize) -> usize {
+        self.plan(batch).arena_bytes()
+    }
+
+    fn plan(&mut self, batch: usize) -> &Plan {
+        if !self.plans.contains_key(&batch) && self.plans.len() >= 16 {
+            self.plans.clear();
+        }
+        let meta = &self.file.meta;
+        self.plans.entry(batch).or_insert_with(|| Plan::new(meta, batch))
+    }
+
+    /// Checks names, shapes, batch and values; returns the batch size.
+    fn check_inputs(&self, inputs: &[(&str, Tensor)]) -> Result<usize, EngineError> {
+        let meta = &self.file.meta;
+        let mut batch = None;
+        for (name, t) in inputs {
+            let Some(spec) = meta.inputs.iter().find(|i| i.name == *name) else {
+                let known: Vec<&str> = meta.inputs.iter().map(|i| i.name.as_str()).collect();
+                return Err(EngineError::BadInput(format!("unknown input {name:?} (the model's inputs: {known:?})")));
+            };
+            if inputs.iter().filter(|(n, _)| n == name).count() > 1 {
+                return Err(EngineError::BadInput(format!("input {name:?} given more than once")));
+            }
+            if t.shape.len() != spec.shape.len() + 1 || t.shape[1..] != spec.shape[..] {
+                return Err(EngineError::BadInput(format!(
+                    "input {name:?} has shape {:?}; expected [batch, {}]",
+                    t.shape,
+                    spec.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            if t.data.len() != t.shape.iter().product::<usize>() {
+                return Err(EngineError::BadInput(format!("input {name:?}: data length does not match its shape")));
+            }
+            let b = t.shape[0];
+            if b == 0 || b > MAX_BATCH {
+                return Err(EngineError::BadInput(format!("input {name:?}: batch {b} is outside 1..={MAX_BATCH}")));
+            }
+            if *batch.get_or_insert(b) != b {
+                return Err(EngineError::BadInput(format!("inputs disagree on the batch size ({} vs {b})", batch.unwrap_or(0))));
+            }
+            if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+                return Err(EngineError::BadInput(format!("input {name:?} holds a non-finite value ({}) at flat index {i}", t.data[i])));
+            }
+        }
+        for spec in &meta.inputs {
+            if !inputs.iter().any(|(n, _)| *n == spec.name) {
+                return Err(EngineError::BadInput(format!("missing input {:?}", spec.name)));
+            }
+        }
+        batch.ok_or_else(|| EngineError::BadInput("no inputs given".into()))
+    }
+
     /// Runs one batch. Every model input must be given exactly once, all with the same
     /// batch size; returns every model output, in the model's order.
-    pub fn run(&mut self, _inputs: &[(&str, Tensor)]) -> Result<Vec<(String, Tensor)>, EngineError> {
-        Err(EngineError::Config("executor not built yet".into()))
+    pub fn run(&mut self, inputs: &[(&str, Tensor)]) -> Result<Vec<(String, Tensor)>, EngineError> {
+        let batch = self.check_inputs(inputs)?;
+        let plan = self.plan(batch).clone();
+        if self.arena.len() < plan.arena_len {
+            self.arena.resize(plan.arena_len, 0.0);
+        }
+        let meta = &self.file.meta;
+        for (name, t) in inputs {
+            let spec = meta.inputs.iter().find(|i| i.name == *name).expect("checked");
+            let slot = &plan.slots[spec.value];
+            self.arena[slot.offset..slot.offset + slot.len].copy_from_slice(&t.data);
+        }
+        crate::exec::run_reference(&self.file, &plan, &mut self.arena);
+        Ok(meta
+            .outputs
+            .iter()
+            .map(|o| {
+                let slot = &plan.slots[o.value];
+                let mut shape = vec![batch];
+                shape.extend_from_slice(&o.shape);
+                (o.name.clone(), Tensor::new(shape, self.arena[slot.offset..slot.offset + slot.len].to_vec()))
+            })
+            .collect())
     }
 }

@@ -1,0 +1,317 @@
+//! `qp-convert`: ONNX -> graph passes -> packed weights -> `.qpw`.
+
+pub mod pack;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::format::meta::{
+    DType, Feature, ImagePreprocess, IoSpec, ModelMeta, ModelStats, NodeSpec, SourceInfo, TensorSpec,
+    ValueSpec,
+};
+use crate::format::writer::{self, TensorBytes};
+use crate::graph::ir::{Dim, Graph, IrOp, ValueId};
+use crate::graph::op::Op;
+use crate::graph::passes;
+use crate::onnx;
+
+#[derive(Clone, Debug, Default)]
+pub struct ConvertOptions {
+    /// Model name stored in the file; default: the ONNX graph name or the file stem.
+    pub name: Option<String>,
+}
+
+/// A converted model ready to write.
+pub struct Converted {
+    pub meta: ModelMeta,
+    pub tensors: Vec<Vec<f32>>,
+}
+
+impl Converted {
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        writer::to_bytes(&self.meta, &self.tensor_bytes())
+    }
+
+    fn tensor_bytes(&self) -> Vec<TensorBytes<'_>> {
+        self.tensors
+            .iter()
+            .map(|t| TensorBytes {
+                bytes: std::borrow::Cow::Borrowed(bytemuck::cast_slice(t)),
+            })
+            .collect()
+    }
+
+    pub fn write(&self, path: &Path) -> Result<u64> {
+        writer::write_file(path, &self.meta, &self.tensor_bytes())
+    }
+}
+
+/// Converts an ONNX model held in memory.
+pub fn convert_bytes(onnx_bytes: &[u8], default_name: &str, options: &ConvertOptions) -> Result<Converted> {
+    let model = onnx::decode_model(onnx_bytes)?;
+    let imported = onnx::import_model(&model)?;
+    let mut graph = imported.graph.clone();
+    passes::run_all(&mut graph)?;
+
+    let name = options.name.clone().unwrap_or_else(|| {
+        if default_name.is_empty() {
+            imported.graph_name.clone()
+        } else {
+            default_name.to_string()
+        }
+    });
+    let source = SourceInfo {
+        producer_name: imported.producer_name.clone(),
+        producer_version: imported.producer_version.clone(),
+        opset: imported.opset,
+        ir_version: imported.ir_version,
+        sha256: hex(&Sha256::digest(onnx_bytes)),
+    };
+    let description = imported.metadata.get("qp.description").cloned().unwrap_or_default();
+    let mut converted = lower_to_file(&graph, &imported.metadata, name, description, source)?;
+    converted.meta.stats.onnx_ops = imported.onnx_ops.clone();
+    Ok(converted)
+}
+
+/// Reads `input`, converts it and writes `output`.
+pub fn convert_file(input: &Path, output: &Path, options: &ConvertOptions) -> Result<(Converted, u64)> {
+    let bytes = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
+    let stem = input.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+    let converted = convert_bytes(&bytes, stem, options).with_context(|| format!("converting {}", input.display()))?;
+    let size = converted.write(output).with_context(|| format!("writing {}", output.display()))?;
+    Ok((converted, size))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn per_sample(g: &Graph, v: ValueId) -> Result<Vec<usize>> {
+    let s = g.shape(v).ok_or_else(|| anyhow!("shape of {:?} unknown", g.values[v].name))?;
+    if s.first() != Some(&Dim::Batch) {
+        bail!("tensor {:?} has no leading batch axis", g.values[v].name);
+    }
+    s[1..]
+        .iter()
+        .map(|d| match d {
+            Dim::Known(k) => Ok(*k),
+            Dim::Batch => Err(anyhow!("tensor {:?} has the batch on a non-leading axis", g.values[v].name)),
+        })
+        .collect()
+}
+
+fn parse_json_prop<T: serde::de::DeserializeOwned>(props: &BTreeMap<String, String>, key: &str) -> Result<Option<T>> {
+    props
+        .get(key)
+        .map(|s| serde_json::from_str(s).with_context(|| format!("metadata property {key}")))
+        .transpose()
+}
+
+fn lower_to_file(
+    g: &Graph,
+    props: &BTreeMap<String, String>,
+    name: String,
+    description: String,
+    source: SourceInfo,
+) -> Result<Converted> {
+    let mut values: Vec<ValueSpec> = Vec::new();
+    let mut value_index: HashMap<ValueId, usize> = HashMap::new();
+    let mut value_of = |g: &Graph, v: ValueId, values: &mut Vec<ValueSpec>| -> Result<usize> {
+        if let Some(&i) = value_index.get(&v) {
+            return Ok(i);
+        }
+        if g.constant(v).is_some() {
+            bail!("constant {:?} used where an activation is expected", g.values[v].name);
+        }
+        values.push(ValueSpec {
+            name: g.values[v].name.clone(),
+            shape: per_sample(g, v)?,
+        });
+        value_index.insert(v, values.len() - 1);
+        Ok(values.len() - 1)
+    };
+
+    let mut inputs = Vec::new();
+    for p in &g.inputs {
+        let idx = value_of(g, p.value, &mut values)?;
+        let features: Option<Vec<Feature>> = parse_json_prop(props, &format!("qp.features.{}", p.name))?;
+        let image: Option<ImagePreprocess> = parse_json_prop(props, &format!("qp.image.{}", p.name))?;
+        let shape = values[idx].shape.clone();
+        if let Some(f) = &features {
+            if shape != [f.len()] {
+                bail!("input {:?} has shape {shape:?} but its metadata names {} features", p.name, f.len());
+            }
+        }
+        if let Some(im) = &image {
+            if shape != [3, im.height, im.width] {
+                bail!("input {:?} has shape {shape:?}, its image metadata says 3x{}x{}", p.name, im.height, im.width);
+            }
+        }
+        inputs.push(IoSpec {
+            name: p.name.clone(),
+            value: idx,
+            dtype: DType::F32,
+            shape,
+            features,
+            image,
+        });
+    }
+
+    let mut tensors: Vec<TensorSpec> = Vec::new();
+    let mut data: Vec<Vec<f32>> = Vec::new();
+    let mut add_tensor = |name: String, dims: Vec<usize>, d: Vec<f32>| -> usize {
+        tensors.push(TensorSpec {
+            name,
+            dtype: DType::F32,
+            dims,
+        });
+        data.push(d);
+        tensors.len() - 1
+    };
+    let mut nodes = Vec::new();
+    let mut stats = ModelStats::default();
+    let f32_of = |v: Option<ValueId>| -> Result<Vec<f32>> {
+        let v = v.ok_or_else(|| anyhow!("missing parameter"))?;
+        Ok(g.constant(v)
+            .and_then(|c| c.as_f32())
+            .ok_or_else(|| anyhow!("parameter {:?} is not a float constant", g.values[v].name))?
+            .to_vec())
+    };
+
+    for n in &g.nodes {
+        let act_inputs: Vec<ValueId> = match &n.op {
+            IrOp::Conv { .. } => [n.input(0), n.input(3)].into_iter().flatten().collect(),
+            IrOp::Dense { .. } => vec![n.input(0).ok_or_else(|| anyhow!("dense input"))?],
+            _ => n.inputs.iter().flatten().copied().collect(),
+        };
+        let mut in_idx = Vec::new();
+        for v in act_inputs {
+            in_idx.push(value_of(g, v, &mut values).with_context(|| format!("node {:?}", n.name))?);
+        }
+        let out = n.outputs[0];
+        let out_idx = value_of(g, out, &mut values)?;
+        let out_shape = values[out_idx].shape.clone();
+        let mut params = Vec::new();
+        let op = match &n.op {
+            IrOp::Conv { window, activation, .. } => {
+                let wv = n.input(1).ok_or_else(|| anyhow!("conv weights"))?;
+                let wdims = g.constant(wv).map(|c| c.dims().to_vec()).unwrap_or_default();
+                let (cout, cin, kh, kw) = (wdims[0], wdims[1], wdims[2], wdims[3]);
+                let w = f32_of(Some(wv))?;
+                let b = match n.input(2) {
+                    Some(_) => f32_of(n.input(2))?,
+                    None => vec![0.0; cout],
+                };
+                stats.parameters += (w.len() + cout) as u64;
+                let pix = out_shape[1] * out_shape[2];
+                stats.flops_per_sample += 2 * (cout * cin * kh * kw * pix) as u64;
+                let blocks = pack::padded(cout) / crate::graph::op::PACK_LANES;
+                params.push(add_tensor(
+                    format!("{}.weight", n.name),
+                    vec![blocks, kh, kw, cin, crate::graph::op::PACK_LANES],
+                    pack::conv_weights(&w, cout, cin, kh, kw),
+                ));
+                params.push(add_tensor(format!("{}.bias", n.name), vec![pack::padded(cout)], pack::bias(&b)));
+                Op::Conv {
+                    cin,
+                    cout,
+                    window: *window,
+                    activation: *activation,
+                }
+            }
+            IrOp::Dense { activation } => {
+                let wv = n.input(1).ok_or_else(|| anyhow!("dense weights"))?;
+                let wdims = g.constant(wv).map(|c| c.dims().to_vec()).unwrap_or_default();
+                let (o, k) = (wdims[0], wdims[1]);
+                let w = f32_of(Some(wv))?;
+                let b = f32_of(n.input(2))?;
+                stats.parameters += (w.len() + o) as u64;
+                stats.flops_per_sample += 2 * (o * k) as u64;
+                let blocks = pack::padded(o) / crate::graph::op::PACK_LANES;
+                params.push(add_tensor(
+                    format!("{}.weight", n.name),
+                    vec![blocks, k, crate::graph::op::PACK_LANES],
+                    pack::dense_weights(&w, o, k),
+                ));
+                params.push(add_tensor(format!("{}.bias", n.name), vec![pack::padded(o)], pack::bias(&b)));
+                Op::Dense {
+                    input: k,
+                    output: o,
+                    activation: *activation,
+                }
+            }
+            IrOp::MaxPool { window, ceil_mode, .. } => Op::MaxPool {
+                window: *window,
+                ceil_mode: *ceil_mode,
+            },
+            IrOp::AveragePool {
+                window,
+                ceil_mode,
+                count_include_pad,
+                ..
+            } => Op::AveragePool {
+                window: *window,
+                ceil_mode: *ceil_mode,
+                count_include_pad: *count_include_pad,
+            },
+            IrOp::GlobalAveragePool => Op::GlobalAveragePool,
+            IrOp::Add { activation } => Op::Add { activation: *activation },
+            IrOp::Relu => Op::Relu,
+            IrOp::Sigmoid => Op::Sigmoid,
+            IrOp::Reshape { .. } => Op::Reshape,
+            IrOp::Concat { axis } => {
+                let rank = out_shape.len() as i64 + 1;
+                let a = if *axis < 0 { axis + rank } else { *axis };
+                if a < 1 || a >= rank {
+                    bail!("Concat node {:?}: axis {axis} is not a per-sample axis", n.name);
+                }
+                Op::Concat { axis: (a - 1) as usize }
+            }
+            other => bail!("node {:?} ({}) cannot run in the engine: {other:?}", n.name, n.onnx_type),
+        };
+        *stats.engine_ops.entry(op.kind().to_string()).or_default() += 1;
+        nodes.push(NodeSpec {
+            name: n.name.clone(),
+            op,
+            inputs: in_idx,
+            outputs: vec![out_idx],
+            params,
+        });
+    }
+
+    let mut outputs = Vec::new();
+    for p in &g.outputs {
+        if g.inputs.iter().any(|i| i.value == p.value) {
+            bail!("output {:?} is a model input passed through unchanged; not supported", p.name);
+        }
+        let idx = value_of(g, p.value, &mut values)?;
+        outputs.push(IoSpec {
+            name: p.name.clone(),
+            value: idx,
+            dtype: DType::F32,
+            shape: values[idx].shape.clone(),
+            features: None,
+            image: None,
+        });
+    }
+
+    Ok(Converted {
+        meta: ModelMeta {
+            name,
+            description,
+            precision: "fp32".into(),
+            source,
+            inputs,
+            outputs,
+            values,
+            nodes,
+            tensors,
+            stats,
+            reports: BTreeMap::new(),
+        },
+        tensors: data,
+    })
+}
