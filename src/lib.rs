@@ -8,3 +8,5 @@
 pub mod engine;
 pub mod format;
 pub mod graph;
+pub mod preprocess;
+pub mod serve;
