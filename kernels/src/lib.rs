@@ -4,5 +4,12 @@
 //! CPU's features (see `cpu`); `QP_MAX_ISA` caps the choice for testing.
 
 pub mod cpu;
+pub mod cpuinfo;
+pub mod dense;
+pub mod eltwise;
 pub mod mapping;
 pub mod parallel;
+pub mod peak;
+pub mod pool;
+pub mod reorder;
+pub mod simd;
