@@ -3,6 +3,7 @@
 //! Every kernel has a scalar reference, and SIMD versions chosen at run time from the
 //! CPU's features (see `cpu`); `QP_MAX_ISA` caps the choice for testing.
 
+pub mod conv;
 pub mod cpu;
 pub mod cpuinfo;
 pub mod dense;

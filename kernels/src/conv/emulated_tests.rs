@@ -1,0 +1,254 @@
+//! The AVX-512 tiling (14 pixels x two 16-channel panels, one-panel tail, ragged pixel
+//! tiles) run with a portable 16-lane vector, so its indexing is tested on CPUs without
+//! AVX-512 too. Only the intrinsic wrappers of `x86::Avx512` are left to the tier tests.
+
+use proptest::prelude::*;
+
+use super::tile::{remainder_tile, run_range, Vector};
+use super::*;
+use crate::parallel::Serial;
+
+/// 16 lanes in plain Rust, with the same fused multiply-add as the hardware.
+struct Lanes16;
+
+impl Vector for Lanes16 {
+    type R = [f32; 16];
+    const LANES: usize = 16;
+    unsafe fn zero() -> [f32; 16] {
+        [0.0; 16]
+    }
+    unsafe fn splat(p: *const f32) -> [f32; 16] {
+        // safety: readable (trait contract).
+        [unsafe { *p }; 16]
+    }
+    unsafe fn load(p: *const f32) -> [f32; 16] {
+        // safety: 16 readable floats (trait contract).
+        unsafe { Self::load_partial(p, 16) }
+    }
+    unsafe fn load_partial(p: *const f32, n: usize) -> [f32; 16] {
+        let mut v = [0.0; 16];
+        // safety: n readable floats (trait contract).
+        v[..n].copy_from_slice(unsafe { std::slice::from_raw_parts(p, n) });
+        v
+    }
+    unsafe fn fma(a: [f32; 16], b: [f32; 16], c: [f32; 16]) -> [f32; 16] {
+        std::array::from_fn(|i| a[i].mul_add(b[i], c[i]))
+    }
+    unsafe fn add(a: [f32; 16], b: [f32; 16]) -> [f32; 16] {
+        std::array::from_fn(|i| a[i] + b[i])
+    }
+    unsafe fn relu(a: [f32; 16]) -> [f32; 16] {
+        a.map(|x| x.max(0.0))
+    }
+    unsafe fn store(p: *mut f32, a: [f32; 16]) {
+        // safety: 16 writable floats (trait contract).
+        unsafe { Self::store_partial(p, a, 16) }
+    }
+    unsafe fn store_partial(p: *mut f32, a: [f32; 16], n: usize) {
+        // safety: n writable floats (trait contract).
+        unsafe { std::slice::from_raw_parts_mut(p, n) }.copy_from_slice(&a[..n]);
+    }
+}
+
+/// `conv2d_nhwc` with the AVX-512 tiling on `Lanes16`.
+fn conv_emulated(p: &Problem, par: &dyn ParallelFor) -> Vec<f32> {
+    let mut out = vec![f32::NAN; p.g.output_len()];
+    check_args(
+        &p.g,
+        &p.input,
+        &p.weights,
+        &p.bias,
+        p.residual.as_deref(),
+        &out,
+    );
+    with_job(
+        &p.g,
+        &p.input,
+        &p.weights,
+        &p.bias,
+        p.residual.as_deref(),
+        p.act,
+        &mut out,
+        |job| {
+            run_tasks(par, job, x86::Avx512Tiles, |px, co| {
+                let remainder = |q0: usize, mr: usize, first_panel: usize, one_panel: bool| {
+                    remainder_tile!(Lanes16, 2, 1, job, q0, mr, first_panel, one_panel,
+                    [1 2 3 4 5 6 7 8 9 10 11 12 13])
+                };
+                // safety: `Lanes16` needs no CPU feature; `job` passed `check_args`; the ranges
+                // come from `run_tasks`.
+                unsafe { run_range::<Lanes16, 14, 2, 1>(job, px, co, remainder) }
+            })
+        },
+    );
+    out
+}
+
+#[derive(Debug)]
+struct Problem {
+    g: ConvGeometry,
+    input: Vec<f32>,
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+    residual: Option<Vec<f32>>,
+    act: Epilogue,
+}
+
+impl Problem {
+    fn new(g: ConvGeometry, residual: bool, act: Epilogue, seed: u64) -> Problem {
+        let mut s = seed | 1;
+        let mut values = |len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+                })
+                .collect()
+        };
+        let mut weights = values(packed_weight_len(&g));
+        let mut bias = values(g.bias_len());
+        // Lanes past cout are zero in real packed weights; keep that invariant.
+        for (i, w) in weights.iter_mut().enumerate() {
+            let panel = i / g.panel_stride();
+            if panel * PANEL + i % PANEL >= g.cout {
+                *w = 0.0;
+            }
+        }
+        bias[g.cout..].fill(0.0);
+        Problem {
+            input: values(g.input_len()),
+            weights,
+            bias,
+            residual: residual.then(|| values(g.output_len())),
+            g,
+            act,
+        }
+    }
+
+    /// The reference result and, per output, the sum of |terms| (the reference run on
+    /// absolute values), which bounds the rounding difference between orders.
+    fn reference(&self) -> (Vec<f32>, Vec<f32>) {
+        let run = |p: &Problem| {
+            let mut out = vec![0.0; p.g.output_len()];
+            conv2d_nhwc(
+                Isa::Scalar,
+                &Serial,
+                &p.g,
+                &p.input,
+                &p.weights,
+                &p.bias,
+                p.residual.as_deref(),
+                p.act,
+                &mut out,
+            );
+            out
+        };
+        let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
+        let magnitudes = Problem {
+            g: self.g,
+            input: abs(&self.input),
+            weights: abs(&self.weights),
+            bias: abs(&self.bias),
+            residual: self.residual.as_deref().map(abs),
+            act: Epilogue::None,
+        };
+        (run(self), run(&magnitudes))
+    }
+
+    fn check(&self, par: &dyn ParallelFor) -> Result<(), String> {
+        let (want, mag) = self.reference();
+        let got = conv_emulated(self, par);
+        for (i, ((&g, &w), &m)) in got.iter().zip(&want).zip(&mag).enumerate() {
+            let tol = 1e-5 * m + 1e-6;
+            let within = (g - w).abs() <= tol; // false for NaN too
+            if !within {
+                return Err(format!("{:?}: output {i}: got {g}, expected {w}", self.g));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn geometry(
+    batch: usize,
+    hw: [usize; 2],
+    cin: usize,
+    cout: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    pads: [usize; 4],
+) -> ConvGeometry {
+    let mut g = ConvGeometry {
+        batch,
+        in_h: hw[0],
+        in_w: hw[1],
+        cin,
+        out_h: 0,
+        out_w: 0,
+        cout,
+        kernel,
+        stride,
+        dilation,
+        pads,
+    };
+    g.out_h = g.implied_out_extent(0).unwrap();
+    g.out_w = g.implied_out_extent(1).unwrap();
+    g
+}
+
+/// Splits tasks over three scoped threads.
+struct ThreeThreads;
+
+impl ParallelFor for ThreeThreads {
+    fn threads(&self) -> usize {
+        3
+    }
+    fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+        std::thread::scope(|s| {
+            for t0 in 0..3 {
+                s.spawn(move || (t0..tasks).step_by(3).for_each(f));
+            }
+        });
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn avx512_tiling_matches_reference(
+        (batch, h, w, cin, cout) in (1usize..=5, 1usize..=20, 1usize..=20, 1usize..=70, 1usize..=70),
+        (kh, kw, sh, sw, dh, dw) in (1usize..=7, 1usize..=7, 1usize..=3, 1usize..=3, 1usize..=2, 1usize..=2),
+        pads in [0usize..=3, 0usize..=3, 0usize..=3, 0usize..=3],
+        (residual, relu, threaded, seed) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>()),
+    ) {
+        let h = h.max((dh * (kh - 1) + 1).saturating_sub(pads[0] + pads[2]));
+        let w = w.max((dw * (kw - 1) + 1).saturating_sub(pads[1] + pads[3]));
+        let g = geometry(batch, [h, w], cin, cout, [kh, kw], [sh, sw], [dh, dw], pads);
+        let act = if relu { Epilogue::Relu } else { Epilogue::None };
+        let par: &dyn ParallelFor = if threaded { &ThreeThreads } else { &Serial };
+        Problem::new(g, residual, act, seed).check(par).map_err(TestCaseError::fail)?;
+    }
+}
+
+#[test]
+fn avx512_tiling_on_row_ends_and_resnet_shapes() {
+    let mut shapes = vec![
+        geometry(2, [30, 30], 3, 64, [7, 7], [2, 2], [1, 1], [3; 4]),
+        geometry(1, [7, 7], 96, 48, [3, 3], [1, 1], [1, 1], [1; 4]),
+        geometry(2, [9, 9], 64, 80, [1, 1], [2, 2], [1, 1], [0; 4]),
+    ];
+    for (w, pads) in [(31, [0, 0, 0, 2]), (30, [0, 2, 0, 0]), (29, [2, 0, 0, 1])] {
+        for kw in 1..=4 {
+            shapes.push(geometry(1, [3, w], 5, 17, [2, kw], [1, 1], [1, 1], pads));
+        }
+    }
+    for (i, g) in shapes.into_iter().enumerate() {
+        Problem::new(g, true, Epilogue::Relu, i as u64)
+            .check(&Serial)
+            .unwrap();
+    }
+}

@@ -1,0 +1,295 @@
+//! The one generic register-tile kernel, written against a small vector abstraction and
+//! instantiated per ISA (`x86`).
+//!
+//! A tile is MR consecutive output pixels (flattened over batch, rows and columns, so a tile
+//! may wrap to the next row or image) by NV vectors of output channels. Each input tap is
+//! an implicit-GEMM rank-1 update: broadcast one input value per pixel, multiply by the
+//! channel vectors of the packed weights, accumulate in registers. Out-of-bounds taps read a
+//! zero row instead of branching per element; a tap row wholly out of bounds for every
+//! pixel is skipped; when every in-bounds pixel sees all `kw` taps of a row contiguously
+//! (dilation 1, no horizontal padding), the `kw` and `cin` loops run as one.
+
+#![allow(clippy::needless_range_loop)] // index loops over const-size register arrays unroll
+
+use std::ops::Range;
+
+use super::{Job, PANEL};
+
+/// A SIMD vector of `LANES` f32 (`LANES` divides `PANEL`).
+///
+/// Every method is `unsafe`: it may only be called where the ISA it uses is enabled, and
+/// pointer arguments must be valid for the lanes accessed.
+pub(super) trait Vector {
+    type R: Copy;
+    const LANES: usize;
+    unsafe fn zero() -> Self::R;
+    /// All lanes = `*p`.
+    unsafe fn splat(p: *const f32) -> Self::R;
+    unsafe fn load(p: *const f32) -> Self::R;
+    /// Lanes `0..n` from `p` (only those are read), the rest zero.
+    unsafe fn load_partial(p: *const f32, n: usize) -> Self::R;
+    /// `a * b + c`
+    unsafe fn fma(a: Self::R, b: Self::R, c: Self::R) -> Self::R;
+    unsafe fn add(a: Self::R, b: Self::R) -> Self::R;
+    unsafe fn relu(a: Self::R) -> Self::R;
+    unsafe fn store(p: *mut f32, a: Self::R);
+    /// Lanes `0..n` to `p` (only those are written).
+    unsafe fn store_partial(p: *mut f32, a: Self::R, n: usize);
+}
+
+/// Runs a ragged pixel tile (`mr` below the full tile) with the matching instantiation.
+macro_rules! remainder_tile {
+    ($V:ty, $nv:literal, $nv_tail:literal, $job:expr, $q0:expr, $mr:expr, $first_panel:expr,
+     $one_panel:expr, [$($m:literal)*]) => {
+        match ($mr, $one_panel) {
+            // safety: forwarded from `run_range`'s caller, which checked the ISA, the
+            // arguments and ownership; `q0 + m` is within the pixels and the panel count
+            // matches what is left.
+            $(
+                ($m, false) => unsafe { $crate::conv::tile::tile::<$V, $m, $nv>($job, $q0, $first_panel) },
+                ($m, true) => unsafe { $crate::conv::tile::tile::<$V, $m, $nv_tail>($job, $q0, $first_panel) },
+            )*
+            _ => unreachable!("remainder tile of {} pixels", $mr),
+        }
+    };
+}
+pub(super) use remainder_tile;
+
+/// Runs tiles of MR pixels over pixel range `px` (whose start is a multiple of MR) and
+/// channel tiles `co` of `NV * LANES` channels. `NV_TAIL` is the vector count of a
+/// one-panel tile, used when the last channel tile has a single panel left. Full tiles run
+/// here; a ragged last pixel tile goes to `tile_remainder(q0, mr, first_panel, one_panel)`,
+/// which picks the instantiation for `mr` pixels.
+///
+/// # Safety
+/// The ISA of `V` must be enabled; `job` must have passed `check_args`; no other thread may
+/// write the output elements of (`px` x channels of `co`) meanwhile.
+#[inline(always)]
+pub(super) unsafe fn run_range<
+    V: Vector,
+    const MR: usize,
+    const NV: usize,
+    const NV_TAIL: usize,
+>(
+    job: &Job,
+    px: Range<usize>,
+    co: Range<usize>,
+    tile_remainder: impl Fn(usize, usize, usize, bool),
+) {
+    let panels_per_tile = NV * V::LANES / PANEL;
+    debug_assert!(NV_TAIL * V::LANES == PANEL && panels_per_tile <= 2);
+    let panels = job.g.panels();
+    // Channel tiles outer: one tile's weights stay in L2 while the pixels stream past.
+    for ct in co {
+        let first_panel = ct * panels_per_tile;
+        let one_panel = panels - first_panel < panels_per_tile;
+        let mut q0 = px.start;
+        while q0 < px.end {
+            let mr = MR.min(px.end - q0);
+            match (mr == MR, one_panel) {
+                // safety: forwarded from the caller; `first_panel + NV*LANES/16 <= panels`
+                // in the full case, `first_panel + 1 <= panels` in the one-panel case.
+                (true, false) => unsafe { tile::<V, MR, NV>(job, q0, first_panel) },
+                (true, true) => unsafe { tile::<V, MR, NV_TAIL>(job, q0, first_panel) },
+                (false, _) => tile_remainder(q0, mr, first_panel, one_panel),
+            }
+            q0 += mr;
+        }
+    }
+}
+
+/// One register tile: output pixels `q0..q0+MR`, channels from panel `first_panel` on,
+/// `NV * LANES` of them (the ones below `cout` are stored).
+///
+/// # Safety
+/// As `run_range`, plus `q0 + MR <= pixels` and `first_panel * 16 + NV * LANES <=` the
+/// padded channel count.
+#[inline(always)]
+pub(super) unsafe fn tile<V: Vector, const MR: usize, const NV: usize>(
+    job: &Job,
+    q0: usize,
+    first_panel: usize,
+) {
+    let g = job.g;
+    let (cin, [kh_n, kw_n]) = (g.cin, g.kernel);
+    let panel_stride = kh_n * kw_n * cin * PANEL;
+
+    // Where each pixel's window starts: its image's first input row, and the (possibly
+    // negative) top-left input coordinate. Walk the flattened index instead of dividing
+    // per pixel.
+    let plane = g.out_h * g.out_w;
+    let (mut n, mut oh, mut ow) = (q0 / plane, q0 / g.out_w % g.out_h, q0 % g.out_w);
+    let mut image_row = [0usize; MR];
+    let mut ih0 = [0isize; MR];
+    let mut iw0 = [0isize; MR];
+    for i in 0..MR {
+        image_row[i] = n * g.in_h;
+        ih0[i] = (oh * g.stride[0]) as isize - g.pads[0] as isize;
+        iw0[i] = (ow * g.stride[1]) as isize - g.pads[1] as isize;
+        ow += 1;
+        if ow == g.out_w {
+            ow = 0;
+            oh += 1;
+            if oh == g.out_h {
+                oh = 0;
+                n += 1;
+            }
+        }
+    }
+
+    // Offset of vector v's lanes from a weight row: panel, then lane within the panel.
+    let mut wofs = [0usize; NV];
+    for v in 0..NV {
+        wofs[v] = (v * V::LANES / PANEL) * panel_stride + (v * V::LANES) % PANEL;
+    }
+    // safety: `first_panel < panels`, so the panel start is within `weights`.
+    let wpanel = unsafe { job.weights.as_ptr().add(first_panel * panel_stride) };
+    let input = job.input.as_ptr();
+    let zeros = job.zeros.as_ptr();
+    let (in_h, in_w) = (g.in_h as isize, g.in_w as isize);
+    let kw_span = ((kw_n - 1) * g.dilation[1]) as isize;
+
+    // safety: the ISA of `V` is enabled (caller).
+    let mut acc = [[unsafe { V::zero() }; NV]; MR];
+    let mut ptrs = [zeros; MR];
+    for kh in 0..kh_n {
+        let dy = (kh * g.dilation[0]) as isize;
+        // Input row of each pixel for this kernel row, None in the padding.
+        let mut rows = [None; MR];
+        let mut whole_rows = g.dilation[1] == 1;
+        for i in 0..MR {
+            let ih = ih0[i] + dy;
+            if (0..in_h).contains(&ih) {
+                rows[i] = Some(image_row[i] + ih as usize);
+                whole_rows &= iw0[i] >= 0 && iw0[i] + kw_span < in_w;
+            }
+        }
+        if rows.iter().all(Option::is_none) {
+            continue;
+        }
+        if whole_rows {
+            for i in 0..MR {
+                ptrs[i] = match rows[i] {
+                    // safety: `iw0 >= 0` and `iw0 + kw - 1 < in_w` (checked above), so the
+                    // `kw * cin` floats from here are pixels iw0.. of input row `r`.
+                    Some(r) => unsafe { input.add((r * g.in_w + iw0[i] as usize) * cin) },
+                    None => zeros,
+                };
+            }
+            // safety: every pointer has `kw * cin` readable floats (above; `zeros` has
+            // exactly that many); the weight rows kh*kw .. (kh+1)*kw of each panel used
+            // are inside the panel.
+            unsafe {
+                accumulate::<V, MR, NV>(
+                    &mut acc,
+                    &ptrs,
+                    wpanel.add(kh * kw_n * cin * PANEL),
+                    &wofs,
+                    kw_n * cin,
+                )
+            };
+            continue;
+        }
+        for kw in 0..kw_n {
+            let dx = (kw * g.dilation[1]) as isize;
+            let mut any = false;
+            for i in 0..MR {
+                let iw = iw0[i] + dx;
+                ptrs[i] = match rows[i] {
+                    Some(r) if (0..in_w).contains(&iw) => {
+                        any = true;
+                        // safety: row `r` and column `iw` are inside the input, so `cin`
+                        // floats from here are that pixel's channels.
+                        unsafe { input.add((r * g.in_w + iw as usize) * cin) }
+                    }
+                    _ => zeros,
+                };
+            }
+            if any {
+                // safety: every pointer has `cin` readable floats; weight row (kh, kw) of
+                // each panel used is inside the panel.
+                unsafe {
+                    accumulate::<V, MR, NV>(
+                        &mut acc,
+                        &ptrs,
+                        wpanel.add((kh * kw_n + kw) * cin * PANEL),
+                        &wofs,
+                        cin,
+                    )
+                };
+            }
+        }
+    }
+
+    // Epilogue while the tile is in registers: + bias, + residual, activation, store the
+    // channels below cout.
+    let out = job.output.ptr;
+    let cout = g.cout;
+    for i in 0..MR {
+        let q = q0 + i;
+        for v in 0..NV {
+            let ch = first_panel * PANEL + v * V::LANES;
+            if ch >= cout {
+                break;
+            }
+            let lanes = V::LANES.min(cout - ch);
+            // safety (this block): the bias is padded to whole panels, so LANES floats from
+            // `ch` are in bounds; `q < pixels` and `ch + lanes <= cout`, so the residual and
+            // output accesses are inside their `pixels * cout` buffers; this task owns
+            // these output elements (caller).
+            unsafe {
+                let mut y = V::add(acc[i][v], V::load(job.bias.as_ptr().add(ch)));
+                if let Some(res) = job.residual {
+                    let r = res.as_ptr().add(q * cout + ch);
+                    let r = if lanes == V::LANES {
+                        V::load(r)
+                    } else {
+                        V::load_partial(r, lanes)
+                    };
+                    y = V::add(y, r);
+                }
+                if job.relu {
+                    y = V::relu(y);
+                }
+                let o = out.add(q * cout + ch);
+                if lanes == V::LANES {
+                    V::store(o, y)
+                } else {
+                    V::store_partial(o, y, lanes)
+                }
+            }
+        }
+    }
+}
+
+/// The hot loop: `len` rank-1 updates of the MR x NV tile. Step j reads float j of every
+/// pixel pointer and weight row j (16 floats apart) of each panel.
+///
+/// # Safety
+/// The ISA of `V` is enabled; each `ptrs[i]` has `len` readable floats; `w + wofs[v]` has
+/// `len` rows of 16 readable floats from it, LANES used per row.
+#[inline(always)]
+unsafe fn accumulate<V: Vector, const MR: usize, const NV: usize>(
+    acc: &mut [[V::R; NV]; MR],
+    ptrs: &[*const f32; MR],
+    w: *const f32,
+    wofs: &[usize; NV],
+    len: usize,
+) {
+    for j in 0..len {
+        // safety (this block): j < len, within the readable ranges of the contract.
+        unsafe {
+            let wj = w.add(j * PANEL);
+            let mut b = [V::zero(); NV];
+            for v in 0..NV {
+                b[v] = V::load(wj.add(wofs[v]));
+            }
+            for i in 0..MR {
+                let a = V::splat(ptrs[i].add(j));
+                for v in 0..NV {
+                    acc[i][v] = V::fma(a, b[v], acc[i][v]);
+                }
+            }
+        }
+    }
+}
