@@ -5,6 +5,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use qp_kernels::conv::{conv2d_nhwc, packed_weight_len, ConvGeometry, Epilogue};
 use qp_kernels::cpu::{features, Isa};
 use qp_kernels::parallel::Serial;
+use qp_kernels::peak::fma_peak_gflops;
 use std::time::Duration;
 
 struct Layer {
@@ -156,6 +157,13 @@ fn bench_conv(c: &mut Criterion) {
         .into_iter()
         .filter(|&t| t <= features().best_isa())
         .collect();
+    for &isa in &tiers {
+        // The reference for "% of peak": one thread's FMA throughput on this tier.
+        eprintln!(
+            "{isa} FMA peak: {:.1} GFLOP/s (1 thread)",
+            fma_peak_gflops(isa, 300)
+        );
+    }
     for l in &LAYERS {
         let g = geometry(l);
         let flops = 2 * g.output_len() * g.kernel[0] * g.kernel[1] * g.cin;

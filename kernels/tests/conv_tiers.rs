@@ -51,6 +51,9 @@ fn resnet_shapes() -> Vec<ConvGeometry> {
         geometry(2, [9, 9], 256, 512, [1, 1], [2, 2], [1, 1], [0; 4]),
         geometry(1, [7, 7], 2048, 512, [1, 1], [1, 1], [1, 1], [0; 4]),
         geometry(1, [7, 7], 512, 512, [3, 3], [1, 1], [1, 1], [1, 1, 1, 1]),
+        // Split into input-channel blocks (partial sums through the output), ragged cout.
+        geometry(2, [5, 6], 333, 37, [3, 3], [1, 2], [1, 1], [1, 0, 2, 1]),
+        geometry(1, [3, 3], 2100, 20, [1, 1], [1, 1], [1, 1], [0; 4]),
     ]
 }
 

@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 
-use super::tile::{remainder_tile, run_range, Vector};
+use super::tile::{remainder_tile, run_range, Block, Vector};
 use super::*;
 use crate::parallel::Serial;
 
@@ -71,8 +71,8 @@ fn conv_emulated(p: &Problem, par: &dyn ParallelFor) -> Vec<f32> {
         &mut out,
         |job| {
             run_tasks(par, job, x86::Avx512Tiles, |px, co| {
-                let remainder = |q0: usize, mr: usize, first_panel: usize, one_panel: bool| {
-                    remainder_tile!(Lanes16, 2, 1, job, q0, mr, first_panel, one_panel,
+                let remainder = |q0: usize, mr: usize, block: Block, one_panel: bool| {
+                    remainder_tile!(Lanes16, 2, 1, job, q0, mr, block, one_panel,
                     [1 2 3 4 5 6 7 8 9 10 11 12 13])
                 };
                 // safety: `Lanes16` needs no CPU feature; `job` passed `check_args`; the ranges
@@ -240,6 +240,9 @@ fn avx512_tiling_on_row_ends_and_resnet_shapes() {
         geometry(2, [30, 30], 3, 64, [7, 7], [2, 2], [1, 1], [3; 4]),
         geometry(1, [7, 7], 96, 48, [3, 3], [1, 1], [1, 1], [1; 4]),
         geometry(2, [9, 9], 64, 80, [1, 1], [2, 2], [1, 1], [0; 4]),
+        // Input-channel blocks, partial sums through the output, ragged cout.
+        geometry(2, [5, 6], 333, 37, [3, 3], [1, 2], [1, 1], [1, 0, 2, 1]),
+        geometry(1, [3, 3], 2100, 20, [1, 1], [1, 1], [1, 1], [0; 4]),
     ];
     for (w, pads) in [(31, [0, 0, 0, 2]), (30, [0, 2, 0, 0]), (29, [2, 0, 0, 1])] {
         for kw in 1..=4 {

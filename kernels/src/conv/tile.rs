@@ -39,15 +39,15 @@ pub(super) trait Vector {
 
 /// Runs a ragged pixel tile (`mr` below the full tile) with the matching instantiation.
 macro_rules! remainder_tile {
-    ($V:ty, $nv:literal, $nv_tail:literal, $job:expr, $q0:expr, $mr:expr, $first_panel:expr,
+    ($V:ty, $nv:literal, $nv_tail:literal, $job:expr, $q0:expr, $mr:expr, $block:expr,
      $one_panel:expr, [$($m:literal)*]) => {
         match ($mr, $one_panel) {
             // safety: forwarded from `run_range`'s caller, which checked the ISA, the
             // arguments and ownership; `q0 + m` is within the pixels and the panel count
             // matches what is left.
             $(
-                ($m, false) => unsafe { $crate::conv::tile::tile::<$V, $m, $nv>($job, $q0, $first_panel) },
-                ($m, true) => unsafe { $crate::conv::tile::tile::<$V, $m, $nv_tail>($job, $q0, $first_panel) },
+                ($m, false) => unsafe { $crate::conv::tile::tile::<$V, $m, $nv>($job, $q0, $block) },
+                ($m, true) => unsafe { $crate::conv::tile::tile::<$V, $m, $nv_tail>($job, $q0, $block) },
             )*
             _ => unreachable!("remainder tile of {} pixels", $mr),
         }
@@ -58,7 +58,7 @@ pub(super) use remainder_tile;
 /// Runs tiles of MR pixels over pixel range `px` (whose start is a multiple of MR) and
 /// channel tiles `co` of `NV * LANES` channels. `NV_TAIL` is the vector count of a
 /// one-panel tile, used when the last channel tile has a single panel left. Full tiles run
-/// here; a ragged last pixel tile goes to `tile_remainder(q0, mr, first_panel, one_panel)`,
+/// here; a ragged last pixel tile goes to `tile_remainder(q0, mr, block, one_panel)`,
 /// which picks the instantiation for `mr` pixels.
 ///
 /// # Safety
@@ -74,42 +74,88 @@ pub(super) unsafe fn run_range<
     job: &Job,
     px: Range<usize>,
     co: Range<usize>,
-    tile_remainder: impl Fn(usize, usize, usize, bool),
+    tile_remainder: impl Fn(usize, usize, Block, bool),
 ) {
     let panels_per_tile = NV * V::LANES / PANEL;
     debug_assert!(NV_TAIL * V::LANES == PANEL && panels_per_tile <= 2);
-    let panels = job.g.panels();
-    // Channel tiles outer: one tile's weights stay in L2 while the pixels stream past.
+    let g = job.g;
+    let panels = g.panels();
+    let cin_blocks = cin_blocks(g.kernel[0] * g.kernel[1], g.cin, panels_per_tile);
+    // Channel tiles outer: one tile's weights (one input-channel block of them) stay in
+    // cache while the pixels stream past.
     for ct in co {
         let first_panel = ct * panels_per_tile;
         let one_panel = panels - first_panel < panels_per_tile;
-        let mut q0 = px.start;
-        while q0 < px.end {
-            let mr = MR.min(px.end - q0);
-            match (mr == MR, one_panel) {
-                // safety: forwarded from the caller; `first_panel + NV*LANES/16 <= panels`
-                // in the full case, `first_panel + 1 <= panels` in the one-panel case.
-                (true, false) => unsafe { tile::<V, MR, NV>(job, q0, first_panel) },
-                (true, true) => unsafe { tile::<V, MR, NV_TAIL>(job, q0, first_panel) },
-                (false, _) => tile_remainder(q0, mr, first_panel, one_panel),
+        for cb in 0..cin_blocks {
+            let block = Block {
+                first_panel,
+                c0: cb * g.cin / cin_blocks,
+                c1: (cb + 1) * g.cin / cin_blocks,
+            };
+            let mut q0 = px.start;
+            while q0 < px.end {
+                let mr = MR.min(px.end - q0);
+                match (mr == MR, one_panel) {
+                    // safety: forwarded from the caller; `first_panel + NV*LANES/16 <=
+                    // panels` in the full case, `first_panel + 1 <= panels` in the
+                    // one-panel case; the blocks run in order, so each tile's partial sums
+                    // are written before the next block reads them.
+                    (true, false) => unsafe { tile::<V, MR, NV>(job, q0, block) },
+                    (true, true) => unsafe { tile::<V, MR, NV_TAIL>(job, q0, block) },
+                    (false, _) => tile_remainder(q0, mr, block, one_panel),
+                }
+                q0 += mr;
             }
-            q0 += mr;
         }
     }
 }
 
-/// One register tile: output pixels `q0..q0+MR`, channels from panel `first_panel` on,
-/// `NV * LANES` of them (the ones below `cout` are stored).
+/// Input-channel blocks per channel tile: splits `cin` when one tile's weights would
+/// exceed 64 KiB, into blocks of about 256 channels, so a block's weights stay near
+/// the core while every pixel tile passes (1x1 convolutions with cin 1024-2048 otherwise
+/// stream their weights and inputs through L2 together). Small layers stay in one block,
+/// which keeps whole kernel rows contiguous.
+fn cin_blocks(taps: usize, cin: usize, panels_per_tile: usize) -> usize {
+    const TILE_WEIGHT_BUDGET: usize = 64 << 10;
+    const BLOCK_CHANNELS: usize = 256;
+    let tile_weight_bytes = taps * cin * panels_per_tile * PANEL * 4;
+    if tile_weight_bytes <= TILE_WEIGHT_BUDGET {
+        1
+    } else {
+        cin.div_ceil(BLOCK_CHANNELS)
+    }
+}
+
+/// What one tile call computes besides its pixels: the channel tile (from panel
+/// `first_panel`) and the input-channel block `c0..c1`. Blocks after the first add to the
+/// partial sums the previous block stored in the output; only the last one applies the
+/// epilogue.
+#[derive(Clone, Copy)]
+pub(super) struct Block {
+    pub first_panel: usize,
+    pub c0: usize,
+    pub c1: usize,
+}
+
+/// One register tile: output pixels `q0..q0+MR`, channels from panel `block.first_panel`
+/// on, `NV * LANES` of them (the ones below `cout` are stored), input channels `block.c0 ..
+/// block.c1`.
 ///
 /// # Safety
-/// As `run_range`, plus `q0 + MR <= pixels` and `first_panel * 16 + NV * LANES <=` the
-/// padded channel count.
+/// As `run_range`, plus `q0 + MR <= pixels`, `first_panel * 16 + NV * LANES <=` the
+/// padded channel count, `c0 < c1 <= cin` or `c0 == c1 == cin == 0`, and when `c0 > 0` the
+/// tile's output holds the partial sums of channels `0..c0`.
 #[inline(always)]
 pub(super) unsafe fn tile<V: Vector, const MR: usize, const NV: usize>(
     job: &Job,
     q0: usize,
-    first_panel: usize,
+    block: Block,
 ) {
+    let Block {
+        first_panel,
+        c0,
+        c1,
+    } = block;
     let g = job.g;
     let (cin, [kh_n, kw_n]) = (g.cin, g.kernel);
     let panel_stride = kh_n * kw_n * cin * PANEL;
@@ -149,14 +195,40 @@ pub(super) unsafe fn tile<V: Vector, const MR: usize, const NV: usize>(
     let (in_h, in_w) = (g.in_h as isize, g.in_w as isize);
     let kw_span = ((kw_n - 1) * g.dilation[1]) as isize;
 
+    let out = job.output.ptr;
+    let cout = g.cout;
+    let kc = c1 - c0;
+
     // safety: the ISA of `V` is enabled (caller).
     let mut acc = [[unsafe { V::zero() }; NV]; MR];
+    if c0 > 0 {
+        // Resume from the partial sums the previous input-channel block stored.
+        for i in 0..MR {
+            for v in 0..NV {
+                let ch = first_panel * PANEL + v * V::LANES;
+                if ch < cout {
+                    let lanes = V::LANES.min(cout - ch);
+                    // safety: `q0 + i < pixels` and `ch + lanes <= cout`, inside the
+                    // output, which this task owns (caller).
+                    let p = unsafe { out.add((q0 + i) * cout + ch) };
+                    // safety: as above.
+                    acc[i][v] = unsafe {
+                        if lanes == V::LANES {
+                            V::load(p)
+                        } else {
+                            V::load_partial(p, lanes)
+                        }
+                    };
+                }
+            }
+        }
+    }
     let mut ptrs = [zeros; MR];
     for kh in 0..kh_n {
         let dy = (kh * g.dilation[0]) as isize;
         // Input row of each pixel for this kernel row, None in the padding.
         let mut rows = [None; MR];
-        let mut whole_rows = g.dilation[1] == 1;
+        let mut whole_rows = g.dilation[1] == 1 && kc == cin;
         for i in 0..MR {
             let ih = ih0[i] + dy;
             if (0..in_h).contains(&ih) {
@@ -198,23 +270,23 @@ pub(super) unsafe fn tile<V: Vector, const MR: usize, const NV: usize>(
                 ptrs[i] = match rows[i] {
                     Some(r) if (0..in_w).contains(&iw) => {
                         any = true;
-                        // safety: row `r` and column `iw` are inside the input, so `cin`
-                        // floats from here are that pixel's channels.
-                        unsafe { input.add((r * g.in_w + iw as usize) * cin) }
+                        // safety: row `r` and column `iw` are inside the input, so the
+                        // `kc` floats from channel `c0` on are that pixel's channels.
+                        unsafe { input.add((r * g.in_w + iw as usize) * cin + c0) }
                     }
                     _ => zeros,
                 };
             }
             if any {
-                // safety: every pointer has `cin` readable floats; weight row (kh, kw) of
-                // each panel used is inside the panel.
+                // safety: every pointer has `kc` readable floats (`zeros` has `kw * cin`);
+                // weight rows (kh, kw, c0..c1) of each panel used are inside the panel.
                 unsafe {
                     accumulate::<V, MR, NV>(
                         &mut acc,
                         &ptrs,
-                        wpanel.add((kh * kw_n + kw) * cin * PANEL),
+                        wpanel.add(((kh * kw_n + kw) * cin + c0) * PANEL),
                         &wofs,
-                        cin,
+                        kc,
                     )
                 };
             }
@@ -222,9 +294,8 @@ pub(super) unsafe fn tile<V: Vector, const MR: usize, const NV: usize>(
     }
 
     // Epilogue while the tile is in registers: + bias, + residual, activation, store the
-    // channels below cout.
-    let out = job.output.ptr;
-    let cout = g.cout;
+    // channels below cout. Blocks before the last store the partial sums as they are.
+    let last_block = c1 == cin;
     for i in 0..MR {
         let q = q0 + i;
         for v in 0..NV {
@@ -238,6 +309,15 @@ pub(super) unsafe fn tile<V: Vector, const MR: usize, const NV: usize>(
             // output accesses are inside their `pixels * cout` buffers; this task owns
             // these output elements (caller).
             unsafe {
+                let o = out.add(q * cout + ch);
+                if !last_block {
+                    if lanes == V::LANES {
+                        V::store(o, acc[i][v])
+                    } else {
+                        V::store_partial(o, acc[i][v], lanes)
+                    }
+                    continue;
+                }
                 let mut y = V::add(acc[i][v], V::load(job.bias.as_ptr().add(ch)));
                 if let Some(res) = job.residual {
                     let r = res.as_ptr().add(q * cout + ch);
@@ -251,7 +331,6 @@ pub(super) unsafe fn tile<V: Vector, const MR: usize, const NV: usize>(
                 if job.relu {
                     y = V::relu(y);
                 }
-                let o = out.add(q * cout + ch);
                 if lanes == V::LANES {
                     V::store(o, y)
                 } else {

@@ -11,7 +11,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::tile::{remainder_tile, run_range, Vector};
+use super::tile::{remainder_tile, run_range, Block, Vector};
 use super::{Job, Tiling};
 
 pub(super) struct Avx512;
@@ -147,8 +147,8 @@ impl Tiling for Avx2Tiles {
 /// `Avx512Tiles::PIXELS`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
 pub(super) unsafe fn run_avx512(job: &Job, px: Range<usize>, co: Range<usize>) {
-    let remainder = |q0: usize, mr: usize, first_panel: usize, one_panel: bool| {
-        remainder_tile!(Avx512, 2, 1, job, q0, mr, first_panel, one_panel,
+    let remainder = |q0: usize, mr: usize, block: Block, one_panel: bool| {
+        remainder_tile!(Avx512, 2, 1, job, q0, mr, block, one_panel,
             [1 2 3 4 5 6 7 8 9 10 11 12 13])
     };
     // safety: this function's contract is `run_range`'s, with AVX-512 enabled here.
@@ -161,7 +161,7 @@ pub(super) unsafe fn run_avx512(job: &Job, px: Range<usize>, co: Range<usize>) {
 /// AVX2 and FMA must be usable; otherwise as `run_avx512` with `Avx2Tiles`.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn run_avx2(job: &Job, px: Range<usize>, co: Range<usize>) {
-    let remainder = |q0: usize, mr: usize, first_panel: usize, one_panel: bool| remainder_tile!(Avx2, 2, 2, job, q0, mr, first_panel, one_panel, [1 2 3 4 5]);
+    let remainder = |q0: usize, mr: usize, block: Block, one_panel: bool| remainder_tile!(Avx2, 2, 2, job, q0, mr, block, one_panel, [1 2 3 4 5]);
     // safety: this function's contract is `run_range`'s, with AVX2+FMA enabled here.
     unsafe { run_range::<Avx2, AVX2_MR, 2, 2>(job, px, co, remainder) }
 }
