@@ -5,8 +5,13 @@
 //! (executors) -> `serve` / `bench` / the CLIs. All `unsafe` lives in the `qp-kernels` crate.
 #![forbid(unsafe_code)]
 
+pub mod convert;
 pub mod engine;
+pub mod exec;
 pub mod format;
+pub mod npy;
 pub mod graph;
+pub mod onnx;
+pub mod plan;
 pub mod preprocess;
 pub mod serve;

@@ -161,7 +161,12 @@ fn fold(g: &Graph, n: &Node) -> Result<Option<Vec<Const>>> {
         }
         IrOp::Reshape { allow_zero } => {
             let x = c(0)?;
-            let target = c(1)?.as_ints().ok_or_else(|| anyhow!("target shape is not known"))?;
+            let target: Vec<SymInt> = c(1)?
+                .as_ints()
+                .ok_or_else(|| anyhow!("target shape is not known"))?
+                .into_iter()
+                .map(SymInt::Known)
+                .collect();
             let dims_in: Vec<Dim> = x.dims().iter().map(|&d| Dim::Known(d)).collect();
             let out = reshape_dims(&dims_in, &target, *allow_zero, None)?;
             with_dims(x, out.iter().map(|d| match d {
@@ -219,7 +224,7 @@ fn squeeze_dims(dims: &[usize], axes: &[i64]) -> Result<Vec<usize>> {
 /// on axis 0 (a reshape that folds the batch into another axis cannot run for every batch).
 pub fn reshape_dims(
     input: &[Dim],
-    target: &[i64],
+    target: &[SymInt],
     allow_zero: bool,
     static_batch: Option<usize>,
 ) -> Result<Vec<Dim>> {
@@ -228,6 +233,13 @@ pub fn reshape_dims(
     let mut out: Vec<Option<Dim>> = Vec::with_capacity(target.len());
     let mut infer_at = None;
     for (i, &t) in target.iter().enumerate() {
+        let t = match t {
+            SymInt::Batch => {
+                out.push(Some(Dim::Batch));
+                continue;
+            }
+            SymInt::Known(k) => k,
+        };
         out.push(match t {
             -1 => {
                 if infer_at.replace(i).is_some() {
@@ -450,24 +462,16 @@ fn infer_op(g: &Graph, n: &Node, op: &mut IrOp) -> Result<Vec<Vec<Dim>>> {
             let t = g
                 .constant(input(g, n, 1)?)
                 .ok_or_else(|| anyhow!("Reshape target shape must be computable at conversion time"))?;
-            let target: Vec<i64> = match t.as_sym_ints() {
-                Some(s) => s
-                    .iter()
-                    .map(|v| match v {
-                        SymInt::Known(k) => *k,
-                        SymInt::Batch => -1,
-                    })
+            let target: Vec<SymInt> = match t.as_sym_ints() {
+                Some(sy) => sy.to_vec(),
+                None => t
+                    .as_ints()
+                    .ok_or_else(|| anyhow!("Reshape target is not integer"))?
+                    .into_iter()
+                    .map(SymInt::Known)
                     .collect(),
-                None => t.as_ints().ok_or_else(|| anyhow!("Reshape target is not integer"))?,
             };
-            let batch_in_target = t.as_sym_ints().is_some_and(|s| s.contains(&SymInt::Batch));
-            let mut out = reshape_dims(&x, &target, *allow_zero, g.static_batch)?;
-            if batch_in_target {
-                // The target spelled the batch symbolically (Shape-derived): keep it.
-                if let Some(i) = t.as_sym_ints().and_then(|s| s.iter().position(|v| *v == SymInt::Batch)) {
-                    out[i] = Dim::Batch;
-                }
-            }
+            let out = reshape_dims(&x, &target, *allow_zero, g.static_batch)?;
             out
         }
         IrOp::Concat { axis } => {
@@ -526,11 +530,48 @@ fn infer_op(g: &Graph, n: &Node, op: &mut IrOp) -> Result<Vec<Vec<Dim>>> {
             let w = g.constant(input(g, n, 1)?).ok_or_else(|| anyhow!("Dense weight must be constant"))?;
             vec![x[0], Dim::Known(w.dims()[0])]
         }
-        IrOp::Shape { .. }
-        | IrOp::Gather { .. }
-        | IrOp::Unsqueeze { .. }
-        | IrOp::Squeeze { .. }
-        | IrOp::Cast => bail!(
+        IrOp::Unsqueeze { axes } | IrOp::Squeeze { axes } => {
+            let axes = match axes {
+                Some(a) => a.clone(),
+                None => match n.input(1) {
+                    Some(v) => g
+                        .constant(v)
+                        .and_then(|c| c.as_ints())
+                        .ok_or_else(|| anyhow!("axes must be constant integers"))?,
+                    None => vec![],
+                },
+            };
+            let out = if matches!(op, IrOp::Unsqueeze { .. }) {
+                let rank = x.len() + axes.len();
+                let mut axes: Vec<usize> = axes.iter().map(|&a| norm_axis(a, rank)).collect::<Result<_>>()?;
+                axes.sort_unstable();
+                let mut it = x.iter();
+                (0..rank)
+                    .map(|i| if axes.binary_search(&i).is_ok() { Some(Dim::Known(1)) } else { it.next().copied() })
+                    .collect::<Option<Vec<Dim>>>()
+                    .ok_or_else(|| anyhow!("bad Unsqueeze axes"))?
+            } else {
+                let axes: Vec<usize> = axes.iter().map(|&a| norm_axis(a, x.len())).collect::<Result<_>>()?;
+                let mut out = Vec::new();
+                for (i, &d) in x.iter().enumerate() {
+                    let drop = if axes.is_empty() { d == Dim::Known(1) } else { axes.contains(&i) };
+                    if drop && d != Dim::Known(1) {
+                        bail!("cannot squeeze axis {i} of {}", shape_str(&x));
+                    }
+                    if !drop {
+                        out.push(d);
+                    }
+                }
+                out
+            };
+            if out.first() != Some(&Dim::Batch) {
+                bail!("{} {} -> {} moves the batch axis; not supported", n.onnx_type, shape_str(&x), shape_str(&out));
+            }
+            // From here on it is a reshape.
+            *op = IrOp::Reshape { allow_zero: false };
+            out
+        }
+        IrOp::Shape { .. } | IrOp::Gather { .. } | IrOp::Cast => bail!(
             "{} on a runtime tensor is not supported (only shape arithmetic that folds to constants)",
             n.onnx_type
         ),

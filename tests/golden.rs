@@ -1,0 +1,155 @@
+//! Golden tests: every fixture under tests/fixtures (small ONNX models written the way
+//! real exporters write them, with inputs and ONNX Runtime's outputs) converts, loads
+//! and matches ONNX Runtime within the fixture's tolerance, on the reference executor and
+//! on every kernel tier this CPU runs.
+
+use std::path::{Path, PathBuf};
+
+use qp::convert::{convert_bytes, ConvertOptions};
+use qp::engine::{Engine, EngineOptions, Isa, Tensor};
+use qp::format::QpwFile;
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn cases() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(fixtures())
+        .expect("fixtures folder")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.join("case.json").exists())
+        .collect();
+    v.sort();
+    assert!(v.len() >= 9, "expected the committed fixtures, found {}", v.len());
+    v
+}
+
+fn case_json(dir: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap()
+}
+
+/// |qp - ort| / max(|ort|, floor) <= rtol for every element.
+pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, rtol: f64, floor: f64) {
+    assert_eq!(got.shape, want.shape, "{what}: shape");
+    let mut worst = (0.0f64, 0usize);
+    for (i, (&g, &w)) in got.data.iter().zip(&want.data).enumerate() {
+        let err = (g as f64 - w as f64).abs() / (w as f64).abs().max(floor);
+        if err > worst.0 || err.is_nan() {
+            worst = (if err.is_nan() { f64::INFINITY } else { err }, i);
+        }
+    }
+    assert!(
+        worst.0 <= rtol,
+        "{what}: relative error {:.3e} at {} (qp {}, ort {}) exceeds {rtol:e}",
+        worst.0,
+        worst.1,
+        got.data[worst.1],
+        want.data[worst.1]
+    );
+}
+
+fn convert_case(dir: &Path) -> anyhow::Result<QpwFile> {
+    let onnx = std::fs::read(dir.join("model.onnx"))?;
+    let converted = convert_bytes(&onnx, "fixture", &ConvertOptions::default())?;
+    Ok(QpwFile::from_bytes(&converted.to_bytes()?)?)
+}
+
+fn executors() -> Vec<(String, EngineOptions)> {
+    let mut v = vec![(
+        "reference".to_string(),
+        EngineOptions {
+            reference: true,
+            ..Default::default()
+        },
+    )];
+    let best = qp_kernels::cpu::features().best_isa();
+    for isa in Isa::ALL.into_iter().filter(|&i| i <= best) {
+        v.push((
+            isa.to_string(),
+            EngineOptions {
+                max_isa: Some(isa),
+                threads: Some(2),
+                ..Default::default()
+            },
+        ));
+    }
+    v
+}
+
+#[test]
+fn every_fixture_matches_onnx_runtime() {
+    let mut checked = 0;
+    for dir in cases() {
+        let case = case_json(&dir);
+        if case.get("expect_error").is_some() {
+            continue;
+        }
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let rtol = case["rtol"].as_f64().unwrap_or(1e-4);
+        let inputs: Vec<(String, Tensor)> = case["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                let t = qp::npy::read(&dir.join(i["file"].as_str().unwrap())).unwrap();
+                (i["name"].as_str().unwrap().to_string(), t)
+            })
+            .collect();
+        for (exec, options) in executors() {
+            let file = convert_case(&dir).unwrap_or_else(|e| panic!("{name}: conversion failed: {e:#}"));
+            let mut engine = Engine::from_file(file, options).unwrap();
+            let named: Vec<(&str, Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+            let outputs = engine.run(&named).unwrap_or_else(|e| panic!("{name}/{exec}: {e}"));
+            let want = case["outputs"].as_array().unwrap();
+            assert_eq!(outputs.len(), want.len(), "{name}: output count");
+            for (o, w) in outputs.iter().zip(want) {
+                assert_eq!(o.0, w["name"].as_str().unwrap(), "{name}: output order");
+                let expected = qp::npy::read(&dir.join(w["file"].as_str().unwrap())).unwrap();
+                assert_close(&format!("{name}/{exec}/{}", o.0), &o.1, &expected, rtol, 1e-3);
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 9);
+}
+
+#[test]
+fn unsupported_ops_are_named_with_their_nodes() {
+    let dir = fixtures().join("unsupported");
+    let case = case_json(&dir);
+    let err = format!("{:#}", convert_case(&dir).expect_err("must not convert"));
+    for op in case["expect_error"].as_array().unwrap() {
+        assert!(err.contains(op.as_str().unwrap()), "error {err:?} does not name {op}");
+    }
+    for node in case["nodes"].as_array().unwrap() {
+        assert!(err.contains(node.as_str().unwrap()), "error {err:?} does not name node {node}");
+    }
+    assert!(err.contains("opset"), "error {err:?} does not give the opset");
+}
+
+#[test]
+fn batch_sizes_agree_with_each_other() {
+    // The same sample must give the same answer alone and inside a batch.
+    let dir = fixtures().join("tiny_bn");
+    let image = qp::npy::read(&dir.join("inputs/image.npy")).unwrap();
+    let params = qp::npy::read(&dir.join("inputs/params.npy")).unwrap();
+    let file = convert_case(&dir).unwrap();
+    let mut engine = Engine::from_file(file, EngineOptions { reference: true, ..Default::default() }).unwrap();
+    let full = engine.run(&[("image", image.clone()), ("params", params.clone())]).unwrap();
+    let per_image = image.data.len() / image.shape[0];
+    let per_param = params.data.len() / params.shape[0];
+    for b in 0..image.shape[0] {
+        let mut ishape = image.shape.clone();
+        ishape[0] = 1;
+        let mut pshape = params.shape.clone();
+        pshape[0] = 1;
+        let one = engine
+            .run(&[
+                ("image", Tensor::new(ishape, image.data[b * per_image..(b + 1) * per_image].to_vec())),
+                ("params", Tensor::new(pshape, params.data[b * per_param..(b + 1) * per_param].to_vec())),
+            ])
+            .unwrap();
+        assert_eq!(one[0].1.data[0], full[0].1.data[b], "sample {b}");
+    }
+}
