@@ -99,6 +99,15 @@ async fn build_sample(
     model: &ModelWorker,
     input: PredictInput,
 ) -> Result<(Sample, Option<f64>), ApiError> {
+    if let Some(raw) = model.meta.inputs.iter().find(|i| i.image.is_none() && i.features.is_none()) {
+        return Err(ApiError::bad_request(
+            "unsupported_model",
+            format!(
+                "input `{}` of model `{}` is a raw tensor; use POST /v2/models/{}/infer",
+                raw.name, model.name, model.name
+            ),
+        ));
+    }
     let known: Vec<String> = model
         .meta
         .inputs
@@ -142,7 +151,9 @@ async fn build_sample(
                 .await
                 .map_err(|e| ApiError::internal(format!("image decoding task failed: {e}")))??;
             sample.push(values);
-        } else if let Some(features) = &spec.features {
+        } else {
+            // Checked above: an input without an image has features.
+            let features = spec.features.as_deref().unwrap_or_default();
             let mine: BTreeMap<String, f64> = input
                 .fields
                 .iter()
@@ -151,14 +162,6 @@ async fn build_sample(
                 .collect();
             sample.push(features_to_vec(&mine, features)?);
             all_features.extend(features.iter().cloned());
-        } else {
-            return Err(ApiError::bad_request(
-                "unsupported_model",
-                format!(
-                    "input `{}` of model `{}` is a raw tensor; use POST /v2/models/{}/infer",
-                    spec.name, model.name, model.name
-                ),
-            ));
         }
     }
     let margin = feature_box_margin(&input.fields, &all_features);
