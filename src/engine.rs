@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::exec::pool::PinnedPool;
 use crate::format::{ModelMeta, QpwFile};
 use crate::plan::{validate::validate, Plan};
 pub use qp_kernels::cpu::Isa;
@@ -54,6 +55,7 @@ pub struct Engine {
     isa: Isa,
     threads: usize,
     reference: bool,
+    pool: Option<PinnedPool>,
     plans: HashMap<usize, Plan>,
     arena: Vec<f32>,
 }
@@ -90,11 +92,17 @@ impl Engine {
                 _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
             },
         };
+        let pool = if options.reference {
+            None
+        } else {
+            Some(PinnedPool::new(threads).map_err(EngineError::Config)?)
+        };
         Ok(Engine {
             file,
             isa,
             threads,
             reference: options.reference,
+            pool,
             plans: HashMap::new(),
             arena: Vec::new(),
         })
@@ -121,8 +129,13 @@ impl Engine {
         if self.reference {
             "reference"
         } else {
-            "reference"
+            "simd"
         }
+    }
+
+    /// Whether the worker threads are pinned to cores.
+    pub fn pinned(&self) -> bool {
+        self.pool.as_ref().is_some_and(|p| p.is_pinned())
     }
 
     pub fn threads(&self) -> usize {
@@ -186,26 +199,51 @@ impl Engine {
     /// Runs one batch. Every model input must be given exactly once, all with the same
     /// batch size; returns every model output, in the model's order.
     pub fn run(&mut self, inputs: &[(&str, Tensor)]) -> Result<Vec<(String, Tensor)>, EngineError> {
+        self.run_inner(inputs, None)
+    }
+
+    /// `run`, also returning each node's wall time in seconds (in `meta().nodes` order).
+    pub fn run_profiled(&mut self, inputs: &[(&str, Tensor)]) -> Result<(Vec<(String, Tensor)>, Vec<f64>), EngineError> {
+        let mut times = Vec::with_capacity(self.file.meta.nodes.len());
+        let out = self.run_inner(inputs, Some(&mut times))?;
+        Ok((out, times))
+    }
+
+    fn run_inner(&mut self, inputs: &[(&str, Tensor)], timings: Option<&mut Vec<f64>>) -> Result<Vec<(String, Tensor)>, EngineError> {
         let batch = self.check_inputs(inputs)?;
         let plan = self.plan(batch).clone();
         if self.arena.len() < plan.arena_len {
             self.arena.resize(plan.arena_len, 0.0);
         }
         let meta = &self.file.meta;
+        let isa = self.isa;
         for (name, t) in inputs {
             let spec = meta.inputs.iter().find(|i| i.name == *name).expect("checked");
             let slot = &plan.slots[spec.value];
-            self.arena[slot.offset..slot.offset + slot.len].copy_from_slice(&t.data);
+            let dst = &mut self.arena[slot.offset..slot.offset + slot.len];
+            match &self.pool {
+                Some(_) => crate::exec::fast::load_input(isa, &spec.shape, batch, &t.data, dst),
+                None => dst.copy_from_slice(&t.data),
+            }
         }
-        crate::exec::run_reference(&self.file, &plan, &mut self.arena);
+        match &self.pool {
+            Some(pool) => crate::exec::fast::run(&self.file, &plan, &mut self.arena, isa, pool, timings),
+            None => crate::exec::run_reference(&self.file, &plan, &mut self.arena, timings),
+        }
         Ok(meta
             .outputs
             .iter()
             .map(|o| {
                 let slot = &plan.slots[o.value];
+                let src = &self.arena[slot.offset..slot.offset + slot.len];
+                let mut data = vec![0f32; slot.len];
+                match &self.pool {
+                    Some(_) => crate::exec::fast::store_output(isa, &o.shape, batch, src, &mut data),
+                    None => data.copy_from_slice(src),
+                }
                 let mut shape = vec![batch];
                 shape.extend_from_slice(&o.shape);
-                (o.name.clone(), Tensor::new(shape, self.arena[slot.offset..slot.offset + slot.len].to_vec()))
+                (o.name.clone(), Tensor::new(shape, data))
             })
             .collect())
     }

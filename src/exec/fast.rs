@@ -1,0 +1,204 @@
+//! The optimized executor: activations NHWC (channels innermost, what the SIMD kernels
+//! read), every op a dispatched kernel from `qp-kernels`, work split over the pinned pool.
+//!
+//! Layout rule: a value with a per-sample rank of 3 (`[C, H, W]` in the model) is stored
+//! `[H, W, C]`; every other value is stored as the model says. Model inputs and outputs
+//! are NCHW at the boundary and reordered here, once.
+
+use std::time::Instant;
+
+use qp_kernels::conv::{conv2d_nhwc, ConvGeometry, Epilogue};
+use qp_kernels::cpu::Isa;
+use qp_kernels::parallel::ParallelFor;
+use qp_kernels::{dense, eltwise, pool, reorder};
+
+use super::arena::split_io;
+use crate::format::meta::{ModelMeta, NodeSpec};
+use crate::format::QpwFile;
+use crate::graph::op::{Activation, Op, Window};
+use crate::plan::Plan;
+
+pub fn is_blocked(shape: &[usize]) -> bool {
+    shape.len() == 3
+}
+
+fn epilogue(a: Activation) -> Epilogue {
+    match a {
+        Activation::None => Epilogue::None,
+        Activation::Relu => Epilogue::Relu,
+    }
+}
+
+/// Copies a model input (NCHW) into its slot in the executor's layout.
+pub fn load_input(isa: Isa, shape: &[usize], batch: usize, src: &[f32], dst: &mut [f32]) {
+    if is_blocked(shape) {
+        reorder::nchw_to_nhwc(isa, batch, shape[0], shape[1], shape[2], src, dst);
+    } else {
+        dst.copy_from_slice(src);
+    }
+}
+
+/// Copies a value out of its slot into the model's layout (NCHW).
+pub fn store_output(isa: Isa, shape: &[usize], batch: usize, src: &[f32], dst: &mut [f32]) {
+    if is_blocked(shape) {
+        reorder::nhwc_to_nchw(isa, batch, shape[0], shape[1], shape[2], src, dst);
+    } else {
+        dst.copy_from_slice(src);
+    }
+}
+
+/// Runs every node; `timings`, if given, receives each node's wall time in seconds.
+pub fn run(
+    file: &QpwFile,
+    plan: &Plan,
+    arena: &mut [f32],
+    isa: Isa,
+    par: &dyn ParallelFor,
+    mut timings: Option<&mut Vec<f64>>,
+) {
+    let meta = &file.meta;
+    for node in &meta.nodes {
+        let start = timings.as_ref().map(|_| Instant::now());
+        let out_v = node.outputs[0];
+        let in_slots: Vec<_> = node.inputs.iter().map(|&v| &plan.slots[v]).collect();
+        let (out, ins) = split_io(arena, &plan.slots[out_v], &in_slots);
+        let params: Vec<&[f32]> = node
+            .params
+            .iter()
+            .map(|&p| file.tensor_f32(p).expect("validated: f32 parameters"))
+            .collect();
+        run_node(meta, node, plan.batch, &ins, &params, out, isa, par);
+        if let (Some(t), Some(s)) = (timings.as_deref_mut(), start) {
+            t.push(s.elapsed().as_secs_f64());
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_node(
+    meta: &ModelMeta,
+    node: &NodeSpec,
+    batch: usize,
+    ins: &[&[f32]],
+    params: &[&[f32]],
+    out: &mut [f32],
+    isa: Isa,
+    par: &dyn ParallelFor,
+) {
+    let shape = |v: usize| meta.values[v].shape.as_slice();
+    let is = shape(node.inputs[0]);
+    let os = shape(node.outputs[0]);
+    match &node.op {
+        Op::Conv {
+            cin,
+            cout,
+            window,
+            activation,
+        } => {
+            let g = ConvGeometry {
+                batch,
+                in_h: is[1],
+                in_w: is[2],
+                cin: *cin,
+                out_h: os[1],
+                out_w: os[2],
+                cout: *cout,
+                kernel: window.kernel,
+                stride: window.stride,
+                dilation: window.dilation,
+                pads: window.pads,
+            };
+            conv2d_nhwc(isa, par, &g, ins[0], params[0], params[1], ins.get(1).copied(), epilogue(*activation), out);
+        }
+        Op::Dense {
+            input,
+            output,
+            activation,
+        } => dense::dense(
+            isa,
+            par,
+            batch,
+            *input,
+            *output,
+            ins[0],
+            params[0],
+            params[1],
+            *activation == Activation::Relu,
+            out,
+        ),
+        Op::MaxPool { window, .. } => pool::max_pool_nhwc(isa, par, &pool_geometry(batch, is, os, window), ins[0], out),
+        Op::AveragePool {
+            window,
+            count_include_pad,
+            ..
+        } => pool::avg_pool_nhwc(isa, par, &pool_geometry(batch, is, os, window), *count_include_pad, ins[0], out),
+        Op::GlobalAveragePool => pool::global_avg_pool_nhwc(isa, batch, is[1] * is[2], is[0], ins[0], out),
+        Op::Add { activation } => eltwise::add(isa, ins[0], ins[1], *activation == Activation::Relu, out),
+        Op::Relu => {
+            out.copy_from_slice(ins[0]);
+            eltwise::relu_inplace(isa, out);
+        }
+        Op::Sigmoid => {
+            out.copy_from_slice(ins[0]);
+            eltwise::sigmoid_inplace(isa, out);
+        }
+        Op::Reshape => reshape(isa, batch, is, os, ins[0], out),
+        Op::Concat { axis } => {
+            let in_shapes: Vec<&[usize]> = node.inputs.iter().map(|&v| shape(v)).collect();
+            concat(batch, *axis, &in_shapes, os, ins, out);
+        }
+    }
+}
+
+fn pool_geometry(batch: usize, is: &[usize], os: &[usize], w: &Window) -> pool::PoolGeometry {
+    pool::PoolGeometry {
+        batch,
+        in_h: is[1],
+        in_w: is[2],
+        channels: is[0],
+        out_h: os[1],
+        out_w: os[2],
+        kernel: w.kernel,
+        stride: w.stride,
+        dilation: w.dilation,
+        pads: w.pads,
+    }
+}
+
+/// Reshape keeps row-major NCHW order; a blocked value first goes back to NCHW.
+fn reshape(isa: Isa, batch: usize, is: &[usize], os: &[usize], x: &[f32], out: &mut [f32]) {
+    let spatial = |s: &[usize]| is_blocked(s) && s[1] * s[2] > 1;
+    match (spatial(is), is_blocked(os) && spatial(os)) {
+        (false, false) => out.copy_from_slice(x),
+        (true, false) => reorder::nhwc_to_nchw(isa, batch, is[0], is[1], is[2], x, out),
+        (false, true) => reorder::nchw_to_nhwc(isa, batch, os[0], os[1], os[2], x, out),
+        (true, true) => {
+            let mut tmp = vec![0f32; x.len()];
+            reorder::nhwc_to_nchw(isa, batch, is[0], is[1], is[2], x, &mut tmp);
+            reorder::nchw_to_nhwc(isa, batch, os[0], os[1], os[2], &tmp, out);
+        }
+    }
+}
+
+/// Concatenation along a model axis, done in the stored layout: for a blocked value the
+/// model's axis (C, H, W) = stored axis (2, 0, 1).
+fn concat(batch: usize, axis: usize, in_shapes: &[&[usize]], os: &[usize], ins: &[&[f32]], out: &mut [f32]) {
+    let stored = |s: &[usize]| -> Vec<usize> {
+        if is_blocked(s) {
+            vec![s[1], s[2], s[0]]
+        } else {
+            s.to_vec()
+        }
+    };
+    let axis = if is_blocked(os) { [2, 0, 1][axis] } else { axis };
+    let so = stored(os);
+    let outer: usize = so[..axis].iter().product::<usize>() * batch;
+    let mut pos = 0;
+    for k in 0..outer {
+        for (x, s) in ins.iter().zip(in_shapes) {
+            let chunk: usize = stored(s)[axis..].iter().product();
+            out[pos..pos + chunk].copy_from_slice(&x[k * chunk..(k + 1) * chunk]);
+            pos += chunk;
+        }
+    }
+}
