@@ -1,0 +1,133 @@
+//! End to end with the real engine: fixture ONNX models converted to `.qpw`, served,
+//! and every answer compared with the engine run directly on the same inputs.
+
+mod serve_common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use qp::convert::{convert_file, ConvertOptions};
+use qp::engine::{Engine, EngineOptions, Tensor};
+use qp::preprocess::{features_to_vec, image_to_tensor};
+use qp::serve::ModelSpec;
+use serde_json::{json, Value};
+use serve_common::*;
+
+fn convert(fixture: &str, dir: &Path, name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(fixture)
+        .join("model.onnx");
+    let out = dir.join(format!("{name}.qpw"));
+    convert_file(&src, &out, &ConvertOptions::default()).expect("fixture converts");
+    out
+}
+
+fn run_engine(path: &Path, inputs: Vec<(&str, Tensor)>) -> Vec<f32> {
+    let mut engine = Engine::load(path, EngineOptions::default()).unwrap();
+    let outputs = engine.run(&inputs).expect("engine runs");
+    outputs[0].1.data.clone()
+}
+
+/// A value inside each feature's range, different per feature.
+fn feature_values(features: &Value, t: f64) -> BTreeMap<String, f64> {
+    features
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let (min, max) = (f["min"].as_f64().unwrap(), f["max"].as_f64().unwrap());
+            let frac = (t + 0.13 * i as f64).fract();
+            (f["name"].as_str().unwrap().to_string(), min + (max - min) * frac)
+        })
+        .collect()
+}
+
+#[test]
+fn real_models_through_every_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let features_path = convert("feature_model", dir.path(), "qualitynet-features");
+    let image_path = convert("tiny_bn", dir.path(), "qualitynet");
+    let a = args(&["--model-dir", dir.path().to_str().unwrap()]);
+    let specs: Vec<ModelSpec> = qp::serve::resolve_models(&a)
+        .unwrap()
+        .into_iter()
+        .map(|(name, path)| ModelSpec::from_file(name, path, EngineOptions::default()))
+        .collect();
+    let server = qp::serve::start(&a, specs, false).expect("serves the converted models");
+    let addr = server.local_addr();
+
+    // Feature model via /predict vs the engine on the same normalized vector.
+    let info = get(addr, "/model?model=qualitynet-features").json();
+    let features_json = &info["inputs"][0]["features"];
+    assert!(features_json.is_array(), "the feature model carries feature metadata: {info}");
+    let features: Vec<qp::format::meta::Feature> = serde_json::from_value(features_json.clone()).unwrap();
+    let values = feature_values(features_json, 0.31);
+    let r = post_json(addr, "/predict", &json!(values));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let served = r.json()["predicted_ssim"].as_f64().unwrap() as f32;
+    let vector = features_to_vec(&values, &features).unwrap();
+    let direct = run_engine(&features_path, vec![("features", Tensor::new(vec![1, vector.len()], vector.clone()))]);
+    assert_eq!(served, direct[0], "served and direct answers differ");
+
+    // The same vector through KServe v2, batched with a second sample.
+    let second = features_to_vec(&feature_values(features_json, 0.77), &features).unwrap();
+    let mut both = vector.clone();
+    both.extend_from_slice(&second);
+    let v = post_json(
+        addr,
+        "/v2/models/qualitynet-features/infer",
+        &json!({"inputs": [{"name": "features", "shape": [2, vector.len()], "datatype": "FP32", "data": both}]}),
+    )
+    .json();
+    let direct2 = run_engine(&features_path, vec![("features", Tensor::new(vec![2, vector.len()], both.clone()))]);
+    let data: Vec<f32> = serde_json::from_value(v["outputs"][0]["data"].clone()).unwrap();
+    assert_eq!(data, direct2, "{v}");
+
+    // QualityNet (tiny) via /predict with a PNG.
+    let info = get(addr, "/model?model=qualitynet").json();
+    let image_spec: qp::format::meta::ImagePreprocess =
+        serde_json::from_value(info["inputs"][0]["image"].clone()).expect("image metadata");
+    let param_features: Vec<qp::format::meta::Feature> =
+        serde_json::from_value(info["inputs"][1]["features"].clone()).expect("parameter metadata");
+    let png_bytes = {
+        let mut img = image::RgbaImage::new(50, 40);
+        for (x, y, p) in img.enumerate_pixels_mut() {
+            *p = image::Rgba([(x * 5) as u8, (y * 6) as u8, 128, 255]);
+        }
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    };
+    let params = feature_values(&info["inputs"][1]["features"], 0.4);
+    let mut body = json!(params);
+    body["image"] = json!(base64(&png_bytes));
+    let r = post_json(addr, "/predict", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let served = r.json()["predicted_ssim"].as_f64().unwrap() as f32;
+    let pixels = image_to_tensor(&png_bytes, &image_spec, 1 << 20).unwrap();
+    let param_vec = features_to_vec(&params, &param_features).unwrap();
+    let (h, w) = (image_spec.height, image_spec.width);
+    let direct = run_engine(
+        &image_path,
+        vec![
+            ("image", Tensor::new(vec![1, 3, h, w], pixels)),
+            ("params", Tensor::new(vec![1, param_vec.len()], param_vec)),
+        ],
+    );
+    assert_eq!(served, direct[0]);
+    assert!(served > 0.0 && served < 1.0);
+
+    // Batch with both models, and the cache on a repeat.
+    let r = post_json(addr, "/predict/batch", &json!({"items": [values, body]}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let results = r.json()["results"].as_array().unwrap().clone();
+    assert_eq!(results[0]["cached"], true);
+    assert_eq!(results[1]["cached"], true);
+    assert_eq!(results[1]["predicted_ssim"].as_f64().unwrap() as f32, served);
+
+    let m = get(addr, "/model?model=qualitynet").json();
+    assert!(m["isa"].is_string() && m["threads"].as_u64().unwrap() >= 1, "{m}");
+    server.shutdown().unwrap();
+}
