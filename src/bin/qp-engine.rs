@@ -24,7 +24,7 @@ struct EngineArgs {
     #[arg(long, env = "QP_THREADS")]
     threads: Option<usize>,
     /// Use the scalar reference executor (slow; for checking).
-    #[arg(long)]
+    #[arg(long, env = "QP_REFERENCE")]
     reference: bool,
 }
 
@@ -76,6 +76,9 @@ enum Command {
     },
     /// Serve models over HTTP.
     Serve(qp::serve::ServeArgs),
+    /// Measure latency and throughput per tier, batch and thread count (--cpu-profile:
+    /// CPU description, FMA peak and a per-layer table).
+    Bench(qp::bench::BenchArgs),
 }
 
 fn parse_kv(s: &str) -> Result<(&str, &str)> {
@@ -203,6 +206,7 @@ fn main() -> ExitCode {
         Command::Info { model, json } => info(model, *json),
         Command::Predict { model, image, params, engine } => predict(model, image.as_deref(), params, engine),
         Command::Serve(args) => qp::serve::run(args.clone()),
+        Command::Bench(args) => qp::bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
