@@ -78,14 +78,16 @@ pub fn image_to_tensor(
             spec.width, spec.height
         )));
     }
-    if spec.std.iter().any(|s| !s.is_finite() || *s == 0.0) || spec.mean.iter().any(|m| !m.is_finite())
+    if spec.std.iter().any(|s| !s.is_finite() || *s == 0.0)
+        || spec.mean.iter().any(|m| !m.is_finite())
     {
         return Err(PreprocessError::BadSpec(format!(
             "mean {:?} / std {:?}",
             spec.mean, spec.std
         )));
     }
-    let target_w = u32::try_from(spec.width).map_err(|_| PreprocessError::BadSpec("width".into()))?;
+    let target_w =
+        u32::try_from(spec.width).map_err(|_| PreprocessError::BadSpec("width".into()))?;
     let target_h =
         u32::try_from(spec.height).map_err(|_| PreprocessError::BadSpec("height".into()))?;
 
@@ -225,10 +227,7 @@ pub fn feature_box_margin(values: &BTreeMap<String, f64>, features: &[Feature]) 
     features
         .iter()
         .filter_map(|f| {
-            let v = values
-                .get(&f.name)
-                .copied()
-                .or(f.default.map(f64::from))?;
+            let v = values.get(&f.name).copied().or(f.default.map(f64::from))?;
             let p = normalized_position(v, f).clamp(0.0, 1.0);
             Some(p.min(1.0 - p))
         })

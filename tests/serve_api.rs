@@ -21,7 +21,13 @@ fn predict_features_answers_and_caches() {
     let r = post_json(addr, "/predict", &body);
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
-    assert!(close(v["predicted_ssim"].as_f64().unwrap(), feature_expected(5.0, 0.25, 0.5)), "{v}");
+    assert!(
+        close(
+            v["predicted_ssim"].as_f64().unwrap(),
+            feature_expected(5.0, 0.25, 0.5)
+        ),
+        "{v}"
+    );
     assert_eq!(v["model"], "qualitynet-features");
     assert_eq!(v["cached"], false);
     assert!(v["latency_ms"].as_f64().unwrap() >= 0.0);
@@ -31,11 +37,21 @@ fn predict_features_answers_and_caches() {
     let again = post_json(addr, "/predict", &body).json();
     assert_eq!(again["cached"], true);
     assert_eq!(again["predicted_ssim"], v["predicted_ssim"]);
-    assert_eq!(runs.load(Ordering::SeqCst), 1, "the second answer came from the cache");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the second answer came from the cache"
+    );
 
     // Defaults: `b` may be left out.
     let v = post_json(addr, "/predict", &json!({"a": 10, "c": 0})).json();
-    assert!(close(v["predicted_ssim"].as_f64().unwrap(), feature_expected(10.0, 0.0, 0.0)), "{v}");
+    assert!(
+        close(
+            v["predicted_ssim"].as_f64().unwrap(),
+            feature_expected(10.0, 0.0, 0.0)
+        ),
+        "{v}"
+    );
     server.shutdown().unwrap();
 }
 
@@ -70,12 +86,18 @@ fn predict_image_routes_to_the_image_model() {
     let v = r.json();
     assert_eq!(v["model"], "qualitynet");
     let expected = 0.5 * 0.2 + 0.25 * 0.5 + 0.25 * 0.5;
-    assert!((v["predicted_ssim"].as_f64().unwrap() - expected).abs() < 1e-4, "{v}");
+    assert!(
+        (v["predicted_ssim"].as_f64().unwrap() - expected).abs() < 1e-4,
+        "{v}"
+    );
 
     // A data URL works too, and transparent pixels count as white.
     let image = format!("data:image/png;base64,{}", base64(&png(4, 4, [0, 0, 0, 0])));
     let v = post_json(addr, "/predict", &json!({"image": image, "q": 0, "p": 0})).json();
-    assert!((v["predicted_ssim"].as_f64().unwrap() - 0.5).abs() < 1e-4, "{v}");
+    assert!(
+        (v["predicted_ssim"].as_f64().unwrap() - 0.5).abs() < 1e-4,
+        "{v}"
+    );
     server.shutdown().unwrap();
 }
 
@@ -106,9 +128,26 @@ fn predict_image_as_multipart() {
     let bad = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"q\"\r\n\r\nNaN\r\n--{boundary}--\r\n"
     );
-    let r = request(addr, "POST", "/predict?model=qualitynet", &[("Content-Type", &ct)], bad.as_bytes());
-    assert_eq!((r.status, r.error_code().as_str()), (400, "non_finite"), "{}", r.text());
-    let r = request(addr, "POST", "/predict", &[("Content-Type", &ct)], b"garbage");
+    let r = request(
+        addr,
+        "POST",
+        "/predict?model=qualitynet",
+        &[("Content-Type", &ct)],
+        bad.as_bytes(),
+    );
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "non_finite"),
+        "{}",
+        r.text()
+    );
+    let r = request(
+        addr,
+        "POST",
+        "/predict",
+        &[("Content-Type", &ct)],
+        b"garbage",
+    );
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.error_code(), "malformed_multipart");
     server.shutdown().unwrap();
@@ -120,15 +159,31 @@ fn model_selection_by_field_and_query() {
     let addr = server.local_addr();
     let body = json!({"a": 1, "c": 1, "model": "qualitynet-features"});
     assert_eq!(post_json(addr, "/predict", &body).status, 200);
-    let r = post_json(addr, "/predict?model=qualitynet-features", &json!({"a": 1, "c": 1}));
+    let r = post_json(
+        addr,
+        "/predict?model=qualitynet-features",
+        &json!({"a": 1, "c": 1}),
+    );
     assert_eq!(r.status, 200);
     let r = post_json(addr, "/predict?model=nope", &json!({"a": 1, "c": 1}));
-    assert_eq!((r.status, r.error_code().as_str()), (404, "model_not_found"));
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("qualitynet-features"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (404, "model_not_found")
+    );
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("qualitynet-features"));
     let r = post_json(addr, "/predict?model=raw", &json!({"model": "qualitynet"}));
-    assert_eq!((r.status, r.error_code().as_str()), (400, "conflicting_model"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "conflicting_model")
+    );
     let r = post_json(addr, "/predict", &json!({"model": "raw", "x": 1}));
-    assert_eq!(r.status, 400, "a raw-tensor model is not reachable through /predict");
+    assert_eq!(
+        r.status, 400,
+        "a raw-tensor model is not reachable through /predict"
+    );
     assert!(r.text().contains("/v2/models/raw/infer"), "{}", r.text());
     server.shutdown().unwrap();
 }
@@ -148,13 +203,23 @@ fn predict_batch_keeps_order_across_models() {
     let v = r.json();
     let results = v["results"].as_array().unwrap();
     assert_eq!(results.len(), 3);
-    assert!(close(results[0]["predicted_ssim"].as_f64().unwrap(), feature_expected(0.0, 0.0, 0.0)));
+    assert!(close(
+        results[0]["predicted_ssim"].as_f64().unwrap(),
+        feature_expected(0.0, 0.0, 0.0)
+    ));
     assert_eq!(results[1]["model"], "qualitynet");
     assert!((results[1]["predicted_ssim"].as_f64().unwrap() - 0.5).abs() < 1e-4);
-    assert!(close(results[2]["predicted_ssim"].as_f64().unwrap(), feature_expected(10.0, 1.0, 1.0)));
+    assert!(close(
+        results[2]["predicted_ssim"].as_f64().unwrap(),
+        feature_expected(10.0, 1.0, 1.0)
+    ));
     assert!(v["latency_ms"].is_number());
 
-    let r = post_json(addr, "/predict/batch", &json!({"items": [{"a": 1, "c": 1}, {"a": 11, "c": 1}]}));
+    let r = post_json(
+        addr,
+        "/predict/batch",
+        &json!({"items": [{"a": 1, "c": 1}, {"a": 11, "c": 1}]}),
+    );
     assert_eq!((r.status, r.error_code().as_str()), (400, "out_of_range"));
     assert!(r.text().contains("items[1]"), "{}", r.text());
     for (body, code) in [
@@ -164,14 +229,25 @@ fn predict_batch_keeps_order_across_models() {
         (json!({"items": [], "extra": 1}), "unknown_field"),
     ] {
         let r = post_json(addr, "/predict/batch", &body);
-        assert_eq!((r.status, r.error_code()), (400, code.to_string()), "{body}");
+        assert_eq!(
+            (r.status, r.error_code()),
+            (400, code.to_string()),
+            "{body}"
+        );
     }
     server.shutdown().unwrap();
 
     let (server, _) = start_fakes(&["--max-request-batch", "2"], Duration::ZERO);
     let items: Vec<Value> = (0..3).map(|i| json!({"a": i, "c": 0})).collect();
-    let r = post_json(server.local_addr(), "/predict/batch", &json!({"items": items}));
-    assert_eq!((r.status, r.error_code().as_str()), (400, "batch_too_large"));
+    let r = post_json(
+        server.local_addr(),
+        "/predict/batch",
+        &json!({"items": items}),
+    );
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "batch_too_large")
+    );
     server.shutdown().unwrap();
 }
 
@@ -193,11 +269,23 @@ fn bad_input_gets_a_named_4xx() {
         (b"{\"a\": null, \"c\": 1}", 400, "invalid_type"),
         (b"{\"a\": 10.5, \"c\": 1}", 400, "out_of_range"),
         (b"{\"a\": 1, \"c\": -0.1}", 400, "out_of_range"),
-        (b"{\"image\": \"!!!notbase64\", \"q\": 1}", 400, "invalid_image"),
+        (
+            b"{\"image\": \"!!!notbase64\", \"q\": 1}",
+            400,
+            "invalid_image",
+        ),
         (b"{\"image\": \"aGVsbG8=\", \"q\": 1}", 400, "invalid_image"),
         (b"{\"image\": 5, \"q\": 1}", 400, "invalid_type"),
-        (b"{\"model\": \"qualitynet\", \"q\": 1}", 400, "missing_field"),
-        (b"{\"model\": \"qualitynet-features\", \"image\": \"aGk=\", \"a\": 1, \"c\": 1}", 400, "unknown_field"),
+        (
+            b"{\"model\": \"qualitynet\", \"q\": 1}",
+            400,
+            "missing_field",
+        ),
+        (
+            b"{\"model\": \"qualitynet-features\", \"image\": \"aGk=\", \"a\": 1, \"c\": 1}",
+            400,
+            "unknown_field",
+        ),
     ];
     for (body, status, code) in cases {
         let r = request(addr, "POST", "/predict", &json_ct, body);
@@ -211,19 +299,46 @@ fn bad_input_gets_a_named_4xx() {
         assert!(!r.json()["error"]["message"].as_str().unwrap().is_empty());
     }
     // The message names the problem.
-    let r = request(addr, "POST", "/predict", &json_ct, b"{\"a\": 1, \"c\": 1, \"zzz\": 2}");
+    let r = request(
+        addr,
+        "POST",
+        "/predict",
+        &json_ct,
+        b"{\"a\": 1, \"c\": 1, \"zzz\": 2}",
+    );
     assert!(r.text().contains("zzz"), "{}", r.text());
-    let r = request(addr, "POST", "/predict", &json_ct, b"{\"a\": 10.5, \"c\": 1}");
+    let r = request(
+        addr,
+        "POST",
+        "/predict",
+        &json_ct,
+        b"{\"a\": 10.5, \"c\": 1}",
+    );
     assert!(r.text().contains("`a`"), "{}", r.text());
 
     // 40x40 = 1600 pixels > 1000.
     let big = base64(&png(40, 40, [1, 2, 3, 255]));
     let r = post_json(addr, "/predict", &json!({"image": big, "q": 1}));
-    assert_eq!((r.status, r.error_code().as_str()), (400, "image_too_large"), "{}", r.text());
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "image_too_large"),
+        "{}",
+        r.text()
+    );
 
     for ct in ["text/plain", "application/x-www-form-urlencoded"] {
-        let r = request(addr, "POST", "/predict", &[("Content-Type", ct)], b"{\"a\":1,\"c\":1}");
-        assert_eq!((r.status, r.error_code().as_str()), (415, "unsupported_media_type"), "{ct}");
+        let r = request(
+            addr,
+            "POST",
+            "/predict",
+            &[("Content-Type", ct)],
+            b"{\"a\":1,\"c\":1}",
+        );
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (415, "unsupported_media_type"),
+            "{ct}"
+        );
     }
     let r = request(addr, "POST", "/predict", &[], b"{\"a\":1,\"c\":1}");
     assert_eq!(r.status, 415);
@@ -231,7 +346,10 @@ fn bad_input_gets_a_named_4xx() {
     let r = get(addr, "/no/such/route");
     assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"));
     let r = get(addr, "/predict");
-    assert_eq!((r.status, r.error_code().as_str()), (405, "method_not_allowed"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (405, "method_not_allowed")
+    );
     server.shutdown().unwrap();
 }
 
@@ -242,8 +360,19 @@ fn oversized_body_is_413_json() {
     let filler = "x".repeat(2000);
     let body = json!({"a": 1, "c": 1, "pad": filler}).to_string();
     for path in ["/predict", "/predict/batch", "/v2/models/raw/infer"] {
-        let r = request(addr, "POST", path, &[("Content-Type", "application/json")], body.as_bytes());
-        assert_eq!((r.status, r.error_code().as_str()), (413, "payload_too_large"), "{path}: {}", r.text());
+        let r = request(
+            addr,
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (413, "payload_too_large"),
+            "{path}: {}",
+            r.text()
+        );
     }
     server.shutdown().unwrap();
 }
@@ -253,10 +382,24 @@ fn model_health_ready_metrics() {
     let (server, _) = start_fakes(&[], Duration::ZERO);
     let addr = server.local_addr();
     let all = get(addr, "/model").json();
-    let names: Vec<&str> = all["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = all["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["qualitynet-features", "qualitynet", "raw"]);
     let m = get(addr, "/model?model=qualitynet").json();
-    for key in ["precision", "isa", "threads", "reports", "load_time_ms", "inputs", "outputs", "executor"] {
+    for key in [
+        "precision",
+        "isa",
+        "threads",
+        "reports",
+        "load_time_ms",
+        "inputs",
+        "outputs",
+        "executor",
+    ] {
         assert!(m.get(key).is_some(), "/model lacks {key}: {m}");
     }
     assert_eq!(m["inputs"][0]["image"]["height"], 4);
@@ -309,7 +452,10 @@ fn kserve_v2_endpoints() {
     assert_eq!(get(addr, "/v2/health/live").json()["live"], true);
     assert_eq!(get(addr, "/v2/health/ready").json()["ready"], true);
     let m = get(addr, "/v2/models/raw").json();
-    assert_eq!(m["inputs"][0], json!({"name": "x", "datatype": "FP32", "shape": [-1, 2]}));
+    assert_eq!(
+        m["inputs"][0],
+        json!({"name": "x", "datatype": "FP32", "shape": [-1, 2]})
+    );
     assert_eq!(m["outputs"][1]["name"], "sum");
     assert_eq!(get(addr, "/v2/models/raw/ready").json()["ready"], true);
     assert_eq!(get(addr, "/v2/models/none/ready").status, 404);
@@ -323,8 +469,14 @@ fn kserve_v2_endpoints() {
     let v = r.json();
     assert_eq!(v["id"], "req-1");
     assert_eq!(v["model_name"], "raw");
-    assert_eq!(v["outputs"][0], json!({"name": "y", "datatype": "FP32", "shape": [3, 2], "data": [2.0, 4.0, 6.0, 8.0, 10.0, 12.0]}));
-    assert_eq!(v["outputs"][1], json!({"name": "sum", "datatype": "FP32", "shape": [3, 1], "data": [3.0, 7.0, 11.0]}));
+    assert_eq!(
+        v["outputs"][0],
+        json!({"name": "y", "datatype": "FP32", "shape": [3, 2], "data": [2.0, 4.0, 6.0, 8.0, 10.0, 12.0]})
+    );
+    assert_eq!(
+        v["outputs"][1],
+        json!({"name": "sum", "datatype": "FP32", "shape": [3, 1], "data": [3.0, 7.0, 11.0]})
+    );
 
     let only_sum = json!({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 1]}],
                           "outputs": [{"name": "sum"}]});
@@ -332,33 +484,83 @@ fn kserve_v2_endpoints() {
     assert_eq!(v["outputs"].as_array().unwrap().len(), 1);
     assert_eq!(v["outputs"][0]["data"], json!([2.0]));
 
-    let x = |shape: Value, datatype: &str, data: Value| {
-        json!({"inputs": [{"name": "x", "shape": shape, "datatype": datatype, "data": data}]})
-    };
+    let x = |shape: Value, datatype: &str, data: Value| json!({"inputs": [{"name": "x", "shape": shape, "datatype": datatype, "data": data}]});
     let cases = vec![
-        (x(json!([1, 2]), "INT64", json!([1, 2])), 400, "unsupported_datatype"),
-        (x(json!([1, 3]), "FP32", json!([1, 2, 3])), 400, "invalid_shape"),
+        (
+            x(json!([1, 2]), "INT64", json!([1, 2])),
+            400,
+            "unsupported_datatype",
+        ),
+        (
+            x(json!([1, 3]), "FP32", json!([1, 2, 3])),
+            400,
+            "invalid_shape",
+        ),
         (x(json!([2]), "FP32", json!([1, 2])), 400, "invalid_shape"),
         (x(json!([0, 2]), "FP32", json!([])), 400, "invalid_shape"),
-        (x(json!([1, -2]), "FP32", json!([1, 2])), 400, "invalid_shape"),
-        (x(json!([2, 2]), "FP32", json!([1, 2, 3])), 400, "invalid_shape"),
-        (x(json!([1, 2]), "FP32", json!([1, "NaN"])), 400, "non_finite"),
-        (x(json!([1, 2]), "FP32", json!([1, 1e39])), 400, "non_finite"),
-        (x(json!([1, 2]), "FP32", json!([1, true])), 400, "invalid_type"),
+        (
+            x(json!([1, -2]), "FP32", json!([1, 2])),
+            400,
+            "invalid_shape",
+        ),
+        (
+            x(json!([2, 2]), "FP32", json!([1, 2, 3])),
+            400,
+            "invalid_shape",
+        ),
+        (
+            x(json!([1, 2]), "FP32", json!([1, "NaN"])),
+            400,
+            "non_finite",
+        ),
+        (
+            x(json!([1, 2]), "FP32", json!([1, 1e39])),
+            400,
+            "non_finite",
+        ),
+        (
+            x(json!([1, 2]), "FP32", json!([1, true])),
+            400,
+            "invalid_type",
+        ),
         (json!({"inputs": []}), 400, "missing_input"),
         (json!({}), 400, "missing_field"),
-        (json!({"inputs": [{"name": "y", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}), 400, "unknown_input"),
-        (json!({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]},
-                           {"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}), 400, "duplicate_input"),
-        (json!({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}],
-                "outputs": [{"name": "nope"}]}), 400, "unknown_output"),
+        (
+            json!({"inputs": [{"name": "y", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}),
+            400,
+            "unknown_input",
+        ),
+        (
+            json!({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]},
+                           {"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}),
+            400,
+            "duplicate_input",
+        ),
+        (
+            json!({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}],
+                "outputs": [{"name": "nope"}]}),
+            400,
+            "unknown_output",
+        ),
     ];
     for (body, status, code) in cases {
         let r = post_json(addr, "/v2/models/raw/infer", &body);
-        assert_eq!((r.status, r.error_code()), (status, code.to_string()), "{body} -> {}", r.text());
+        assert_eq!(
+            (r.status, r.error_code()),
+            (status, code.to_string()),
+            "{body} -> {}",
+            r.text()
+        );
     }
-    let r = post_json(addr, "/v2/models/none/infer", &x(json!([1, 2]), "FP32", json!([1, 2])));
-    assert_eq!((r.status, r.error_code().as_str()), (404, "model_not_found"));
+    let r = post_json(
+        addr,
+        "/v2/models/none/infer",
+        &x(json!([1, 2]), "FP32", json!([1, 2])),
+    );
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (404, "model_not_found")
+    );
 
     // Multi-input model: batch sizes must agree.
     let img = vec![0.5f32; 2 * 48];
@@ -367,7 +569,12 @@ fn kserve_v2_endpoints() {
         {"name": "params", "shape": [1, 2], "datatype": "FP32", "data": [0.5, 0.5]},
     ]});
     let r = post_json(addr, "/v2/models/qualitynet/infer", &body);
-    assert_eq!((r.status, r.error_code().as_str()), (400, "invalid_shape"), "{}", r.text());
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "invalid_shape"),
+        "{}",
+        r.text()
+    );
     let body = json!({"inputs": [
         {"name": "image", "shape": [2, 3, 4, 4], "datatype": "FP32", "data": img},
         {"name": "params", "shape": [2, 2], "datatype": "FP32", "data": [0.0, 0.0, 1.0, 1.0]},
@@ -385,10 +592,19 @@ fn request_id_is_echoed_or_generated() {
     assert_eq!(r.header("x-request-id"), Some("abc-123"));
     let a = get(addr, "/health");
     let b = get(addr, "/health");
-    let (a, b) = (a.header("x-request-id").unwrap(), b.header("x-request-id").unwrap());
+    let (a, b) = (
+        a.header("x-request-id").unwrap(),
+        b.header("x-request-id").unwrap(),
+    );
     assert_ne!(a, b);
     // Ids unfit for logs are replaced.
-    let r = request(addr, "GET", "/health", &[("x-request-id", "has space\"quote")], b"");
+    let r = request(
+        addr,
+        "GET",
+        "/health",
+        &[("x-request-id", "has space\"quote")],
+        b"",
+    );
     assert_ne!(r.header("x-request-id"), Some("has space\"quote"));
     assert!(!r.header("x-request-id").unwrap().is_empty());
     // Errors carry it too.
@@ -401,9 +617,24 @@ fn request_id_is_echoed_or_generated() {
 fn cors_and_gzip() {
     let (server, _) = start_fakes(&["--cors-origin", "https://app.example"], Duration::ZERO);
     let addr = server.local_addr();
-    let r = request(addr, "GET", "/health", &[("Origin", "https://app.example")], b"");
-    assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example"));
-    let r = request(addr, "GET", "/health", &[("Origin", "https://evil.example")], b"");
+    let r = request(
+        addr,
+        "GET",
+        "/health",
+        &[("Origin", "https://app.example")],
+        b"",
+    );
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    let r = request(
+        addr,
+        "GET",
+        "/health",
+        &[("Origin", "https://evil.example")],
+        b"",
+    );
     assert_eq!(r.header("access-control-allow-origin"), None);
     let r = request(
         addr,
@@ -417,7 +648,10 @@ fn cors_and_gzip() {
         b"",
     );
     assert!(r.status < 300, "preflight: {}", r.status);
-    assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example"));
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
 
     let r = request(addr, "GET", "/metrics", &[("Accept-Encoding", "gzip")], b"");
     assert_eq!(r.status, 200);
@@ -430,7 +664,10 @@ fn cors_and_gzip() {
 
 #[test]
 fn rate_limit_per_client() {
-    let (server, _) = start_fakes(&["--rate-limit", "0.5", "--rate-limit-burst", "2"], Duration::ZERO);
+    let (server, _) = start_fakes(
+        &["--rate-limit", "0.5", "--rate-limit-burst", "2"],
+        Duration::ZERO,
+    );
     let addr = server.local_addr();
     let body = json!({"a": 1, "c": 1});
     assert_eq!(post_json(addr, "/predict", &body).status, 200);
@@ -439,7 +676,9 @@ fn rate_limit_per_client() {
     assert_eq!((r.status, r.error_code().as_str()), (429, "rate_limited"));
     assert_eq!(r.header("retry-after"), Some("2"));
     assert_eq!(get(addr, "/health").status, 200, "probes are exempt");
-    assert!(get(addr, "/metrics").text().contains("qp_rejections_total{reason=\"rate_limited\"} 1"));
+    assert!(get(addr, "/metrics")
+        .text()
+        .contains("qp_rejections_total{reason=\"rate_limited\"} 1"));
     server.shutdown().unwrap();
 }
 
@@ -447,20 +686,29 @@ fn rate_limit_per_client() {
 fn full_queue_is_503_with_retry_after() {
     // One slow sample at a time, a queue of one: a burst must overflow.
     let (server, _) = start_fakes(
-        &["--queue-capacity", "1", "--max-batch", "1", "--cache-entries", "0"],
+        &[
+            "--queue-capacity",
+            "1",
+            "--max-batch",
+            "1",
+            "--cache-entries",
+            "0",
+        ],
         Duration::from_millis(300),
     );
     let addr = server.local_addr();
     let threads: Vec<_> = (0..6)
-        .map(|i| {
-            std::thread::spawn(move || post_json(addr, "/predict", &json!({"a": i, "c": 1})))
-        })
+        .map(|i| std::thread::spawn(move || post_json(addr, "/predict", &json!({"a": i, "c": 1}))))
         .collect();
     let responses: Vec<Resp> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     let ok = responses.iter().filter(|r| r.status == 200).count();
     let rejected: Vec<&Resp> = responses.iter().filter(|r| r.status == 503).collect();
     assert!(ok >= 1, "some requests succeed");
-    assert!(!rejected.is_empty(), "statuses: {:?}", responses.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert!(
+        !rejected.is_empty(),
+        "statuses: {:?}",
+        responses.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
     assert_eq!(ok + rejected.len(), 6);
     for r in rejected {
         assert_eq!(r.error_code(), "queue_full");
@@ -471,7 +719,10 @@ fn full_queue_is_503_with_retry_after() {
 
 #[test]
 fn concurrent_requests_are_batched() {
-    let (server, runs) = start_fakes(&["--max-batch", "8", "--cache-entries", "0"], Duration::from_millis(100));
+    let (server, runs) = start_fakes(
+        &["--max-batch", "8", "--cache-entries", "0"],
+        Duration::from_millis(100),
+    );
     let addr = server.local_addr();
     let threads: Vec<_> = (0..12)
         .map(|i| {
@@ -487,12 +738,21 @@ fn concurrent_requests_are_batched() {
         assert_eq!(r.status, 200, "{}", r.text());
         // Each request gets its own sample's answer back out of the batch.
         let got = r.json()["predicted_ssim"].as_f64().unwrap();
-        assert!(close(got, feature_expected(a as f32, 0.0, 0.5)), "a={a}: {got}");
+        assert!(
+            close(got, feature_expected(a as f32, 0.0, 0.5)),
+            "a={a}: {got}"
+        );
     }
     let runs = runs.load(Ordering::SeqCst);
-    assert!(runs < 12, "12 concurrent requests took {runs} engine runs; expected batching");
+    assert!(
+        runs < 12,
+        "12 concurrent requests took {runs} engine runs; expected batching"
+    );
     let text = get(addr, "/metrics").text();
-    assert!(text.contains("qp_inferences_total{model=\"qualitynet-features\"} 12"), "{text}");
+    assert!(
+        text.contains("qp_inferences_total{model=\"qualitynet-features\"} 12"),
+        "{text}"
+    );
     server.shutdown().unwrap();
 }
 
@@ -509,7 +769,10 @@ fn shutdown_finishes_accepted_requests_in_process() {
         let r = t.join().unwrap();
         assert_eq!(r.status, 200, "{}", r.text());
     }
-    assert!(std::net::TcpStream::connect(addr).is_err(), "the listener is closed");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "the listener is closed"
+    );
 }
 
 #[test]
@@ -520,7 +783,9 @@ fn startup_errors_are_clear() {
         fake_spec(raw_meta(), Duration::ZERO, runs.clone()),
         fake_spec(raw_meta(), Duration::ZERO, runs),
     ];
-    let err = qp::serve::start(&args(&[]), specs, false).err().expect("duplicate names refused");
+    let err = qp::serve::start(&args(&[]), specs, false)
+        .err()
+        .expect("duplicate names refused");
     assert!(err.to_string().contains("raw"), "{err}");
 
     // A model file that is not there, and a missing bundled weights dir.
@@ -534,9 +799,17 @@ fn startup_errors_are_clear() {
     std::fs::write(dir.path().join("one.qpw"), b"x").unwrap();
     std::fs::write(dir.path().join("two.qpw"), b"x").unwrap();
     std::fs::write(dir.path().join("skip.txt"), b"x").unwrap();
-    let names: Vec<String> = qp::serve::resolve_models(&a).unwrap().into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = qp::serve::resolve_models(&a)
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     assert_eq!(names, ["one", "two"]);
     // A file that is not a model fails to load with its path in the message.
-    let err = qp::serve::run(args(&["--model", dir.path().join("one.qpw").to_str().unwrap()])).unwrap_err();
+    let err = qp::serve::run(args(&[
+        "--model",
+        dir.path().join("one.qpw").to_str().unwrap(),
+    ]))
+    .unwrap_err();
     assert!(format!("{err:#}").contains("one.qpw"), "{err:#}");
 }

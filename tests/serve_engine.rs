@@ -39,7 +39,10 @@ fn feature_values(features: &Value, t: f64) -> BTreeMap<String, f64> {
         .map(|(i, f)| {
             let (min, max) = (f["min"].as_f64().unwrap(), f["max"].as_f64().unwrap());
             let frac = (t + 0.13 * i as f64).fract();
-            (f["name"].as_str().unwrap().to_string(), min + (max - min) * frac)
+            (
+                f["name"].as_str().unwrap().to_string(),
+                min + (max - min) * frac,
+            )
         })
         .collect()
 }
@@ -61,14 +64,24 @@ fn real_models_through_every_route() {
     // Feature model via /predict vs the engine on the same normalized vector.
     let info = get(addr, "/model?model=qualitynet-features").json();
     let features_json = &info["inputs"][0]["features"];
-    assert!(features_json.is_array(), "the feature model carries feature metadata: {info}");
-    let features: Vec<qp::format::meta::Feature> = serde_json::from_value(features_json.clone()).unwrap();
+    assert!(
+        features_json.is_array(),
+        "the feature model carries feature metadata: {info}"
+    );
+    let features: Vec<qp::format::meta::Feature> =
+        serde_json::from_value(features_json.clone()).unwrap();
     let values = feature_values(features_json, 0.31);
     let r = post_json(addr, "/predict", &json!(values));
     assert_eq!(r.status, 200, "{}", r.text());
     let served = r.json()["predicted_ssim"].as_f64().unwrap() as f32;
     let vector = features_to_vec(&values, &features).unwrap();
-    let direct = run_engine(&features_path, vec![("features", Tensor::new(vec![1, vector.len()], vector.clone()))]);
+    let direct = run_engine(
+        &features_path,
+        vec![(
+            "features",
+            Tensor::new(vec![1, vector.len()], vector.clone()),
+        )],
+    );
     assert_eq!(served, direct[0], "served and direct answers differ");
 
     // The same vector through KServe v2, batched with a second sample.
@@ -81,7 +94,10 @@ fn real_models_through_every_route() {
         &json!({"inputs": [{"name": "features", "shape": [2, vector.len()], "datatype": "FP32", "data": both}]}),
     )
     .json();
-    let direct2 = run_engine(&features_path, vec![("features", Tensor::new(vec![2, vector.len()], both.clone()))]);
+    let direct2 = run_engine(
+        &features_path,
+        vec![("features", Tensor::new(vec![2, vector.len()], both.clone()))],
+    );
     let data: Vec<f32> = serde_json::from_value(v["outputs"][0]["data"].clone()).unwrap();
     assert_eq!(data, direct2, "{v}");
 
@@ -125,9 +141,15 @@ fn real_models_through_every_route() {
     let results = r.json()["results"].as_array().unwrap().clone();
     assert_eq!(results[0]["cached"], true);
     assert_eq!(results[1]["cached"], true);
-    assert_eq!(results[1]["predicted_ssim"].as_f64().unwrap() as f32, served);
+    assert_eq!(
+        results[1]["predicted_ssim"].as_f64().unwrap() as f32,
+        served
+    );
 
     let m = get(addr, "/model?model=qualitynet").json();
-    assert!(m["isa"].is_string() && m["threads"].as_u64().unwrap() >= 1, "{m}");
+    assert!(
+        m["isa"].is_string() && m["threads"].as_u64().unwrap() >= 1,
+        "{m}"
+    );
     server.shutdown().unwrap();
 }

@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 
 use crate::preprocess::{feature_box_margin, features_to_vec, image_to_tensor, PreprocessError};
 
-use super::body::{body_kind, parse_predict_object, read_json, read_multipart, BodyKind, PredictInput};
+use super::body::{
+    body_kind, parse_predict_object, read_json, read_multipart, BodyKind, PredictInput,
+};
 use super::cache::SampleOutputs;
 use super::error::ApiError;
 use super::metrics::Gauges;
@@ -33,6 +35,9 @@ pub struct ModelQuery {
 }
 
 type AppResult = Result<Response, ApiError>;
+
+/// A model's part of a batch request: the model, the item indices, their samples.
+type ModelShare = (Arc<ModelWorker>, Vec<usize>, Vec<Sample>);
 
 fn latency_ms(start: Instant) -> f64 {
     (start.elapsed().as_secs_f64() * 1e6).round() / 1e3
@@ -74,7 +79,11 @@ fn choose_model(
     let (default, fits, kind): (&str, fn(&ModelWorker) -> bool, &str) = if has_image {
         (DEFAULT_IMAGE_MODEL, is_image_model, "an image")
     } else {
-        (DEFAULT_FEATURE_MODEL, is_feature_model, "named features only")
+        (
+            DEFAULT_FEATURE_MODEL,
+            is_feature_model,
+            "named features only",
+        )
     };
     state
         .models
@@ -99,7 +108,12 @@ async fn build_sample(
     model: &ModelWorker,
     input: PredictInput,
 ) -> Result<(Sample, Option<f64>), ApiError> {
-    if let Some(raw) = model.meta.inputs.iter().find(|i| i.image.is_none() && i.features.is_none()) {
+    if let Some(raw) = model
+        .meta
+        .inputs
+        .iter()
+        .find(|i| i.image.is_none() && i.features.is_none())
+    {
         return Err(ApiError::bad_request(
             "unsupported_model",
             format!(
@@ -141,15 +155,20 @@ async fn build_sample(
             let bytes = image.take().ok_or_else(|| {
                 ApiError::bad_request(
                     "missing_field",
-                    format!("model `{}` needs an `image` (base64 PNG or JPEG)", model.name),
+                    format!(
+                        "model `{}` needs an `image` (base64 PNG or JPEG)",
+                        model.name
+                    ),
                 )
             })?;
             let image_spec = image_spec.clone();
             let max_pixels = state.limits.max_image_pixels;
             // Decoding is CPU work; keep it off the async workers.
-            let values = tokio::task::spawn_blocking(move || image_to_tensor(&bytes, &image_spec, max_pixels))
-                .await
-                .map_err(|e| ApiError::internal(format!("image decoding task failed: {e}")))??;
+            let values = tokio::task::spawn_blocking(move || {
+                image_to_tensor(&bytes, &image_spec, max_pixels)
+            })
+            .await
+            .map_err(|e| ApiError::internal(format!("image decoding task failed: {e}")))??;
             sample.push(values);
         } else {
             // Checked above: an input without an image has features.
@@ -168,8 +187,17 @@ async fn build_sample(
     Ok((sample, margin))
 }
 
-fn prediction_json(model: &ModelWorker, outputs: &SampleOutputs, cached: bool, margin: Option<f64>) -> Value {
-    let predicted = outputs.first().and_then(|o| o.first()).copied().unwrap_or(f32::NAN);
+fn prediction_json(
+    model: &ModelWorker,
+    outputs: &SampleOutputs,
+    cached: bool,
+    margin: Option<f64>,
+) -> Value {
+    let predicted = outputs
+        .first()
+        .and_then(|o| o.first())
+        .copied()
+        .unwrap_or(f32::NAN);
     json!({
         "model": model.name,
         "predicted_ssim": predicted,
@@ -192,7 +220,10 @@ async fn read_predict_input(
     }
 }
 
-fn merge_model_names(query: Option<String>, body: Option<String>) -> Result<Option<String>, ApiError> {
+fn merge_model_names(
+    query: Option<String>,
+    body: Option<String>,
+) -> Result<Option<String>, ApiError> {
     match (query, body) {
         (Some(q), Some(b)) if q != b => Err(ApiError::bad_request(
             "conflicting_model",
@@ -213,8 +244,12 @@ pub async fn predict(
     let named = merge_model_names(query.model, input.model.take())?;
     let model = choose_model(&state, named.as_deref(), input.image.is_some())?;
     let (sample, margin) = build_sample(&state, &model, input).await?;
-    let mut answers = state.infer(&model, vec![sample], &request_id(&headers)).await?;
-    let (outputs, cached) = answers.pop().ok_or_else(|| ApiError::internal("no answer"))?;
+    let mut answers = state
+        .infer(&model, vec![sample], &request_id(&headers))
+        .await?;
+    let (outputs, cached) = answers
+        .pop()
+        .ok_or_else(|| ApiError::internal("no answer"))?;
     let mut body = prediction_json(&model, &outputs, cached, margin);
     body["latency_ms"] = json!(latency_ms(start));
     Ok(Json(body).into_response())
@@ -239,11 +274,21 @@ pub async fn predict_batch(
             }
             match map.get("items") {
                 Some(Value::Array(items)) => items,
-                Some(_) => return Err(ApiError::bad_request("invalid_type", "`items` must be an array")),
+                Some(_) => {
+                    return Err(ApiError::bad_request(
+                        "invalid_type",
+                        "`items` must be an array",
+                    ))
+                }
                 None => return Err(ApiError::bad_request("missing_field", "missing `items`")),
             }
         }
-        _ => return Err(ApiError::bad_request("invalid_body", "expected {\"items\": [...]}")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "expected {\"items\": [...]}",
+            ))
+        }
     };
     if items.is_empty() {
         return Err(ApiError::bad_request("empty_batch", "`items` is empty"));
@@ -264,14 +309,18 @@ pub async fn predict_batch(
     for (i, item) in items.iter().enumerate() {
         let at = format!("items[{i}]");
         let mut input = parse_predict_object(item).map_err(|e| e.at(&at))?;
-        let named = merge_model_names(query.model.clone(), input.model.take()).map_err(|e| e.at(&at))?;
-        let model = choose_model(&state, named.as_deref(), input.image.is_some()).map_err(|e| e.at(&at))?;
-        let (sample, margin) = build_sample(&state, &model, input).await.map_err(|e| e.at(&at))?;
+        let named =
+            merge_model_names(query.model.clone(), input.model.take()).map_err(|e| e.at(&at))?;
+        let model =
+            choose_model(&state, named.as_deref(), input.image.is_some()).map_err(|e| e.at(&at))?;
+        let (sample, margin) = build_sample(&state, &model, input)
+            .await
+            .map_err(|e| e.at(&at))?;
         prepared.push((model, sample, margin));
     }
 
     // One job per model, all queued before any is awaited so the models work in parallel.
-    let mut by_model: BTreeMap<String, (Arc<ModelWorker>, Vec<usize>, Vec<Sample>)> = BTreeMap::new();
+    let mut by_model: BTreeMap<String, ModelShare> = BTreeMap::new();
     let mut margins = Vec::with_capacity(prepared.len());
     for (i, (model, sample, margin)) in prepared.into_iter().enumerate() {
         margins.push(margin);
@@ -301,9 +350,9 @@ pub async fn predict_batch(
 }
 
 /// Awaits futures concurrently, keeping their order.
-async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+async fn join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
@@ -343,7 +392,10 @@ pub fn model_json(m: &ModelWorker) -> Value {
     })
 }
 
-pub async fn model_info(State(state): State<Arc<AppState>>, Query(query): Query<ModelQuery>) -> AppResult {
+pub async fn model_info(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<ModelQuery>,
+) -> AppResult {
     match query.model {
         Some(name) => {
             let model = state.model(&name)?;
@@ -382,7 +434,11 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     if state.is_ready() {
         Json(json!({"ready": true, "models": state.model_names()})).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "reason": "shutting down"}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": "shutting down"})),
+        )
+            .into_response()
     }
 }
 
@@ -397,10 +453,21 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         uptime_seconds: state.started.elapsed().as_secs_f64(),
         cache_entries,
         cache_bytes,
-        queue_depth: state.models.iter().map(|m| (m.name.clone(), m.queue_depth())).collect(),
+        queue_depth: state
+            .models
+            .iter()
+            .map(|m| (m.name.clone(), m.queue_depth()))
+            .collect(),
         ready: state.is_ready(),
     });
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 pub async fn not_found(request: Request) -> ApiError {

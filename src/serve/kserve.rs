@@ -38,11 +38,18 @@ pub async fn live() -> Response {
 
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let ready = state.is_ready();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(json!({"ready": ready}))).into_response()
 }
 
-pub async fn model_metadata(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> AppResult {
+pub async fn model_metadata(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> AppResult {
     let model = state.model(&name)?;
     Ok(Json(json!({
         "name": model.name,
@@ -54,10 +61,17 @@ pub async fn model_metadata(State(state): State<Arc<AppState>>, Path(name): Path
     .into_response())
 }
 
-pub async fn model_ready(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> AppResult {
+pub async fn model_ready(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> AppResult {
     let model = state.model(&name)?;
     let ready = state.is_ready();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     Ok((status, Json(json!({"name": model.name, "ready": ready}))).into_response())
 }
 
@@ -92,7 +106,11 @@ struct ParsedInfer {
     requested_outputs: Option<Vec<String>>,
 }
 
-fn parse_infer(model: &ModelWorker, body: &Value, max_batch: usize) -> Result<ParsedInfer, ApiError> {
+fn parse_infer(
+    model: &ModelWorker,
+    body: &Value,
+    max_batch: usize,
+) -> Result<ParsedInfer, ApiError> {
     let Value::Object(map) = body else {
         return Err(ApiError::bad_request(
             "invalid_body",
@@ -103,7 +121,10 @@ fn parse_infer(model: &ModelWorker, body: &Value, max_batch: usize) -> Result<Pa
         .keys()
         .find(|k| !matches!(k.as_str(), "id" | "inputs" | "outputs" | "parameters"))
     {
-        return Err(ApiError::bad_request("unknown_field", format!("unknown field `{extra}`")));
+        return Err(ApiError::bad_request(
+            "unknown_field",
+            format!("unknown field `{extra}`"),
+        ));
     }
     let id = match map.get("id") {
         None => None,
@@ -117,7 +138,12 @@ fn parse_infer(model: &ModelWorker, body: &Value, max_batch: usize) -> Result<Pa
     };
     let inputs = match map.get("inputs") {
         Some(Value::Array(a)) => a,
-        Some(_) => return Err(ApiError::bad_request("invalid_type", "`inputs` must be an array")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_type",
+                "`inputs` must be an array",
+            ))
+        }
         None => return Err(ApiError::bad_request("missing_field", "missing `inputs`")),
     };
 
@@ -126,31 +152,55 @@ fn parse_infer(model: &ModelWorker, body: &Value, max_batch: usize) -> Result<Pa
     for (k, tensor) in inputs.iter().enumerate() {
         let at = format!("inputs[{k}]");
         let Value::Object(t) = tensor else {
-            return Err(ApiError::bad_request("invalid_type", format!("{at} must be an object")));
+            return Err(ApiError::bad_request(
+                "invalid_type",
+                format!("{at} must be an object"),
+            ));
         };
-        if let Some(extra) = t
-            .keys()
-            .find(|k| !matches!(k.as_str(), "name" | "shape" | "datatype" | "data" | "parameters"))
-        {
-            return Err(ApiError::bad_request("unknown_field", format!("{at}: unknown field `{extra}`")));
+        if let Some(extra) = t.keys().find(|k| {
+            !matches!(
+                k.as_str(),
+                "name" | "shape" | "datatype" | "data" | "parameters"
+            )
+        }) {
+            return Err(ApiError::bad_request(
+                "unknown_field",
+                format!("{at}: unknown field `{extra}`"),
+            ));
         }
         let name = match t.get("name") {
             Some(Value::String(s)) => s.as_str(),
-            _ => return Err(ApiError::bad_request("missing_field", format!("{at}: missing string `name`"))),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "missing_field",
+                    format!("{at}: missing string `name`"),
+                ))
+            }
         };
         let at = format!("input `{name}`");
-        let index = meta.inputs.iter().position(|i| i.name == name).ok_or_else(|| {
-            ApiError::bad_request(
-                "unknown_input",
-                format!(
-                    "model `{}` has no input `{name}`; inputs: {}",
-                    model.name,
-                    meta.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
-                ),
-            )
-        })?;
+        let index = meta
+            .inputs
+            .iter()
+            .position(|i| i.name == name)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "unknown_input",
+                    format!(
+                        "model `{}` has no input `{name}`; inputs: {}",
+                        model.name,
+                        meta.inputs
+                            .iter()
+                            .map(|i| i.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })?;
         if given[index].is_some() {
-            return Err(ApiError::bad_request("duplicate_input", format!("{at} is given twice")));
+            return Err(ApiError::bad_request(
+                "duplicate_input",
+                format!("{at} is given twice"),
+            ));
         }
         match t.get("datatype") {
             Some(Value::String(d)) if d == "FP32" => {}
@@ -160,7 +210,12 @@ fn parse_infer(model: &ModelWorker, body: &Value, max_batch: usize) -> Result<Pa
                     format!("{at}: datatype `{d}` is not supported; use FP32"),
                 ))
             }
-            _ => return Err(ApiError::bad_request("missing_field", format!("{at}: missing string `datatype`"))),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "missing_field",
+                    format!("{at}: missing string `datatype`"),
+                ))
+            }
         }
         let shape: Vec<usize> = match t.get("shape") {
             Some(Value::Array(dims)) => dims
@@ -168,9 +223,17 @@ fn parse_infer(model: &ModelWorker, body: &Value, max_batch: usize) -> Result<Pa
                 .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
                 .collect::<Option<_>>()
                 .ok_or_else(|| {
-                    ApiError::bad_request("invalid_shape", format!("{at}: `shape` must hold non-negative integers"))
+                    ApiError::bad_request(
+                        "invalid_shape",
+                        format!("{at}: `shape` must hold non-negative integers"),
+                    )
                 })?,
-            _ => return Err(ApiError::bad_request("missing_field", format!("{at}: missing array `shape`"))),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "missing_field",
+                    format!("{at}: missing array `shape`"),
+                ))
+            }
         };
         let expected = &meta.inputs[index].shape;
         if shape.len() != expected.len() + 1 || shape[1..] != expected[..] {
@@ -178,30 +241,42 @@ fn parse_infer(model: &ModelWorker, body: &Value, max_batch: usize) -> Result<Pa
                 "invalid_shape",
                 format!(
                     "{at}: shape {shape:?} does not match [N, {}]",
-                    expected.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                    expected
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }
         let batch = shape[0];
         if batch == 0 {
-            return Err(ApiError::bad_request("invalid_shape", format!("{at}: batch size 0")));
+            return Err(ApiError::bad_request(
+                "invalid_shape",
+                format!("{at}: batch size 0"),
+            ));
         }
         if batch > max_batch {
             return Err(ApiError::bad_request(
                 "batch_too_large",
-                format!("{at}: batch {batch} is over the limit of {max_batch} (--max-request-batch)"),
+                format!(
+                    "{at}: batch {batch} is over the limit of {max_batch} (--max-request-batch)"
+                ),
             ));
         }
-        let data = t
-            .get("data")
-            .ok_or_else(|| ApiError::bad_request("missing_field", format!("{at}: missing `data`")))?;
+        let data = t.get("data").ok_or_else(|| {
+            ApiError::bad_request("missing_field", format!("{at}: missing `data`"))
+        })?;
         let mut values = Vec::new();
         flatten_numbers(data, &at, &mut values)?;
         let want = shape.iter().product::<usize>();
         if values.len() != want {
             return Err(ApiError::bad_request(
                 "invalid_shape",
-                format!("{at}: shape {shape:?} needs {want} values, `data` has {}", values.len()),
+                format!(
+                    "{at}: shape {shape:?} needs {want} values, `data` has {}",
+                    values.len()
+                ),
             ));
         }
         given[index] = Some((batch, values));
@@ -227,7 +302,9 @@ fn parse_infer(model: &ModelWorker, body: &Value, max_batch: usize) -> Result<Pa
             "inputs disagree on the batch size (leading dimension)",
         ));
     }
-    let mut samples: Vec<Sample> = (0..batch).map(|_| Vec::with_capacity(given.len())).collect();
+    let mut samples: Vec<Sample> = (0..batch)
+        .map(|_| Vec::with_capacity(given.len()))
+        .collect();
     for (_, values) in &given {
         let len = values.len() / batch;
         for (s, sample) in samples.iter_mut().enumerate() {
@@ -253,7 +330,12 @@ fn parse_infer(model: &ModelWorker, body: &Value, max_batch: usize) -> Result<Pa
             }
             Some(names)
         }
-        Some(_) => return Err(ApiError::bad_request("invalid_type", "`outputs` must be an array")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_type",
+                "`outputs` must be an array",
+            ))
+        }
     };
     Ok(ParsedInfer {
         id,
@@ -274,23 +356,26 @@ pub async fn infer(
     body_kind(&headers, false)?;
     let body = read_json(request.into_body(), state.limits.max_body_bytes).await?;
     let parsed = parse_infer(&model, &body, state.limits.max_request_batch)?;
-    let answers = state.infer(&model, parsed.samples, &request_id(&headers)).await?;
+    let answers = state
+        .infer(&model, parsed.samples, &request_id(&headers))
+        .await?;
     let all_cached = answers.iter().all(|(_, cached)| *cached);
     let outputs: Vec<Value> = model
         .meta
         .outputs
         .iter()
         .enumerate()
-        .filter(|(_, o)| {
-            parsed
-                .requested_outputs
-                .as_ref()
-                .map_or(true, |names| names.contains(&o.name))
+        .filter(|(_, o)| match &parsed.requested_outputs {
+            None => true,
+            Some(names) => names.contains(&o.name),
         })
         .map(|(k, o)| {
             let mut shape = vec![parsed.batch];
             shape.extend_from_slice(&o.shape);
-            let data: Vec<f32> = answers.iter().flat_map(|(outs, _)| outs[k].iter().copied()).collect();
+            let data: Vec<f32> = answers
+                .iter()
+                .flat_map(|(outs, _)| outs[k].iter().copied())
+                .collect();
             json!({"name": o.name, "datatype": "FP32", "shape": shape, "data": data})
         })
         .collect();

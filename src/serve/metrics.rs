@@ -43,9 +43,16 @@ impl Histogram {
         let mut cumulative = 0;
         for (bound, n) in self.bounds.iter().zip(&self.counts) {
             cumulative += n;
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+            );
         }
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
         let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
         let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
     }
@@ -73,6 +80,8 @@ impl Default for ModelStats {
         }
     }
 }
+
+type HistogramOf = fn(&ModelStats) -> &Histogram;
 
 #[derive(Default)]
 pub struct Metrics {
@@ -161,7 +170,9 @@ impl Metrics {
                 escape(route)
             );
         }
-        out.push_str("# HELP qp_http_request_duration_seconds Time from request to response head.\n");
+        out.push_str(
+            "# HELP qp_http_request_duration_seconds Time from request to response head.\n",
+        );
         out.push_str("# TYPE qp_http_request_duration_seconds histogram\n");
         for (route, h) in self.http_seconds.lock().unwrap().iter() {
             h.render(
@@ -172,27 +183,65 @@ impl Metrics {
         }
 
         let models = self.models.lock().unwrap().clone();
-        let per_model = |out: &mut String, name: &str, kind: &str, help: &str, f: &dyn Fn(&ModelStats) -> String| {
+        let per_model = |out: &mut String,
+                         name: &str,
+                         kind: &str,
+                         help: &str,
+                         f: &dyn Fn(&ModelStats) -> String| {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} {kind}");
             for (model, m) in &models {
                 let _ = writeln!(out, "{name}{{model=\"{}\"}} {}", escape(model), f(m));
             }
         };
-        per_model(&mut out, "qp_inferences_total", "counter",
-            "Samples inferred (answered by the engine, not the cache).", &|m| m.samples.to_string());
-        per_model(&mut out, "qp_engine_runs_total", "counter",
-            "Engine executions (batches); samples / runs is the mean batch size.", &|m| m.runs.to_string());
-        per_model(&mut out, "qp_engine_failed_runs_total", "counter",
-            "Engine executions that returned an error.", &|m| m.failed_runs.to_string());
-        per_model(&mut out, "qp_mean_batch_size", "gauge",
-            "Mean samples per engine execution since start.", &|m| {
-                if m.runs == 0 { "0".into() } else { format!("{}", m.samples as f64 / m.runs as f64) }
-            });
-        let histograms: [(&str, &str, fn(&ModelStats) -> &Histogram); 3] = [
-            ("qp_batch_size", "Samples per engine execution.", |m| &m.batch_size),
-            ("qp_queue_seconds", "Time a job waited in the model queue before its batch started.", |m| &m.queue_seconds),
-            ("qp_compute_seconds", "Engine execution time per batch.", |m| &m.compute_seconds),
+        per_model(
+            &mut out,
+            "qp_inferences_total",
+            "counter",
+            "Samples inferred (answered by the engine, not the cache).",
+            &|m| m.samples.to_string(),
+        );
+        per_model(
+            &mut out,
+            "qp_engine_runs_total",
+            "counter",
+            "Engine executions (batches); samples / runs is the mean batch size.",
+            &|m| m.runs.to_string(),
+        );
+        per_model(
+            &mut out,
+            "qp_engine_failed_runs_total",
+            "counter",
+            "Engine executions that returned an error.",
+            &|m| m.failed_runs.to_string(),
+        );
+        per_model(
+            &mut out,
+            "qp_mean_batch_size",
+            "gauge",
+            "Mean samples per engine execution since start.",
+            &|m| {
+                if m.runs == 0 {
+                    "0".into()
+                } else {
+                    format!("{}", m.samples as f64 / m.runs as f64)
+                }
+            },
+        );
+        let histograms: [(&str, &str, HistogramOf); 3] = [
+            ("qp_batch_size", "Samples per engine execution.", |m| {
+                &m.batch_size
+            }),
+            (
+                "qp_queue_seconds",
+                "Time a job waited in the model queue before its batch started.",
+                |m| &m.queue_seconds,
+            ),
+            (
+                "qp_compute_seconds",
+                "Engine execution time per batch.",
+                |m| &m.compute_seconds,
+            ),
         ];
         for (name, help, get) in histograms {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -204,10 +253,18 @@ impl Metrics {
 
         out.push_str("# HELP qp_cache_hits_total Samples answered from the response cache.\n");
         out.push_str("# TYPE qp_cache_hits_total counter\n");
-        let _ = writeln!(out, "qp_cache_hits_total {}", self.cache_hits.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "qp_cache_hits_total {}",
+            self.cache_hits.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP qp_cache_misses_total Samples not found in the response cache.\n");
         out.push_str("# TYPE qp_cache_misses_total counter\n");
-        let _ = writeln!(out, "qp_cache_misses_total {}", self.cache_misses.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "qp_cache_misses_total {}",
+            self.cache_misses.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP qp_cache_entries Entries in the response cache.\n# TYPE qp_cache_entries gauge\n");
         let _ = writeln!(out, "qp_cache_entries {}", gauges.cache_entries);
         out.push_str("# HELP qp_cache_bytes Bytes accounted to the response cache.\n# TYPE qp_cache_bytes gauge\n");
@@ -276,10 +333,25 @@ mod tests {
             queue_depth: vec![("net".into(), 0)],
             ready: true,
         });
-        assert!(text.contains("qp_mean_batch_size{model=\"net\"} 4\n"), "{text}");
-        assert!(text.contains("qp_engine_runs_total{model=\"net\"} 2\n"), "{text}");
-        assert!(text.contains("qp_inferences_total{model=\"net\"} 8\n"), "{text}");
-        assert!(text.contains("qp_rejections_total{reason=\"queue_full\"} 1\n"), "{text}");
-        assert!(text.contains("route=\"/predict\",status=\"400\",outcome=\"client_error\"} 1"), "{text}");
+        assert!(
+            text.contains("qp_mean_batch_size{model=\"net\"} 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("qp_engine_runs_total{model=\"net\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("qp_inferences_total{model=\"net\"} 8\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("qp_rejections_total{reason=\"queue_full\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("route=\"/predict\",status=\"400\",outcome=\"client_error\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -64,7 +64,12 @@ pub enum LogFormat {
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
     /// A model to serve (repeatable); its name is the file stem.
-    #[arg(long = "model", value_name = "FILE.qpw", env = "QP_MODELS", value_delimiter = ',')]
+    #[arg(
+        long = "model",
+        value_name = "FILE.qpw",
+        env = "QP_MODELS",
+        value_delimiter = ','
+    )]
     pub models: Vec<PathBuf>,
     /// Serve every `.qpw` file in this directory.
     #[arg(long, value_name = "DIR", env = "QP_MODEL_DIR")]
@@ -113,7 +118,12 @@ pub struct ServeArgs {
     #[arg(long, env = "QP_RATE_LIMIT_BURST", default_value_t = 50)]
     pub rate_limit_burst: u32,
     /// Origins allowed by CORS (repeatable or comma-separated; `*` for any). None: no CORS headers.
-    #[arg(long = "cors-origin", value_name = "ORIGIN", env = "QP_CORS_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "cors-origin",
+        value_name = "ORIGIN",
+        env = "QP_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
     pub cors_origins: Vec<String>,
     /// Largest request body in bytes.
     #[arg(long, env = "QP_MAX_BODY_BYTES", default_value_t = 8 << 20)]
@@ -132,9 +142,11 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// The settings used when every flag is left at its default and no model is named.
     pub fn defaults() -> ServeArgs {
-        use clap::{FromArgMatches, Args};
+        use clap::{Args, FromArgMatches};
         let cmd = ServeArgs::augment_args(clap::Command::new("serve").no_binary_name(true));
-        let matches = cmd.try_get_matches_from(Vec::<String>::new()).expect("defaults parse");
+        let matches = cmd
+            .try_get_matches_from(Vec::<String>::new())
+            .expect("defaults parse");
         ServeArgs::from_arg_matches(&matches).expect("defaults parse")
     }
 
@@ -308,7 +320,11 @@ impl Drop for ServerHandle {
 
 /// Loads the models (each on its own thread), binds, and serves in the background.
 /// With `handle_signals`, SIGTERM and SIGINT start a graceful shutdown.
-pub fn start(args: &ServeArgs, models: Vec<ModelSpec>, handle_signals: bool) -> anyhow::Result<ServerHandle> {
+pub fn start(
+    args: &ServeArgs,
+    models: Vec<ModelSpec>,
+    handle_signals: bool,
+) -> anyhow::Result<ServerHandle> {
     args.validate()?;
     if models.is_empty() {
         bail!("no model to serve");
@@ -322,7 +338,10 @@ pub fn start(args: &ServeArgs, models: Vec<ModelSpec>, handle_signals: bool) -> 
     let mut workers = Vec::new();
     let mut threads = Vec::new();
     for spec in models {
-        if workers.iter().any(|w: &Arc<ModelWorker>| w.name == spec.name) {
+        if workers
+            .iter()
+            .any(|w: &Arc<ModelWorker>| w.name == spec.name)
+        {
             bail!("two models are named `{}`", spec.name);
         }
         let (worker, thread) = ModelWorker::spawn(spec, batch, metrics.clone())?;
@@ -346,7 +365,8 @@ pub fn start(args: &ServeArgs, models: Vec<ModelSpec>, handle_signals: bool) -> 
             max_image_pixels: args.max_image_pixels,
             max_request_batch: args.max_request_batch,
         },
-        rate_limiter: (args.rate_limit > 0.0).then(|| RateLimiter::new(args.rate_limit, args.rate_limit_burst)),
+        rate_limiter: (args.rate_limit > 0.0)
+            .then(|| RateLimiter::new(args.rate_limit, args.rate_limit_burst)),
     });
     let app = router(state.clone(), args)?;
 
@@ -357,7 +377,10 @@ pub fn start(args: &ServeArgs, models: Vec<ModelSpec>, handle_signals: bool) -> 
         .build()
         .context("starting the HTTP runtime")?;
     let listener = runtime
-        .block_on(tokio::net::TcpListener::bind((args.host.as_str(), args.port)))
+        .block_on(tokio::net::TcpListener::bind((
+            args.host.as_str(),
+            args.port,
+        )))
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
     let addr = listener.local_addr()?;
     // Registered before returning, so a signal that arrives as soon as the caller
@@ -414,8 +437,10 @@ impl Signals {
         {
             use tokio::signal::unix::{signal, SignalKind};
             Ok(Signals {
-                terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
-                interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+                terminate: signal(SignalKind::terminate())
+                    .context("installing the SIGTERM handler")?,
+                interrupt: signal(SignalKind::interrupt())
+                    .context("installing the SIGINT handler")?,
             })
         }
         #[cfg(not(unix))]
@@ -473,7 +498,10 @@ async fn serve_until_shutdown(
         } => reason,
     };
     state.ready.store(false, Ordering::SeqCst);
-    tracing::info!(reason, "shutting down: no new connections, finishing accepted requests");
+    tracing::info!(
+        reason,
+        "shutting down: no new connections, finishing accepted requests"
+    );
     let _ = drain.send(());
     match tokio::time::timeout(drain_timeout, &mut server).await {
         Ok(Ok(r)) => r.context("the HTTP server failed while draining"),
@@ -493,7 +521,10 @@ fn router(state: Arc<AppState>, args: &ServeArgs) -> anyhow::Result<Router> {
     let cors = cors_layer(&args.cors_origins)?;
     let request_ids = Arc::new(RequestIdSource::new());
     let layers = ServiceBuilder::new()
-        .layer(middleware::from_fn_with_state(request_ids, assign_request_id))
+        .layer(middleware::from_fn_with_state(
+            request_ids,
+            assign_request_id,
+        ))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
@@ -516,12 +547,17 @@ fn router(state: Arc<AppState>, args: &ServeArgs) -> anyhow::Result<Router> {
                         .latency_unit(tower_http::LatencyUnit::Micros),
                 ),
         )
-        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_metrics,
+        ))
         .layer(CompressionLayer::new())
         .layer(middleware::from_fn(json_errors))
-        .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
-            ApiError::internal("the request handler panicked").into_response()
-        }))
+        .layer(CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                ApiError::internal("the request handler panicked").into_response()
+            },
+        ))
         .option_layer(cors)
         .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
         .layer(RequestBodyLimitLayer::new(args.max_body_bytes))
@@ -551,14 +587,23 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
     }
     let base = CorsLayer::new()
         .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
-        .allow_headers([header::CONTENT_TYPE, header::HeaderName::from_static(REQUEST_ID_HEADER)])
-        .expose_headers([header::HeaderName::from_static(REQUEST_ID_HEADER), header::RETRY_AFTER]);
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static(REQUEST_ID_HEADER),
+        ])
+        .expose_headers([
+            header::HeaderName::from_static(REQUEST_ID_HEADER),
+            header::RETRY_AFTER,
+        ]);
     if origins.iter().any(|o| o == "*") {
         return Ok(Some(base.allow_origin(Any)));
     }
     let values = origins
         .iter()
-        .map(|o| HeaderValue::from_str(o).with_context(|| format!("--cors-origin {o:?} is not a valid origin")))
+        .map(|o| {
+            HeaderValue::from_str(o)
+                .with_context(|| format!("--cors-origin {o:?} is not a valid origin"))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(Some(base.allow_origin(AllowOrigin::list(values))))
 }
@@ -582,7 +627,8 @@ impl RequestIdSource {
 
     fn make(&self) -> HeaderValue {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{:08x}-{n:08x}", self.prefix)).expect("hex is a valid header")
+        HeaderValue::from_str(&format!("{:08x}-{n:08x}", self.prefix))
+            .expect("hex is a valid header")
     }
 }
 
@@ -596,7 +642,11 @@ fn acceptable_request_id(value: &HeaderValue) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'))
 }
 
-async fn assign_request_id(State(ids): State<Arc<RequestIdSource>>, mut req: Request, next: Next) -> Response {
+async fn assign_request_id(
+    State(ids): State<Arc<RequestIdSource>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let id = match req.headers().get(REQUEST_ID_HEADER) {
         Some(v) if acceptable_request_id(v) => v.clone(),
         _ => ids.make(),
@@ -615,9 +665,11 @@ async fn record_metrics(State(state): State<Arc<AppState>>, req: Request, next: 
         .map_or("unmatched", |p| p.as_str())
         .to_string();
     let response = next.run(req).await;
-    state
-        .metrics
-        .record_http(&route, response.status().as_u16(), start.elapsed().as_secs_f64());
+    state.metrics.record_http(
+        &route,
+        response.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
     response
 }
 
@@ -635,7 +687,10 @@ async fn rate_limit(State(state): State<Arc<AppState>>, req: Request, next: Next
                     return ApiError::new(
                         StatusCode::TOO_MANY_REQUESTS,
                         "rate_limited",
-                        format!("too many requests from {}; retry in {retry_after} s", peer.ip()),
+                        format!(
+                            "too many requests from {}; retry in {retry_after} s",
+                            peer.ip()
+                        ),
                     )
                     .with_retry_after(retry_after)
                     .into_response();
@@ -663,7 +718,9 @@ async fn json_errors(req: Request, next: Next) -> Response {
         return response;
     }
     let (mut parts, body) = response.into_parts();
-    let text = axum::body::to_bytes(body, 64 << 10).await.unwrap_or_default();
+    let text = axum::body::to_bytes(body, 64 << 10)
+        .await
+        .unwrap_or_default();
     let text = String::from_utf8_lossy(&text).trim().to_string();
     let message = if text.is_empty() {
         status.canonical_reason().unwrap_or("error").to_string()
@@ -672,8 +729,9 @@ async fn json_errors(req: Request, next: Next) -> Response {
     };
     let error = ApiError::new(status, ApiError::code_for_status(status), message);
     parts.headers.remove(header::CONTENT_LENGTH);
-    parts
-        .headers
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     Response::from_parts(parts, Body::from(error.body().to_string()))
 }

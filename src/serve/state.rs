@@ -78,7 +78,9 @@ impl AppState {
                 }
             }
         }
-        let missing: Vec<usize> = (0..samples.len()).filter(|i| results[*i].is_none()).collect();
+        let missing: Vec<usize> = (0..samples.len())
+            .filter(|i| results[*i].is_none())
+            .collect();
         let hits = (samples.len() - missing.len()) as u64;
         self.metrics.cache_hits.fetch_add(hits, Ordering::Relaxed);
         self.metrics

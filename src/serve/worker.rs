@@ -9,7 +9,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -254,15 +254,13 @@ fn serve_queue(
                     if jobs.len() < 2 || config.max_delay.is_zero() {
                         None
                     } else {
-                        let until = *deadline.get_or_insert_with(|| Instant::now() + config.max_delay);
+                        let until =
+                            *deadline.get_or_insert_with(|| Instant::now() + config.max_delay);
                         let now = Instant::now();
                         if now >= until {
                             None
                         } else {
-                            match rx.recv_timeout(until - now) {
-                                Ok(job) => Some(job),
-                                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-                            }
+                            rx.recv_timeout(until - now).ok()
                         }
                     }
                 }
@@ -316,7 +314,13 @@ fn run_batch(
         Err(_) => Err(ApiError::internal("inference failed: the engine panicked")),
     };
     let compute = start.elapsed();
-    metrics.record_run(name, samples, &queue_seconds, compute.as_secs_f64(), result.is_ok());
+    metrics.record_run(
+        name,
+        samples,
+        &queue_seconds,
+        compute.as_secs_f64(),
+        result.is_ok(),
+    );
     let request_ids: Vec<&str> = jobs.iter().map(|j| j.request_id.as_str()).collect();
     tracing::debug!(
         model = name,
@@ -363,7 +367,9 @@ fn order_outputs(
             let pos = outputs
                 .iter()
                 .position(|(n, _)| n == &spec.name)
-                .ok_or_else(|| ApiError::internal(format!("engine returned no output `{}`", spec.name)))?;
+                .ok_or_else(|| {
+                    ApiError::internal(format!("engine returned no output `{}`", spec.name))
+                })?;
             let (_, tensor) = outputs.swap_remove(pos);
             let per_sample: usize = spec.shape.iter().product();
             if tensor.data.len() != per_sample * samples {
