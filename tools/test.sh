@@ -21,6 +21,9 @@ done
 echo "-- reference executor"
 QP_REFERENCE=true "$PY" tools/compare_full.py --qp-engine target/release/qp-engine --workdir "$work" --batch 1
 
+echo "== a model from another exporter (onnxscript) vs ONNX Runtime"
+"$PY" tools/check_other_exporter.py --qp-engine target/release/qp-engine --workdir "$work/onnxscript"
+
 echo "== kernels and engine under qemu-x86_64 -cpu Haswell"
 need=()
 command -v qemu-x86_64 >/dev/null || need+=(qemu-user)
