@@ -47,6 +47,9 @@ pub enum EngineError {
     Config(String),
 }
 
+/// Model outputs by name, in the model's order.
+pub type NamedTensors = Vec<(String, Tensor)>;
+
 /// Largest batch one `run` accepts; bigger requests are split by the caller.
 pub const MAX_BATCH: usize = 4096;
 
@@ -162,7 +165,9 @@ impl Engine {
         for (name, t) in inputs {
             let Some(spec) = meta.inputs.iter().find(|i| i.name == *name) else {
                 let known: Vec<&str> = meta.inputs.iter().map(|i| i.name.as_str()).collect();
-                return Err(EngineError::BadInput(format!("unknown input {name:?} (the model's inputs: {known:?})")));
+                return Err(EngineError::BadInput(format!(
+                    "unknown input {name:?} (the model's inputs: {known:?})"
+                )));
             };
             if inputs.iter().filter(|(n, _)| n == name).count() > 1 {
                 return Err(EngineError::BadInput(format!("input {name:?} given more than once")));
@@ -175,17 +180,27 @@ impl Engine {
                 )));
             }
             if t.data.len() != t.shape.iter().product::<usize>() {
-                return Err(EngineError::BadInput(format!("input {name:?}: data length does not match its shape")));
+                return Err(EngineError::BadInput(format!(
+                    "input {name:?}: data length does not match its shape"
+                )));
             }
             let b = t.shape[0];
             if b == 0 || b > MAX_BATCH {
-                return Err(EngineError::BadInput(format!("input {name:?}: batch {b} is outside 1..={MAX_BATCH}")));
+                return Err(EngineError::BadInput(format!(
+                    "input {name:?}: batch {b} is outside 1..={MAX_BATCH}"
+                )));
             }
             if *batch.get_or_insert(b) != b {
-                return Err(EngineError::BadInput(format!("inputs disagree on the batch size ({} vs {b})", batch.unwrap_or(0))));
+                return Err(EngineError::BadInput(format!(
+                    "inputs disagree on the batch size ({} vs {b})",
+                    batch.unwrap_or(0)
+                )));
             }
             if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
-                return Err(EngineError::BadInput(format!("input {name:?} holds a non-finite value ({}) at flat index {i}", t.data[i])));
+                return Err(EngineError::BadInput(format!(
+                    "input {name:?} holds a non-finite value ({}) at flat index {i}",
+                    t.data[i]
+                )));
             }
         }
         for spec in &meta.inputs {
@@ -203,13 +218,17 @@ impl Engine {
     }
 
     /// `run`, also returning each node's wall time in seconds (in `meta().nodes` order).
-    pub fn run_profiled(&mut self, inputs: &[(&str, Tensor)]) -> Result<(Vec<(String, Tensor)>, Vec<f64>), EngineError> {
+    pub fn run_profiled(&mut self, inputs: &[(&str, Tensor)]) -> Result<(NamedTensors, Vec<f64>), EngineError> {
         let mut times = Vec::with_capacity(self.file.meta.nodes.len());
         let out = self.run_inner(inputs, Some(&mut times))?;
         Ok((out, times))
     }
 
-    fn run_inner(&mut self, inputs: &[(&str, Tensor)], timings: Option<&mut Vec<f64>>) -> Result<Vec<(String, Tensor)>, EngineError> {
+    fn run_inner(
+        &mut self,
+        inputs: &[(&str, Tensor)],
+        timings: Option<&mut Vec<f64>>,
+    ) -> Result<Vec<(String, Tensor)>, EngineError> {
         let batch = self.check_inputs(inputs)?;
         let plan = self.plan(batch).clone();
         if self.arena.len() < plan.arena_len {

@@ -25,6 +25,7 @@ pub fn read(path: &Path) -> Result<Tensor> {
 pub fn write(path: &Path, t: &Tensor) -> Result<()> {
     let arr = ArrayD::from_shape_vec(IxDyn(&t.shape), t.data.clone()).context("tensor shape")?;
     let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    arr.write_npy(std::io::BufWriter::new(f)).with_context(|| format!("writing {}", path.display()))?;
+    arr.write_npy(std::io::BufWriter::new(f))
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

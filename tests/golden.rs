@@ -128,7 +128,10 @@ fn unsupported_ops_are_named_with_their_nodes() {
         assert!(err.contains(op.as_str().unwrap()), "error {err:?} does not name {op}");
     }
     for node in case["nodes"].as_array().unwrap() {
-        assert!(err.contains(node.as_str().unwrap()), "error {err:?} does not name node {node}");
+        assert!(
+            err.contains(node.as_str().unwrap()),
+            "error {err:?} does not name node {node}"
+        );
     }
     assert!(err.contains("opset"), "error {err:?} does not give the opset");
 }
@@ -140,8 +143,17 @@ fn batch_sizes_agree_with_each_other() {
     let image = qp::npy::read(&dir.join("inputs/image.npy")).unwrap();
     let params = qp::npy::read(&dir.join("inputs/params.npy")).unwrap();
     let file = convert_case(&dir).unwrap();
-    let mut engine = Engine::from_file(file, EngineOptions { reference: true, ..Default::default() }).unwrap();
-    let full = engine.run(&[("image", image.clone()), ("params", params.clone())]).unwrap();
+    let mut engine = Engine::from_file(
+        file,
+        EngineOptions {
+            reference: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let full = engine
+        .run(&[("image", image.clone()), ("params", params.clone())])
+        .unwrap();
     let per_image = image.data.len() / image.shape[0];
     let per_param = params.data.len() / params.shape[0];
     for b in 0..image.shape[0] {
@@ -151,8 +163,14 @@ fn batch_sizes_agree_with_each_other() {
         pshape[0] = 1;
         let one = engine
             .run(&[
-                ("image", Tensor::new(ishape, image.data[b * per_image..(b + 1) * per_image].to_vec())),
-                ("params", Tensor::new(pshape, params.data[b * per_param..(b + 1) * per_param].to_vec())),
+                (
+                    "image",
+                    Tensor::new(ishape, image.data[b * per_image..(b + 1) * per_image].to_vec()),
+                ),
+                (
+                    "params",
+                    Tensor::new(pshape, params.data[b * per_param..(b + 1) * per_param].to_vec()),
+                ),
             ])
             .unwrap();
         assert_eq!(one[0].1.data[0], full[0].1.data[b], "sample {b}");

@@ -7,7 +7,11 @@ use clap::Parser;
 use qp::convert::{convert_file, ConvertOptions};
 
 #[derive(Parser, Debug)]
-#[command(name = "qp-convert", version, about = "Convert an ONNX model into a qp engine file (.qpw)")]
+#[command(
+    name = "qp-convert",
+    version,
+    about = "Convert an ONNX model into a qp engine file (.qpw)"
+)]
 struct Args {
     /// The ONNX model to convert.
     model: PathBuf,
@@ -25,7 +29,9 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let output = args.output.clone().unwrap_or_else(|| args.model.with_extension("qpw"));
-    let options = ConvertOptions { name: args.name.clone() };
+    let options = ConvertOptions {
+        name: args.name.clone(),
+    };
     let start = std::time::Instant::now();
     match convert_file(&args.model, &output, &options) {
         Ok((converted, size)) => {
@@ -44,14 +50,24 @@ fn main() -> ExitCode {
                 });
                 println!("{summary}");
             } else {
-                println!("wrote {} ({:.1} MB) in {secs:.2} s", output.display(), size as f64 / 1e6);
-                println!("model      {} (opset {}, from {})", meta.name, meta.source.opset, meta.source.producer_name);
+                println!(
+                    "wrote {} ({:.1} MB) in {secs:.2} s",
+                    output.display(),
+                    size as f64 / 1e6
+                );
+                println!(
+                    "model      {} (opset {}, from {})",
+                    meta.name, meta.source.opset, meta.source.producer_name
+                );
                 let ops: Vec<String> = meta.stats.onnx_ops.iter().map(|(k, v)| format!("{k} x{v}")).collect();
                 println!("onnx ops   {}", ops.join(", "));
                 let ops: Vec<String> = meta.stats.engine_ops.iter().map(|(k, v)| format!("{k} x{v}")).collect();
                 println!("engine ops {}", ops.join(", "));
                 println!("parameters {:.3} M", meta.stats.parameters as f64 / 1e6);
-                println!("FLOPs      {:.3} G per sample", meta.stats.flops_per_sample as f64 / 1e9);
+                println!(
+                    "FLOPs      {:.3} G per sample",
+                    meta.stats.flops_per_sample as f64 / 1e9
+                );
             }
             ExitCode::SUCCESS
         }

@@ -9,8 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::format::meta::{
-    DType, Feature, ImagePreprocess, IoSpec, ModelMeta, ModelStats, NodeSpec, SourceInfo, TensorSpec,
-    ValueSpec,
+    DType, Feature, ImagePreprocess, IoSpec, ModelMeta, ModelStats, NodeSpec, SourceInfo, TensorSpec, ValueSpec,
 };
 use crate::format::writer::{self, TensorBytes};
 use crate::graph::ir::{Dim, Graph, IrOp, ValueId};
@@ -81,7 +80,9 @@ pub fn convert_file(input: &Path, output: &Path, options: &ConvertOptions) -> Re
     let bytes = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
     let stem = input.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
     let converted = convert_bytes(&bytes, stem, options).with_context(|| format!("converting {}", input.display()))?;
-    let size = converted.write(output).with_context(|| format!("writing {}", output.display()))?;
+    let size = converted
+        .write(output)
+        .with_context(|| format!("writing {}", output.display()))?;
     Ok((converted, size))
 }
 
@@ -90,7 +91,9 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn per_sample(g: &Graph, v: ValueId) -> Result<Vec<usize>> {
-    let s = g.shape(v).ok_or_else(|| anyhow!("shape of {:?} unknown", g.values[v].name))?;
+    let s = g
+        .shape(v)
+        .ok_or_else(|| anyhow!("shape of {:?} unknown", g.values[v].name))?;
     if s.first() != Some(&Dim::Batch) {
         bail!("tensor {:?} has no leading batch axis", g.values[v].name);
     }
@@ -98,7 +101,10 @@ fn per_sample(g: &Graph, v: ValueId) -> Result<Vec<usize>> {
         .iter()
         .map(|d| match d {
             Dim::Known(k) => Ok(*k),
-            Dim::Batch => Err(anyhow!("tensor {:?} has the batch on a non-leading axis", g.values[v].name)),
+            Dim::Batch => Err(anyhow!(
+                "tensor {:?} has the batch on a non-leading axis",
+                g.values[v].name
+            )),
         })
         .collect()
 }
@@ -142,12 +148,21 @@ fn lower_to_file(
         let shape = values[idx].shape.clone();
         if let Some(f) = &features {
             if shape != [f.len()] {
-                bail!("input {:?} has shape {shape:?} but its metadata names {} features", p.name, f.len());
+                bail!(
+                    "input {:?} has shape {shape:?} but its metadata names {} features",
+                    p.name,
+                    f.len()
+                );
             }
         }
         if let Some(im) = &image {
             if shape != [3, im.height, im.width] {
-                bail!("input {:?} has shape {shape:?}, its image metadata says 3x{}x{}", p.name, im.height, im.width);
+                bail!(
+                    "input {:?} has shape {shape:?}, its image metadata says 3x{}x{}",
+                    p.name,
+                    im.height,
+                    im.width
+                );
             }
         }
         inputs.push(IoSpec {
@@ -214,7 +229,11 @@ fn lower_to_file(
                     vec![blocks, kh, kw, cin, crate::graph::op::PACK_LANES],
                     pack::conv_weights(&w, cout, cin, kh, kw),
                 ));
-                params.push(add_tensor(format!("{}.bias", n.name), vec![pack::padded(cout)], pack::bias(&b)));
+                params.push(add_tensor(
+                    format!("{}.bias", n.name),
+                    vec![pack::padded(cout)],
+                    pack::bias(&b),
+                ));
                 Op::Conv {
                     cin,
                     cout,
@@ -236,7 +255,11 @@ fn lower_to_file(
                     vec![blocks, k, crate::graph::op::PACK_LANES],
                     pack::dense_weights(&w, o, k),
                 ));
-                params.push(add_tensor(format!("{}.bias", n.name), vec![pack::padded(o)], pack::bias(&b)));
+                params.push(add_tensor(
+                    format!("{}.bias", n.name),
+                    vec![pack::padded(o)],
+                    pack::bias(&b),
+                ));
                 Op::Dense {
                     input: k,
                     output: o,
@@ -258,7 +281,9 @@ fn lower_to_file(
                 count_include_pad: *count_include_pad,
             },
             IrOp::GlobalAveragePool => Op::GlobalAveragePool,
-            IrOp::Add { activation } => Op::Add { activation: *activation },
+            IrOp::Add { activation } => Op::Add {
+                activation: *activation,
+            },
             IrOp::Relu => Op::Relu,
             IrOp::Sigmoid => Op::Sigmoid,
             IrOp::Reshape { .. } => Op::Reshape,
@@ -270,7 +295,11 @@ fn lower_to_file(
                 }
                 Op::Concat { axis: (a - 1) as usize }
             }
-            other => bail!("node {:?} ({}) cannot run in the engine: {other:?}", n.name, n.onnx_type),
+            other => bail!(
+                "node {:?} ({}) cannot run in the engine: {other:?}",
+                n.name,
+                n.onnx_type
+            ),
         };
         *stats.engine_ops.entry(op.kind().to_string()).or_default() += 1;
         nodes.push(NodeSpec {
@@ -285,7 +314,10 @@ fn lower_to_file(
     let mut outputs = Vec::new();
     for p in &g.outputs {
         if g.inputs.iter().any(|i| i.value == p.value) {
-            bail!("output {:?} is a model input passed through unchanged; not supported", p.name);
+            bail!(
+                "output {:?} is a model input passed through unchanged; not supported",
+                p.name
+            );
         }
         let idx = value_of(g, p.value, &mut values)?;
         outputs.push(IoSpec {

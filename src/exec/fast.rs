@@ -108,7 +108,17 @@ fn run_node(
                 dilation: window.dilation,
                 pads: window.pads,
             };
-            conv2d_nhwc(isa, par, &g, ins[0], params[0], params[1], ins.get(1).copied(), epilogue(*activation), out);
+            conv2d_nhwc(
+                isa,
+                par,
+                &g,
+                ins[0],
+                params[0],
+                params[1],
+                ins.get(1).copied(),
+                epilogue(*activation),
+                out,
+            );
         }
         Op::Dense {
             input,
@@ -131,7 +141,14 @@ fn run_node(
             window,
             count_include_pad,
             ..
-        } => pool::avg_pool_nhwc(isa, par, &pool_geometry(batch, is, os, window), *count_include_pad, ins[0], out),
+        } => pool::avg_pool_nhwc(
+            isa,
+            par,
+            &pool_geometry(batch, is, os, window),
+            *count_include_pad,
+            ins[0],
+            out,
+        ),
         Op::GlobalAveragePool => pool::global_avg_pool_nhwc(isa, batch, is[1] * is[2], is[0], ins[0], out),
         Op::Add { activation } => eltwise::add(isa, ins[0], ins[1], *activation == Activation::Relu, out),
         Op::Relu => {

@@ -26,7 +26,15 @@ pub fn run_reference(file: &QpwFile, plan: &Plan, arena: &mut [f32], mut timings
                 .map(|&p| file.tensor_f32(p).expect("validated: f32 parameters"))
                 .collect(),
         };
-        reference::run_node(node, plan.batch, &ins, &in_shapes, &meta.values[out_v].shape, &params, out);
+        reference::run_node(
+            node,
+            plan.batch,
+            &ins,
+            &in_shapes,
+            &meta.values[out_v].shape,
+            &params,
+            out,
+        );
         if let Some(t) = timings.as_deref_mut() {
             t.push(start.elapsed().as_secs_f64());
         }

@@ -27,7 +27,11 @@ impl PinnedPool {
             })
             .build()
             .map_err(|e| format!("starting {threads} worker threads: {e}"))?;
-        Ok(PinnedPool { pool, threads, pinned: pin })
+        Ok(PinnedPool {
+            pool,
+            threads,
+            pinned: pin,
+        })
     }
 
     pub fn is_pinned(&self) -> bool {
@@ -45,6 +49,7 @@ impl ParallelFor for PinnedPool {
             (0..tasks).for_each(f);
             return;
         }
-        self.pool.install(|| (0..tasks).into_par_iter().with_max_len(1).for_each(f));
+        self.pool
+            .install(|| (0..tasks).into_par_iter().with_max_len(1).for_each(f));
     }
 }

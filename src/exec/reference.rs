@@ -44,7 +44,16 @@ pub fn run_node(
             input,
             output,
             activation,
-        } => dense(batch, *input, *output, inputs[0], params.tensors[0], params.tensors[1], *activation, out),
+        } => dense(
+            batch,
+            *input,
+            *output,
+            inputs[0],
+            params.tensors[0],
+            params.tensors[1],
+            *activation,
+            out,
+        ),
         Op::MaxPool { window, .. } => pool(batch, in_shapes[0], out_shape, window, PoolKind::Max, inputs[0], out),
         Op::AveragePool {
             window,
@@ -176,7 +185,16 @@ pub fn conv(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn dense(batch: usize, input: usize, output: usize, x: &[f32], w: &[f32], b: &[f32], act: Activation, y: &mut [f32]) {
+pub fn dense(
+    batch: usize,
+    input: usize,
+    output: usize,
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    act: Activation,
+    y: &mut [f32],
+) {
     for n in 0..batch {
         let xr = &x[n * input..(n + 1) * input];
         for o in 0..output {

@@ -11,10 +11,7 @@ use super::meta::{DType, ModelMeta};
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     #[error("cannot open {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("not a qp model file (bad magic {0:?}); convert an ONNX model with qp-convert first")]
     BadMagic([u8; 8]),
     #[error("model file format version {found} is not supported (this build reads version {supported}); re-convert the model")]
@@ -29,7 +26,10 @@ enum Backing {
     Mapped(Mmap),
     /// u64 words keep the buffer 8-byte aligned; tensors stay 64-aligned relative to it
     /// only when it is, so heap-backed files are re-aligned on load (tests, fuzzing).
-    Heap { words: Vec<u64>, len: usize },
+    Heap {
+        words: Vec<u64>,
+        len: usize,
+    },
 }
 
 impl Backing {
@@ -124,10 +124,7 @@ impl QpwFile {
         }
         if header.file_len != len as u64 {
             return Err(if (len as u64) < header.file_len {
-                FormatError::Truncated(format!(
-                    "{len} bytes on disk, the header says {}",
-                    header.file_len
-                ))
+                FormatError::Truncated(format!("{len} bytes on disk, the header says {}", header.file_len))
             } else {
                 FormatError::Corrupt(format!(
                     "{len} bytes on disk, the header says {} (trailing bytes)",
@@ -139,9 +136,7 @@ impl QpwFile {
             let end = off
                 .checked_add(n)
                 .filter(|&e| e <= len as u64)
-                .ok_or_else(|| {
-                    FormatError::Corrupt(format!("{what} [{off}, +{n}) lies outside the file"))
-                })?;
+                .ok_or_else(|| FormatError::Corrupt(format!("{what} [{off}, +{n}) lies outside the file")))?;
             Ok(off as usize..end as usize)
         };
         let meta_range = section("metadata", header.meta_offset, header.meta_len)?;
@@ -151,10 +146,13 @@ impl QpwFile {
             .ok_or_else(|| FormatError::Corrupt("tensor count overflows".into()))?;
         let table_range = section("tensor table", header.table_offset, table_len)?;
         let data_range = section("data", header.data_offset, header.data_len)?;
-        if header.data_offset as usize % DATA_ALIGN != 0 {
+        if !(header.data_offset as usize).is_multiple_of(DATA_ALIGN) {
             return Err(FormatError::Corrupt("data section is not page aligned".into()));
         }
-        if header.table_offset % 8 != 0 || (meta_range.end > table_range.start) || (table_range.end > data_range.start) {
+        if !header.table_offset.is_multiple_of(8)
+            || (meta_range.end > table_range.start)
+            || (table_range.end > data_range.start)
+        {
             return Err(FormatError::Corrupt("sections overlap or are misaligned".into()));
         }
 
@@ -187,15 +185,22 @@ impl QpwFile {
                 return Err(FormatError::Corrupt(format!("{what} lies outside the data section")));
             }
             if r.start % TENSOR_ALIGN != 0 {
-                return Err(FormatError::Corrupt(format!("{what} is not {TENSOR_ALIGN}-byte aligned")));
+                return Err(FormatError::Corrupt(format!(
+                    "{what} is not {TENSOR_ALIGN}-byte aligned"
+                )));
             }
             if DType::from_code(e.dtype) != Some(spec.dtype) {
-                return Err(FormatError::Corrupt(format!("{what}: dtype code {} disagrees with the metadata", e.dtype)));
+                return Err(FormatError::Corrupt(format!(
+                    "{what}: dtype code {} disagrees with the metadata",
+                    e.dtype
+                )));
             }
             if spec.byte_len() != Some(e.len as usize) {
                 return Err(FormatError::Corrupt(format!(
                     "{what}: {} bytes, dims {:?} need {:?}",
-                    e.len, spec.dims, spec.byte_len()
+                    e.len,
+                    spec.dims,
+                    spec.byte_len()
                 )));
             }
             if checksum(&bytes[r]) != e.checksum {

@@ -84,8 +84,7 @@ pub fn write_file(path: &Path, meta: &ModelMeta, tensors: &[TensorBytes<'_>]) ->
     let bytes = to_bytes(meta, tensors)?;
     let tmp = path.with_extension("qpw.tmp");
     {
-        let mut f = std::fs::File::create(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         f.write_all(&bytes)
             .with_context(|| format!("writing {}", tmp.display()))?;
         f.sync_all().ok();

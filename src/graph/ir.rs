@@ -66,9 +66,7 @@ impl Const {
                     SymInt::Batch => None,
                 })
                 .collect(),
-            Const::F32 { data, .. } => {
-                data.iter().map(|&f| (f.fract() == 0.0).then_some(f as i64)).collect()
-            }
+            Const::F32 { data, .. } => data.iter().map(|&f| (f.fract() == 0.0).then_some(f as i64)).collect(),
         }
     }
     pub fn as_sym_ints(&self) -> Option<&[SymInt]> {
@@ -98,7 +96,9 @@ pub enum IrOp {
         activation: Activation,
     },
     /// Inputs: x, scale, bias, mean, var.
-    BatchNorm { epsilon: f32 },
+    BatchNorm {
+        epsilon: f32,
+    },
     Relu,
     Sigmoid,
     /// Identity and inference-mode Dropout.
@@ -115,11 +115,19 @@ pub enum IrOp {
         count_include_pad: bool,
     },
     GlobalAveragePool,
-    Add { activation: Activation },
-    Flatten { axis: i64 },
+    Add {
+        activation: Activation,
+    },
+    Flatten {
+        axis: i64,
+    },
     /// Inputs: data, shape.
-    Reshape { allow_zero: bool },
-    Concat { axis: i64 },
+    Reshape {
+        allow_zero: bool,
+    },
+    Concat {
+        axis: i64,
+    },
     /// Inputs: A, B, optional C.
     Gemm {
         alpha: f32,
@@ -129,13 +137,24 @@ pub enum IrOp {
     },
     MatMul,
     /// Lowered fully connected layer. Inputs: x `[N, in]`, weight `[out, in]`, bias `[out]`.
-    Dense { activation: Activation },
+    Dense {
+        activation: Activation,
+    },
     // Shape arithmetic, only ever constant-folded.
-    Shape { start: i64, end: Option<i64> },
-    Gather { axis: i64 },
+    Shape {
+        start: i64,
+        end: Option<i64>,
+    },
+    Gather {
+        axis: i64,
+    },
     /// Axes from the attribute (opset < 13) or from the second input.
-    Unsqueeze { axes: Option<Vec<i64>> },
-    Squeeze { axes: Option<Vec<i64>> },
+    Unsqueeze {
+        axes: Option<Vec<i64>>,
+    },
+    Squeeze {
+        axes: Option<Vec<i64>>,
+    },
     Cast,
 }
 

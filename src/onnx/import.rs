@@ -6,10 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::proto::{
-    self, tensor_proto::DataType, type_proto, AttributeProto,
-    ModelProto, NodeProto, TensorProto,
-};
+use super::proto::{self, tensor_proto::DataType, type_proto, AttributeProto, ModelProto, NodeProto, TensorProto};
 use crate::graph::ir::{AutoPad, Const, Dim, Graph, IrOp, Node, Port, SymInt};
 use crate::graph::op::{Activation, Window};
 
@@ -42,10 +39,7 @@ pub fn import_model(model: &ModelProto) -> Result<Imported> {
     if !(MIN_OPSET..=MAX_OPSET).contains(&opset) {
         bail!("ONNX opset {opset} is not supported (supported: {MIN_OPSET} to {MAX_OPSET})");
     }
-    let g = model
-        .graph
-        .as_ref()
-        .ok_or_else(|| anyhow!("the model has no graph"))?;
+    let g = model.graph.as_ref().ok_or_else(|| anyhow!("the model has no graph"))?;
 
     let mut out = Imported {
         opset,
@@ -71,7 +65,11 @@ pub fn import_model(model: &ModelProto) -> Result<Imported> {
         .filter(|n| !is_supported(n))
         .map(|n| {
             let domain = n.domain.as_deref().unwrap_or("");
-            let dom = if domain.is_empty() { String::new() } else { format!(" (domain {domain})") };
+            let dom = if domain.is_empty() {
+                String::new()
+            } else {
+                format!(" (domain {domain})")
+            };
             format!("{}{dom} in node {:?}", n.op_type(), node_label(n))
         })
         .collect();
@@ -104,7 +102,10 @@ pub fn import_model(model: &ModelProto) -> Result<Imported> {
         }
         let id = graph.add_value(name.clone());
         graph.values[id].shape = Some(shape);
-        graph.inputs.push(Port { name: name.clone(), value: id });
+        graph.inputs.push(Port {
+            name: name.clone(),
+            value: id,
+        });
         names.insert(name, id);
     }
 
@@ -251,7 +252,9 @@ fn attr_ints(n: &NodeProto, name: &str) -> Option<Vec<i64>> {
 }
 
 fn attr_str(n: &NodeProto, name: &str) -> Option<String> {
-    attr(n, name).and_then(|a| a.s.as_ref()).map(|s| String::from_utf8_lossy(s).into_owned())
+    attr(n, name)
+        .and_then(|a| a.s.as_ref())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
 }
 
 fn to_usize_pair(v: &[i64], what: &str) -> Result<[usize; 2]> {
@@ -441,9 +444,7 @@ fn constant_node(n: &NodeProto) -> Result<Const> {
 
 /// Decodes an initializer or constant tensor: raw little-endian bytes or typed fields.
 pub fn tensor_to_const(t: &TensorProto) -> Result<Const> {
-    if t.data_location == Some(proto::tensor_proto::DataLocation::External as i32)
-        || !t.external_data.is_empty()
-    {
+    if t.data_location == Some(proto::tensor_proto::DataLocation::External as i32) || !t.external_data.is_empty() {
         bail!("external tensor data is not supported; save the model with all tensors inside the .onnx file");
     }
     let dims: Vec<usize> = t
@@ -510,7 +511,9 @@ pub fn tensor_to_const(t: &TensorProto) -> Result<Const> {
         }
         DataType::Int64 => {
             let data: Vec<i64> = match raw_chunks(8)? {
-                Some(ch) => ch.map(|b| i64::from_le_bytes(b.try_into().expect("8-byte chunk"))).collect(),
+                Some(ch) => ch
+                    .map(|b| i64::from_le_bytes(b.try_into().expect("8-byte chunk")))
+                    .collect(),
                 None => t.int64_data.clone(),
             };
             check(data.len())?;
@@ -579,9 +582,7 @@ fn input_shape(v: &proto::ValueInfoProto) -> Result<(Vec<Dim>, Option<usize>)> {
     for (i, d) in shape.dim.iter().enumerate().skip(1) {
         match d.value {
             Some(D::DimValue(x)) if x > 0 => dims.push(Dim::Known(x as usize)),
-            Some(D::DimParam(ref p)) => bail!(
-                "axis {i} is symbolic ({p:?}); only the batch axis (0) may be dynamic"
-            ),
+            Some(D::DimParam(ref p)) => bail!("axis {i} is symbolic ({p:?}); only the batch axis (0) may be dynamic"),
             _ => bail!("axis {i} has no fixed size; only the batch axis (0) may be dynamic"),
         }
     }

@@ -91,14 +91,20 @@ impl Plan {
         for inp in &meta.inputs {
             if !placed[inp.value] {
                 let off = alloc(size(inp.value), &mut free, &mut arena_len);
-                slots[inp.value] = Slot { offset: off, len: exact(inp.value) };
+                slots[inp.value] = Slot {
+                    offset: off,
+                    len: exact(inp.value),
+                };
                 placed[inp.value] = true;
             }
         }
         for (i, n) in meta.nodes.iter().enumerate() {
             for &o in &n.outputs {
                 let off = alloc(size(o), &mut free, &mut arena_len);
-                slots[o] = Slot { offset: off, len: exact(o) };
+                slots[o] = Slot {
+                    offset: off,
+                    len: exact(o),
+                };
                 placed[o] = true;
             }
             let mut dead: Vec<usize> = n.inputs.iter().copied().filter(|&v| last_use[v] == i).collect();
@@ -108,6 +114,10 @@ impl Plan {
                 release(slots[v].offset, size(v), &mut free);
             }
         }
-        Plan { batch, slots, arena_len }
+        Plan {
+            batch,
+            slots,
+            arena_len,
+        }
     }
 }

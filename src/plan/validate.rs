@@ -45,7 +45,10 @@ pub fn validate(meta: &ModelMeta) -> Result<(), String> {
     }
     for t in &meta.tensors {
         if t.dtype != DType::F32 {
-            return Err(format!("tensor {} has dtype {:?}; this engine reads f32 models", t.name, t.dtype));
+            return Err(format!(
+                "tensor {} has dtype {:?}; this engine reads f32 models",
+                t.name, t.dtype
+            ));
         }
     }
     let mut produced = vec![false; nv];
@@ -58,7 +61,12 @@ pub fn validate(meta: &ModelMeta) -> Result<(), String> {
         }
         if let Some(f) = &io.features {
             if io.shape != [f.len()] {
-                return Err(format!("input {} names {} features for shape {:?}", io.name, f.len(), io.shape));
+                return Err(format!(
+                    "input {} names {} features for shape {:?}",
+                    io.name,
+                    f.len(),
+                    io.shape
+                ));
             }
             for feat in f {
                 if !(feat.min.is_finite() && feat.max.is_finite() && feat.min < feat.max) {
@@ -88,7 +96,9 @@ pub fn validate(meta: &ModelMeta) -> Result<(), String> {
         }
         let out = n.outputs[0];
         if out >= nv || produced[out] {
-            return Err(ctx(format!("writes value {out}, which is out of range or already written")));
+            return Err(ctx(format!(
+                "writes value {out}, which is out of range or already written"
+            )));
         }
         if n.inputs.contains(&out) {
             return Err(ctx("reads its own output".into()));
@@ -123,7 +133,8 @@ pub fn validate(meta: &ModelMeta) -> Result<(), String> {
                 if is.len() != 3 || is[0] != *cin {
                     return Err(ctx(format!("input shape {is:?} does not have {cin} channels")));
                 }
-                let (oh, ow) = pool_out(window, is[1], is[2], false).ok_or_else(|| ctx("window does not fit".into()))?;
+                let (oh, ow) =
+                    pool_out(window, is[1], is[2], false).ok_or_else(|| ctx("window does not fit".into()))?;
                 if os != [*cout, oh, ow] {
                     return Err(ctx(format!("output shape {os:?}, expected {:?}", [*cout, oh, ow])));
                 }
@@ -132,7 +143,10 @@ pub fn validate(meta: &ModelMeta) -> Result<(), String> {
                 }
                 let [kh, kw] = window.kernel;
                 if tensor_dims(0)? != [padded(*cout) / PACK_LANES, kh, kw, *cin, PACK_LANES] {
-                    return Err(ctx(format!("weight dims {:?} do not match the packed layout", tensor_dims(0)?)));
+                    return Err(ctx(format!(
+                        "weight dims {:?} do not match the packed layout",
+                        tensor_dims(0)?
+                    )));
                 }
                 if tensor_dims(1)? != [padded(*cout)] {
                     return Err(ctx("bias dims do not match".into()));
@@ -141,9 +155,14 @@ pub fn validate(meta: &ModelMeta) -> Result<(), String> {
             Op::Dense { input, output, .. } => {
                 want_inputs(&[1])?;
                 if shape(n.inputs[0]) != [*input] || os != [*output] {
-                    return Err(ctx(format!("shapes {:?} -> {os:?} do not match {input} -> {output}", shape(n.inputs[0]))));
+                    return Err(ctx(format!(
+                        "shapes {:?} -> {os:?} do not match {input} -> {output}",
+                        shape(n.inputs[0])
+                    )));
                 }
-                if tensor_dims(0)? != [padded(*output) / PACK_LANES, *input, PACK_LANES] || tensor_dims(1)? != [padded(*output)] {
+                if tensor_dims(0)? != [padded(*output) / PACK_LANES, *input, PACK_LANES]
+                    || tensor_dims(1)? != [padded(*output)]
+                {
                     return Err(ctx("parameter dims do not match the packed layout".into()));
                 }
             }
@@ -156,13 +175,16 @@ pub fn validate(meta: &ModelMeta) -> Result<(), String> {
                 if matches!(n.op, Op::AveragePool { .. }) && window.dilation != [1, 1] {
                     return Err(ctx("average pooling with dilation".into()));
                 }
-                let (oh, ow) = pool_out(window, is[1], is[2], *ceil_mode).ok_or_else(|| ctx("window does not fit".into()))?;
+                let (oh, ow) =
+                    pool_out(window, is[1], is[2], *ceil_mode).ok_or_else(|| ctx("window does not fit".into()))?;
                 if os != [is[0], oh, ow] {
                     return Err(ctx(format!("output shape {os:?}, expected {:?}", [is[0], oh, ow])));
                 }
                 // Every window must overlap the input, or max pooling has no value to take.
                 for (axis, o, size) in [(0, oh, is[1]), (1, ow, is[2])] {
-                    if (o - 1) * window.stride[axis] >= size + window.pads[axis] || window.pads[axis] >= (window.kernel[axis] - 1) * window.dilation[axis] + 1 {
+                    if (o - 1) * window.stride[axis] >= size + window.pads[axis]
+                        || window.pads[axis] > (window.kernel[axis] - 1) * window.dilation[axis]
+                    {
                         return Err(ctx("a pooling window lies entirely in the padding".into()));
                     }
                 }

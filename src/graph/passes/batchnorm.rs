@@ -17,9 +17,8 @@ pub fn run(g: &mut Graph) -> Result<()> {
         let x = bn.input(0).ok_or_else(|| anyhow!("BatchNormalization without input"))?;
         let producers = g.producers();
         let uses = g.use_counts();
-        let conv_idx = producers[x].filter(|&p| {
-            matches!(g.nodes[p].op, IrOp::Conv { .. }) && uses[x] == 1 && !g.is_graph_output(x)
-        });
+        let conv_idx = producers[x]
+            .filter(|&p| matches!(g.nodes[p].op, IrOp::Conv { .. }) && uses[x] == 1 && !g.is_graph_output(x));
         let Some(ci) = conv_idx else {
             bail!(
                 "BatchNormalization node {:?} does not follow a convolution that only it reads; standalone BatchNormalization is not supported",
@@ -38,12 +37,21 @@ pub fn run(g: &mut Graph) -> Result<()> {
         let (gamma, beta, mean, var) = (param(1)?, param(2)?, param(3)?, param(4)?);
         let conv = &g.nodes[ci];
         let wv = conv.input(1).ok_or_else(|| anyhow!("conv without weights"))?;
-        let w = g.constant(wv).and_then(|c| c.as_f32()).ok_or_else(|| anyhow!("conv weights"))?;
+        let w = g
+            .constant(wv)
+            .and_then(|c| c.as_f32())
+            .ok_or_else(|| anyhow!("conv weights"))?;
         let wdims = g.constant(wv).map(|c| c.dims().to_vec()).unwrap_or_default();
         let cout = wdims[0];
         let per_out = w.len() / cout;
         let bias: Vec<f64> = match conv.input(2) {
-            Some(b) => g.constant(b).and_then(|c| c.as_f32()).ok_or_else(|| anyhow!("conv bias"))?.iter().map(|&f| f as f64).collect(),
+            Some(b) => g
+                .constant(b)
+                .and_then(|c| c.as_f32())
+                .ok_or_else(|| anyhow!("conv bias"))?
+                .iter()
+                .map(|&f| f as f64)
+                .collect(),
             None => vec![0.0; cout],
         };
         let mut nw = Vec::with_capacity(w.len());
@@ -54,8 +62,17 @@ pub fn run(g: &mut Graph) -> Result<()> {
             nb.push(((bias[o] - mean[o]) * s + beta[o]) as f32);
         }
         let conv_name = g.nodes[ci].name.clone();
-        let new_w = g.add_const(format!("{conv_name}.weight.bn_folded"), Const::F32 { dims: wdims, data: nw });
-        let new_b = g.add_const(format!("{conv_name}.bias.bn_folded"), Const::F32 { dims: vec![cout], data: nb });
+        let new_w = g.add_const(
+            format!("{conv_name}.weight.bn_folded"),
+            Const::F32 { dims: wdims, data: nw },
+        );
+        let new_b = g.add_const(
+            format!("{conv_name}.bias.bn_folded"),
+            Const::F32 {
+                dims: vec![cout],
+                data: nb,
+            },
+        );
         let conv = &mut g.nodes[ci];
         conv.inputs.resize(3, None);
         conv.inputs[1] = Some(new_w);

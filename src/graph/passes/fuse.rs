@@ -19,9 +19,14 @@ pub fn activations(g: &mut Graph) {
         let target = fusable.filter(|&p| {
             matches!(
                 g.nodes[p].op,
-                IrOp::Conv { activation: Activation::None, .. }
-                    | IrOp::Dense { activation: Activation::None }
-                    | IrOp::Add { activation: Activation::None }
+                IrOp::Conv {
+                    activation: Activation::None,
+                    ..
+                } | IrOp::Dense {
+                    activation: Activation::None
+                } | IrOp::Add {
+                    activation: Activation::None
+                }
             )
         });
         let Some(p) = target else {
@@ -64,7 +69,13 @@ pub fn residual_adds(g: &mut Graph) {
             producers[v].filter(|&p| {
                 uses[v] == 1
                     && !g.is_graph_output(v)
-                    && matches!(g.nodes[p].op, IrOp::Conv { activation: Activation::None, .. })
+                    && matches!(
+                        g.nodes[p].op,
+                        IrOp::Conv {
+                            activation: Activation::None,
+                            ..
+                        }
+                    )
                     && g.nodes[p].inputs.len() <= 3
             })
         };

@@ -19,8 +19,7 @@ pub fn run(g: &mut Graph) -> Result<()> {
             }
             continue;
         }
-        let shapes = infer(g, &mut node)
-            .with_context(|| format!("{} node {:?}", node.onnx_type, node.name))?;
+        let shapes = infer(g, &mut node).with_context(|| format!("{} node {:?}", node.onnx_type, node.name))?;
         for (&out, s) in node.outputs.iter().zip(shapes) {
             g.values[out].shape = Some(s);
         }
@@ -30,7 +29,10 @@ pub fn run(g: &mut Graph) -> Result<()> {
     for o in &g.outputs {
         let v = &g.values[o.value];
         if v.constant.is_some() {
-            bail!("output {:?} is a constant, independent of the inputs; not supported", o.name);
+            bail!(
+                "output {:?} is a constant, independent of the inputs; not supported",
+                o.name
+            );
         }
     }
     Ok(())
@@ -47,9 +49,13 @@ pub fn value_shape(g: &Graph, v: ValueId) -> Result<Vec<Dim>> {
 }
 
 fn input(g: &Graph, n: &Node, i: usize) -> Result<ValueId> {
-    n.input(i)
-        .ok_or_else(|| anyhow!("input {i} is missing"))
-        .and_then(|v| if v < g.values.len() { Ok(v) } else { Err(anyhow!("bad value id")) })
+    n.input(i).ok_or_else(|| anyhow!("input {i} is missing")).and_then(|v| {
+        if v < g.values.len() {
+            Ok(v)
+        } else {
+            Err(anyhow!("bad value id"))
+        }
+    })
 }
 
 fn norm_axis(axis: i64, rank: usize) -> Result<usize> {
@@ -72,7 +78,8 @@ fn sym_of_dim(d: Dim) -> SymInt {
 fn fold(g: &Graph, n: &Node) -> Result<Option<Vec<Const>>> {
     let all_const = n.inputs.iter().flatten().all(|&v| g.constant(v).is_some());
     let c = |i: usize| -> Result<&Const> {
-        g.constant(input(g, n, i)?).ok_or_else(|| anyhow!("input {i} is not constant"))
+        g.constant(input(g, n, i)?)
+            .ok_or_else(|| anyhow!("input {i} is not constant"))
     };
     Ok(Some(vec![match &n.op {
         IrOp::Shape { start, end } => {
@@ -81,7 +88,10 @@ fn fold(g: &Graph, n: &Node) -> Result<Option<Vec<Const>>> {
             let clamp = |x: i64| -> usize { (if x < 0 { x + r } else { x }).clamp(0, r) as usize };
             let (a, b) = (clamp(*start), clamp(end.unwrap_or(r)));
             let data: Vec<SymInt> = s[a..b.max(a)].iter().map(|&d| sym_of_dim(d)).collect();
-            Const::Int { dims: vec![data.len()], data }
+            Const::Int {
+                dims: vec![data.len()],
+                data,
+            }
         }
         _ if !all_const => return Ok(None),
         IrOp::Identity => c(0)?.clone(),
@@ -144,9 +154,14 @@ fn fold(g: &Graph, n: &Node) -> Result<Option<Vec<Const>>> {
             }
             norm_axis(*axis, 1)?;
             if parts.iter().all(|p| matches!(p, Const::Int { .. })) {
-                let data: Vec<SymInt> =
-                    parts.iter().flat_map(|p| p.as_sym_ints().unwrap_or(&[]).to_vec()).collect();
-                Const::Int { dims: vec![data.len()], data }
+                let data: Vec<SymInt> = parts
+                    .iter()
+                    .flat_map(|p| p.as_sym_ints().unwrap_or(&[]).to_vec())
+                    .collect();
+                Const::Int {
+                    dims: vec![data.len()],
+                    data,
+                }
             } else {
                 let data: Vec<f32> = parts
                     .iter()
@@ -156,7 +171,10 @@ fn fold(g: &Graph, n: &Node) -> Result<Option<Vec<Const>>> {
                     })
                     .collect::<Result<Vec<_>>>()?
                     .concat();
-                Const::F32 { dims: vec![data.len()], data }
+                Const::F32 {
+                    dims: vec![data.len()],
+                    data,
+                }
             }
         }
         IrOp::Reshape { allow_zero } => {
@@ -169,14 +187,23 @@ fn fold(g: &Graph, n: &Node) -> Result<Option<Vec<Const>>> {
                 .collect();
             let dims_in: Vec<Dim> = x.dims().iter().map(|&d| Dim::Known(d)).collect();
             let out = reshape_dims(&dims_in, &target, *allow_zero, None)?;
-            with_dims(x, out.iter().map(|d| match d {
-                Dim::Known(k) => *k,
-                Dim::Batch => 0,
-            }).collect())
+            with_dims(
+                x,
+                out.iter()
+                    .map(|d| match d {
+                        Dim::Known(k) => *k,
+                        Dim::Batch => 0,
+                    })
+                    .collect(),
+            )
         }
         IrOp::Flatten { axis } => {
             let x = c(0)?;
-            let a = if *axis < 0 { *axis + x.dims().len() as i64 } else { *axis } as usize;
+            let a = if *axis < 0 {
+                *axis + x.dims().len() as i64
+            } else {
+                *axis
+            } as usize;
             let lead: usize = x.dims()[..a.min(x.dims().len())].iter().product();
             with_dims(x, vec![lead, x.numel() / lead.max(1)])
         }
@@ -186,8 +213,14 @@ fn fold(g: &Graph, n: &Node) -> Result<Option<Vec<Const>>> {
 
 fn with_dims(c: &Const, dims: Vec<usize>) -> Const {
     match c {
-        Const::F32 { data, .. } => Const::F32 { dims, data: data.clone() },
-        Const::Int { data, .. } => Const::Int { dims, data: data.clone() },
+        Const::F32 { data, .. } => Const::F32 {
+            dims,
+            data: data.clone(),
+        },
+        Const::Int { data, .. } => Const::Int {
+            dims,
+            data: data.clone(),
+        },
     }
 }
 
@@ -229,7 +262,10 @@ pub fn reshape_dims(
     static_batch: Option<usize>,
 ) -> Result<Vec<Dim>> {
     let has_batch = input.contains(&Dim::Batch);
-    let known_in: usize = input.iter().map(|d| if let Dim::Known(k) = d { *k } else { 1 }).product();
+    let known_in: usize = input
+        .iter()
+        .map(|d| if let Dim::Known(k) = d { *k } else { 1 })
+        .product();
     let mut out: Vec<Option<Dim>> = Vec::with_capacity(target.len());
     let mut infer_at = None;
     for (i, &t) in target.iter().enumerate() {
@@ -263,7 +299,7 @@ pub fn reshape_dims(
             }
         });
     }
-    let out_has_batch = out.iter().any(|d| *d == Some(Dim::Batch));
+    let out_has_batch = out.contains(&Some(Dim::Batch));
     let known_out: usize = out
         .iter()
         .map(|d| if let Some(Dim::Known(k)) = d { *k } else { 1 })
@@ -271,7 +307,7 @@ pub fn reshape_dims(
     if let Some(i) = infer_at {
         if has_batch && !out_has_batch {
             // -1 must absorb the batch: only if the rest matches exactly.
-            if known_out == 0 || known_in % known_out != 0 || known_in / known_out != 1 {
+            if known_out == 0 || !known_in.is_multiple_of(known_out) || known_in / known_out != 1 {
                 bail!(
                     "reshape {} -> {target:?} merges the batch into another axis; not supported",
                     shape_str(input)
@@ -279,7 +315,7 @@ pub fn reshape_dims(
             }
             out[i] = Some(Dim::Batch);
         } else {
-            if known_out == 0 || known_in % known_out != 0 {
+            if known_out == 0 || !known_in.is_multiple_of(known_out) {
                 bail!("reshape {} -> {target:?}: sizes do not divide", shape_str(input));
             }
             out[i] = Some(Dim::Known(known_in / known_out));
@@ -289,7 +325,10 @@ pub fn reshape_dims(
     }
     let out: Vec<Dim> = out.into_iter().map(|d| d.expect("filled")).collect();
     if has_batch && out.first() != Some(&Dim::Batch) {
-        bail!("reshape {} -> {target:?} moves the batch axis; not supported", shape_str(input));
+        bail!(
+            "reshape {} -> {target:?} moves the batch axis; not supported",
+            shape_str(input)
+        );
     }
     Ok(out)
 }
@@ -362,8 +401,16 @@ pub fn broadcast(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>> {
     let r = a.len().max(b.len());
     let mut out = vec![Dim::Known(1); r];
     for i in 0..r {
-        let da = if i + a.len() >= r { a[i + a.len() - r] } else { Dim::Known(1) };
-        let db = if i + b.len() >= r { b[i + b.len() - r] } else { Dim::Known(1) };
+        let da = if i + a.len() >= r {
+            a[i + a.len() - r]
+        } else {
+            Dim::Known(1)
+        };
+        let db = if i + b.len() >= r {
+            b[i + b.len() - r]
+        } else {
+            Dim::Known(1)
+        };
         out[i] = match (da, db) {
             (x, y) if x == y => x,
             (Dim::Known(1), y) => y,
@@ -398,12 +445,18 @@ fn infer_op(g: &Graph, n: &Node, op: &mut IrOp) -> Result<Vec<Vec<Dim>>> {
                 bail!("Conv weight has shape {wd_:?}; only 2-D convolution is supported");
             }
             if wd_[1] != c {
-                bail!("Conv weight {wd_:?} expects {} input channels, the input has {c}", wd_[1]);
+                bail!(
+                    "Conv weight {wd_:?} expects {} input channels, the input has {c}",
+                    wd_[1]
+                );
             }
             if window.kernel == [0, 0] {
                 window.kernel = [wd_[2], wd_[3]];
             } else if window.kernel != [wd_[2], wd_[3]] {
-                bail!("kernel_shape {:?} disagrees with the weight shape {wd_:?}", window.kernel);
+                bail!(
+                    "kernel_shape {:?} disagrees with the weight shape {wd_:?}",
+                    window.kernel
+                );
             }
             if let Some(b) = n.inputs.get(2).copied().flatten() {
                 let bc = g.constant(b).ok_or_else(|| anyhow!("Conv bias must be a constant"))?;
@@ -415,13 +468,22 @@ fn infer_op(g: &Graph, n: &Node, op: &mut IrOp) -> Result<Vec<Vec<Dim>>> {
             let (oh, ow) = window_out(window, h, wd, false)?;
             vec![Dim::Batch, Dim::Known(wd_[0]), Dim::Known(oh), Dim::Known(ow)]
         }
-        IrOp::MaxPool { window, auto_pad, ceil_mode } => {
+        IrOp::MaxPool {
+            window,
+            auto_pad,
+            ceil_mode,
+        } => {
             let (c, h, wd) = rank4(&x, "MaxPool input")?;
             resolve_auto_pad(window, auto_pad, h, wd);
             let (oh, ow) = window_out(window, h, wd, *ceil_mode)?;
             vec![Dim::Batch, Dim::Known(c), Dim::Known(oh), Dim::Known(ow)]
         }
-        IrOp::AveragePool { window, auto_pad, ceil_mode, .. } => {
+        IrOp::AveragePool {
+            window,
+            auto_pad,
+            ceil_mode,
+            ..
+        } => {
             let (c, h, wd) = rank4(&x, "AveragePool input")?;
             if window.dilation != [1, 1] {
                 bail!("AveragePool with dilations is not supported");
@@ -441,9 +503,14 @@ fn infer_op(g: &Graph, n: &Node, op: &mut IrOp) -> Result<Vec<Vec<Dim>>> {
             let c = known(x[1], "channel axis")?;
             for i in 1..5 {
                 let v = input(g, n, i)?;
-                let k = g.constant(v).ok_or_else(|| anyhow!("BatchNormalization parameters must be constants"))?;
+                let k = g
+                    .constant(v)
+                    .ok_or_else(|| anyhow!("BatchNormalization parameters must be constants"))?;
                 if k.numel() != c {
-                    bail!("BatchNormalization parameter {i} has {} values for {c} channels", k.numel());
+                    bail!(
+                        "BatchNormalization parameter {i} has {} values for {c} channels",
+                        k.numel()
+                    );
                 }
             }
             x
@@ -453,7 +520,10 @@ fn infer_op(g: &Graph, n: &Node, op: &mut IrOp) -> Result<Vec<Vec<Dim>>> {
         IrOp::Flatten { axis } => {
             let a = if *axis < 0 { *axis + x.len() as i64 } else { *axis };
             if a != 1 || x.first() != Some(&Dim::Batch) {
-                bail!("Flatten axis {axis} on {}: only flattening after the batch axis is supported", shape_str(&x));
+                bail!(
+                    "Flatten axis {axis} on {}: only flattening after the batch axis is supported",
+                    shape_str(&x)
+                );
             }
             let rest: usize = x[1..].iter().map(|&d| known(d, "axis")).product::<Result<usize>>()?;
             vec![Dim::Batch, Dim::Known(rest)]
@@ -471,8 +541,7 @@ fn infer_op(g: &Graph, n: &Node, op: &mut IrOp) -> Result<Vec<Vec<Dim>>> {
                     .map(SymInt::Known)
                     .collect(),
             };
-            let out = reshape_dims(&x, &target, *allow_zero, g.static_batch)?;
-            out
+            reshape_dims(&x, &target, *allow_zero, g.static_batch)?
         }
         IrOp::Concat { axis } => {
             let mut out = x.clone();
@@ -484,7 +553,11 @@ fn infer_op(g: &Graph, n: &Node, op: &mut IrOp) -> Result<Vec<Vec<Dim>>> {
             for i in 1..n.inputs.len() {
                 let s = shape(i)?;
                 if s.len() != x.len() || (0..s.len()).any(|k| k != a && s[k] != x[k]) {
-                    bail!("Concat inputs {} and {} differ off axis {a}", shape_str(&x), shape_str(&s));
+                    bail!(
+                        "Concat inputs {} and {} differ off axis {a}",
+                        shape_str(&x),
+                        shape_str(&s)
+                    );
                 }
                 total += known(s[a], "concat axis")?;
             }
@@ -507,7 +580,11 @@ fn infer_op(g: &Graph, n: &Node, op: &mut IrOp) -> Result<Vec<Vec<Dim>>> {
             }
             let (k, out) = if *trans_b { (bd[1], bd[0]) } else { (bd[0], bd[1]) };
             if x[1] != Dim::Known(k) {
-                bail!("Gemm A {} does not match B {bd:?} (transB={})", shape_str(&x), *trans_b as u8);
+                bail!(
+                    "Gemm A {} does not match B {bd:?} (transB={})",
+                    shape_str(&x),
+                    *trans_b as u8
+                );
             }
             vec![x[0], Dim::Known(out)]
         }
@@ -517,7 +594,10 @@ fn infer_op(g: &Graph, n: &Node, op: &mut IrOp) -> Result<Vec<Vec<Dim>>> {
                 .ok_or_else(|| anyhow!("MatMul with two activation inputs is not supported (B must be a constant)"))?;
             let bd = b.dims();
             if bd.len() != 2 || x.len() < 2 {
-                bail!("MatMul {} x {bd:?}: only [.., K] x [K, M] with a constant B is supported", shape_str(&x));
+                bail!(
+                    "MatMul {} x {bd:?}: only [.., K] x [K, M] with a constant B is supported",
+                    shape_str(&x)
+                );
             }
             if x[x.len() - 1] != Dim::Known(bd[0]) {
                 bail!("MatMul shapes {} and {bd:?} do not match", shape_str(&x));
@@ -527,7 +607,9 @@ fn infer_op(g: &Graph, n: &Node, op: &mut IrOp) -> Result<Vec<Vec<Dim>>> {
             out
         }
         IrOp::Dense { .. } => {
-            let w = g.constant(input(g, n, 1)?).ok_or_else(|| anyhow!("Dense weight must be constant"))?;
+            let w = g
+                .constant(input(g, n, 1)?)
+                .ok_or_else(|| anyhow!("Dense weight must be constant"))?;
             vec![x[0], Dim::Known(w.dims()[0])]
         }
         IrOp::Unsqueeze { axes } | IrOp::Squeeze { axes } => {
@@ -547,14 +629,24 @@ fn infer_op(g: &Graph, n: &Node, op: &mut IrOp) -> Result<Vec<Vec<Dim>>> {
                 axes.sort_unstable();
                 let mut it = x.iter();
                 (0..rank)
-                    .map(|i| if axes.binary_search(&i).is_ok() { Some(Dim::Known(1)) } else { it.next().copied() })
+                    .map(|i| {
+                        if axes.binary_search(&i).is_ok() {
+                            Some(Dim::Known(1))
+                        } else {
+                            it.next().copied()
+                        }
+                    })
                     .collect::<Option<Vec<Dim>>>()
                     .ok_or_else(|| anyhow!("bad Unsqueeze axes"))?
             } else {
                 let axes: Vec<usize> = axes.iter().map(|&a| norm_axis(a, x.len())).collect::<Result<_>>()?;
                 let mut out = Vec::new();
                 for (i, &d) in x.iter().enumerate() {
-                    let drop = if axes.is_empty() { d == Dim::Known(1) } else { axes.contains(&i) };
+                    let drop = if axes.is_empty() {
+                        d == Dim::Known(1)
+                    } else {
+                        axes.contains(&i)
+                    };
                     if drop && d != Dim::Known(1) {
                         bail!("cannot squeeze axis {i} of {}", shape_str(&x));
                     }
@@ -565,7 +657,12 @@ fn infer_op(g: &Graph, n: &Node, op: &mut IrOp) -> Result<Vec<Vec<Dim>>> {
                 out
             };
             if out.first() != Some(&Dim::Batch) {
-                bail!("{} {} -> {} moves the batch axis; not supported", n.onnx_type, shape_str(&x), shape_str(&out));
+                bail!(
+                    "{} {} -> {} moves the batch axis; not supported",
+                    n.onnx_type,
+                    shape_str(&x),
+                    shape_str(&out)
+                );
             }
             // From here on it is a reshape.
             *op = IrOp::Reshape { allow_zero: false };

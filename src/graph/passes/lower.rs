@@ -10,8 +10,12 @@ pub fn run(g: &mut Graph) -> Result<()> {
     for i in 0..g.nodes.len() {
         let node = g.nodes[i].clone();
         match node.op {
-            IrOp::Gemm { alpha, beta, trans_b, .. } => {
-                let b = g.constant(node.input(1).ok_or_else(|| anyhow!("Gemm without B"))?).cloned();
+            IrOp::Gemm {
+                alpha, beta, trans_b, ..
+            } => {
+                let b = g
+                    .constant(node.input(1).ok_or_else(|| anyhow!("Gemm without B"))?)
+                    .cloned();
                 let b = b.ok_or_else(|| anyhow!("Gemm B must be constant"))?;
                 let bd = b.dims().to_vec();
                 let data = b.as_f32().ok_or_else(|| anyhow!("Gemm B must be float"))?;
@@ -32,7 +36,10 @@ pub fn run(g: &mut Graph) -> Result<()> {
                         _ if c.numel() == 1 => false,
                         [n] if *n == out => true,
                         [1, n] if *n == out => true,
-                        _ => bail!("Gemm node {:?}: C of shape {dims:?} is not a per-output bias", node.name),
+                        _ => bail!(
+                            "Gemm node {:?}: C of shape {dims:?} is not a per-output bias",
+                            node.name
+                        ),
                     };
                     for (o, b) in bias.iter_mut().enumerate() {
                         *b = beta * if per_out { cd[o] } else { cd[0] };
@@ -49,7 +56,9 @@ pub fn run(g: &mut Graph) -> Result<()> {
                         node.name
                     );
                 }
-                let b = g.constant(node.input(1).ok_or_else(|| anyhow!("MatMul without B"))?).cloned();
+                let b = g
+                    .constant(node.input(1).ok_or_else(|| anyhow!("MatMul without B"))?)
+                    .cloned();
                 let b = b.ok_or_else(|| anyhow!("MatMul B must be constant"))?;
                 let (k, out) = (b.dims()[0], b.dims()[1]);
                 let data = b.as_f32().ok_or_else(|| anyhow!("MatMul B must be float"))?;
@@ -73,10 +82,24 @@ pub fn run(g: &mut Graph) -> Result<()> {
 }
 
 fn set_dense(g: &mut Graph, i: usize, name: &str, w: Vec<f32>, out: usize, k: usize, bias: Vec<f32>) {
-    let wv = g.add_const(format!("{name}.weight"), Const::F32 { dims: vec![out, k], data: w });
-    let bv = g.add_const(format!("{name}.bias"), Const::F32 { dims: vec![out], data: bias });
+    let wv = g.add_const(
+        format!("{name}.weight"),
+        Const::F32 {
+            dims: vec![out, k],
+            data: w,
+        },
+    );
+    let bv = g.add_const(
+        format!("{name}.bias"),
+        Const::F32 {
+            dims: vec![out],
+            data: bias,
+        },
+    );
     let node = &mut g.nodes[i];
-    node.op = IrOp::Dense { activation: Activation::None };
+    node.op = IrOp::Dense {
+        activation: Activation::None,
+    };
     node.inputs = vec![node.inputs[0], Some(wv), Some(bv)];
 }
 
@@ -113,11 +136,25 @@ fn fold_constant_adds(g: &mut Graph) -> Result<()> {
         let uses = g.use_counts();
         let shape = g.shape(act).map(|s| s.to_vec()).unwrap_or_default();
         let c = g.constant(cst).cloned().expect("checked");
-        let cdata = c.as_f32().ok_or_else(|| anyhow!("Add of an integer constant"))?.to_vec();
+        let cdata = c
+            .as_f32()
+            .ok_or_else(|| anyhow!("Add of an integer constant"))?
+            .to_vec();
         let p = producers[act].filter(|_| uses[act] == 1 && !g.is_graph_output(act));
         let folded = match p.map(|p| (p, g.nodes[p].op.clone())) {
-            Some((p, IrOp::Conv { activation: Activation::None, .. }))
-            | Some((p, IrOp::Dense { activation: Activation::None })) => {
+            Some((
+                p,
+                IrOp::Conv {
+                    activation: Activation::None,
+                    ..
+                },
+            ))
+            | Some((
+                p,
+                IrOp::Dense {
+                    activation: Activation::None,
+                },
+            )) => {
                 let channels = match shape.get(1) {
                     Some(Dim::Known(c)) => *c,
                     _ => 0,
@@ -134,7 +171,13 @@ fn fold_constant_adds(g: &mut Graph) -> Result<()> {
                             *x += y;
                         }
                         let name = format!("{}.bias.folded_add", g.nodes[p].name);
-                        let nb = g.add_const(name, Const::F32 { dims: vec![channels], data: bias });
+                        let nb = g.add_const(
+                            name,
+                            Const::F32 {
+                                dims: vec![channels],
+                                data: bias,
+                            },
+                        );
                         let pn = &mut g.nodes[p];
                         pn.inputs.resize(pn.inputs.len().max(3), None);
                         pn.inputs[2] = Some(nb);
@@ -175,7 +218,11 @@ fn per_channel_values(dims: &[usize], data: &[f32], rank: usize, channels: usize
     let pos_of_c = rank - dims.len(); // index in the full shape of dims[0]
     let ok = dims.iter().enumerate().all(|(j, &d)| {
         let full_axis = pos_of_c + j;
-        if full_axis == 1 { d == channels } else { d == 1 }
+        if full_axis == 1 {
+            d == channels
+        } else {
+            d == 1
+        }
     });
     ok.then(|| data.to_vec())
 }

@@ -33,6 +33,9 @@ pub fn run(g: &mut Graph) -> Result<()> {
         bail!("the graph has a cycle");
     }
     let mut old: Vec<Option<_>> = std::mem::take(&mut g.nodes).into_iter().map(Some).collect();
-    g.nodes = order.into_iter().map(|i| old[i].take().expect("each node once")).collect();
+    g.nodes = order
+        .into_iter()
+        .map(|i| old[i].take().expect("each node once"))
+        .collect();
     Ok(())
 }
