@@ -2,6 +2,7 @@
 //! tools/gen_onnx_proto.sh) and the importer into the conversion graph.
 
 pub mod import;
+#[rustfmt::skip]
 #[allow(clippy::all, missing_docs, rustdoc::all)]
 pub mod proto;
 
