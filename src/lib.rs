@@ -5,6 +5,7 @@
 //! (executors) -> `serve` / `bench` / the CLIs. All `unsafe` lives in the `qp-kernels` crate.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod convert;
 pub mod engine;
 pub mod exec;
