@@ -72,6 +72,9 @@ pub fn convert_bytes(onnx_bytes: &[u8], default_name: &str, options: &ConvertOpt
     let description = imported.metadata.get("qp.description").cloned().unwrap_or_default();
     let mut converted = lower_to_file(&graph, &imported.metadata, name, description, source)?;
     converted.meta.stats.onnx_ops = imported.onnx_ops.clone();
+    // The engine validates every file it loads; refusing here means a model the engine
+    // cannot run is never written in the first place.
+    crate::plan::validate::validate(&converted.meta).map_err(|e| anyhow!("the converted model is not runnable: {e}"))?;
     Ok(converted)
 }
 
