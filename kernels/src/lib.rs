@@ -12,5 +12,6 @@ pub mod mapping;
 pub mod parallel;
 pub mod peak;
 pub mod pool;
+pub mod qconv;
 pub mod reorder;
 pub mod simd;

@@ -1,0 +1,342 @@
+//! The VNNI tilings (zmm: 14 pixels x two 16-channel panels with a one-panel tail; ymm: 6
+//! pixels x one panel), ragged pixel tiles and the whole epilogue, run with a portable
+//! vector of `vpdpbusd` semantics, so their indexing is tested on CPUs without AVX512-VNNI
+//! or AVX-VNNI. Only the intrinsic wrappers of `x86::Vnni512` and `x86::Vnni256` are left
+//! to the tier tests on such hardware.
+
+use proptest::prelude::*;
+
+use super::reference::{max_f32, min_f32};
+use super::tile::{remainder_tile, run_range, QVector};
+use super::*;
+use crate::parallel::Serial;
+
+/// N lanes in plain Rust: `dot` is `vpdpbusd` (u8 x s8, groups of 4, wrapping i32), the
+/// f32 operations those of `reference`.
+struct Lanes<const N: usize>;
+
+impl<const N: usize> QVector for Lanes<N> {
+    type I = [i32; N];
+    type F = [f32; N];
+    type W = [[i8; 4]; N];
+    type X = [u8; 4];
+    const LANES: usize = N;
+    unsafe fn zero() -> [i32; N] {
+        [0; N]
+    }
+    unsafe fn load_weights(p: *const i8) -> [[i8; 4]; N] {
+        // safety: 4 * N readable bytes (trait contract).
+        let w = unsafe { std::slice::from_raw_parts(p, 4 * N) };
+        std::array::from_fn(|l| std::array::from_fn(|k| w[4 * l + k]))
+    }
+    unsafe fn splat_quad(quad: u32) -> [u8; 4] {
+        quad.to_le_bytes()
+    }
+    unsafe fn dot(acc: [i32; N], x: [u8; 4], w: [[i8; 4]; N]) -> [i32; N] {
+        std::array::from_fn(|l| (0..4).fold(acc[l], |a, k| a.wrapping_add(x[k] as i32 * w[l][k] as i32)))
+    }
+    unsafe fn load_i32(p: *const i32, n: usize) -> [i32; N] {
+        let mut v = [0; N];
+        // safety: n readable lanes (trait contract).
+        v[..n].copy_from_slice(unsafe { std::slice::from_raw_parts(p, n) });
+        v
+    }
+    unsafe fn add_i32(a: [i32; N], b: [i32; N]) -> [i32; N] {
+        std::array::from_fn(|l| a[l].wrapping_add(b[l]))
+    }
+    unsafe fn to_f32(a: [i32; N]) -> [f32; N] {
+        a.map(|x| x as f32)
+    }
+    unsafe fn splat(x: f32) -> [f32; N] {
+        [x; N]
+    }
+    unsafe fn load_f32(p: *const f32, n: usize) -> [f32; N] {
+        let mut v = [0.0; N];
+        // safety: n readable lanes (trait contract).
+        v[..n].copy_from_slice(unsafe { std::slice::from_raw_parts(p, n) });
+        v
+    }
+    unsafe fn load_u8(p: *const u8, n: usize) -> [f32; N] {
+        let mut v = [0.0; N];
+        // safety: n readable lanes (trait contract).
+        let bytes = unsafe { std::slice::from_raw_parts(p, n) };
+        for (d, &b) in v.iter_mut().zip(bytes) {
+            *d = b as f32;
+        }
+        v
+    }
+    unsafe fn add(a: [f32; N], b: [f32; N]) -> [f32; N] {
+        std::array::from_fn(|l| a[l] + b[l])
+    }
+    unsafe fn sub(a: [f32; N], b: [f32; N]) -> [f32; N] {
+        std::array::from_fn(|l| a[l] - b[l])
+    }
+    unsafe fn mul(a: [f32; N], b: [f32; N]) -> [f32; N] {
+        std::array::from_fn(|l| a[l] * b[l])
+    }
+    unsafe fn div(a: [f32; N], b: [f32; N]) -> [f32; N] {
+        std::array::from_fn(|l| a[l] / b[l])
+    }
+    unsafe fn max(a: [f32; N], b: [f32; N]) -> [f32; N] {
+        std::array::from_fn(|l| max_f32(a[l], b[l]))
+    }
+    unsafe fn min(a: [f32; N], b: [f32; N]) -> [f32; N] {
+        std::array::from_fn(|l| min_f32(a[l], b[l]))
+    }
+    unsafe fn round_even(a: [f32; N]) -> [f32; N] {
+        a.map(f32::round_ties_even)
+    }
+    unsafe fn store_f32(p: *mut f32, a: [f32; N], n: usize) {
+        // safety: n writable lanes (trait contract).
+        unsafe { std::slice::from_raw_parts_mut(p, n) }.copy_from_slice(&a[..n]);
+    }
+    unsafe fn store_u8(p: *mut u8, a: [f32; N], n: usize) {
+        // safety: n writable lanes (trait contract).
+        let out = unsafe { std::slice::from_raw_parts_mut(p, n) };
+        for (d, &x) in out.iter_mut().zip(&a) {
+            *d = x as u8;
+        }
+    }
+}
+
+/// Which tiling to emulate.
+#[derive(Clone, Copy, Debug)]
+enum Shape {
+    /// `run_avx512_vnni`: zmm, 14 pixels x 32 channels, one-panel tail.
+    Zmm,
+    /// `run_avx512_vnni_256` and `run_avx_vnni`: ymm, 6 pixels x 16 channels.
+    Ymm,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum ResidualKind {
+    None,
+    F32,
+    U8,
+}
+
+#[derive(Debug)]
+struct Problem {
+    g: QConvGeometry,
+    input: Vec<u8>,
+    x_zero: u8,
+    weights: Vec<i8>,
+    bias: Vec<i32>,
+    scale: Vec<f32>,
+    residual_f32: Vec<f32>,
+    residual_u8: Vec<u8>,
+    residual: ResidualKind,
+    relu: bool,
+    u8_output: bool,
+}
+
+impl Problem {
+    fn new(g: QConvGeometry, residual: ResidualKind, relu: bool, u8_output: bool, seed: u64) -> Self {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let [kh, kw] = g.kernel;
+        let oihw: Vec<i8> = (0..g.cout * g.cin * kh * kw).map(|_| next() as i8).collect();
+        Problem {
+            input: (0..g.input_len()).map(|_| next() as u8).collect(),
+            x_zero: next() as u8,
+            weights: pack_weights_s8(&oihw, g.cout, g.cin, kh, kw),
+            bias: (0..g.cout).map(|_| (next() % 20001) as i32 - 10000).collect(),
+            scale: (0..g.cout).map(|_| (next() % 1000 + 1) as f32 * 1e-6).collect(),
+            residual_f32: (0..g.output_len())
+                .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
+                .collect(),
+            residual_u8: (0..g.output_len()).map(|_| next() as u8).collect(),
+            g,
+            residual,
+            relu,
+            u8_output,
+        }
+    }
+
+    fn residual(&self) -> QResidual<'_> {
+        match self.residual {
+            ResidualKind::None => QResidual::None,
+            ResidualKind::F32 => QResidual::F32(&self.residual_f32),
+            ResidualKind::U8 => QResidual::U8 {
+                data: &self.residual_u8,
+                scale: 0.02,
+                zero: 131,
+            },
+        }
+    }
+
+    /// Runs `f` on the job of this problem; returns the output as bit patterns.
+    fn run(&self, f: impl FnOnce(&Job)) -> Vec<u32> {
+        let mut out_f32 = vec![f32::NAN; self.g.output_len()];
+        let mut out_u8 = vec![0xa5u8; self.g.output_len()];
+        let mut out = if self.u8_output {
+            QOutput::U8 {
+                data: &mut out_u8,
+                scale: 0.05,
+                zero: 17,
+            }
+        } else {
+            QOutput::F32(&mut out_f32)
+        };
+        let g = &self.g;
+        check_args(
+            g,
+            &self.input,
+            &self.weights,
+            &self.bias,
+            &self.scale,
+            self.residual(),
+            &out,
+        );
+        with_job(
+            g,
+            &self.input,
+            self.x_zero,
+            &self.weights,
+            &self.bias,
+            &self.scale,
+            self.residual(),
+            self.relu,
+            &mut out,
+            f,
+        );
+        if self.u8_output {
+            out_u8.iter().map(|&b| b as u32).collect()
+        } else {
+            out_f32.iter().map(|x| x.to_bits()).collect()
+        }
+    }
+
+    fn check(&self, shape: Shape, par: &dyn ParallelFor) -> Result<(), String> {
+        let want = self.run(|job| {
+            run_tasks(par, job, reference::ReferenceTiles, |px, _| {
+                reference::conv_pixels(job, px)
+            })
+        });
+        let got = self.run(|job| match shape {
+            Shape::Zmm => run_tasks(par, job, x86::Vnni512Tiles, |px, co| {
+                let remainder = |q0: usize, mr: usize, first_panel: usize, one_panel: bool| {
+                    remainder_tile!(Lanes<16>, 2, 1, job, q0, mr, first_panel, one_panel,
+                        [1 2 3 4 5 6 7 8 9 10 11 12 13])
+                };
+                // safety: `Lanes` needs no CPU feature; `job` passed `check_args`; the
+                // ranges come from `run_tasks`.
+                unsafe { run_range::<Lanes<16>, { x86::VNNI512_MR }, 2, 1>(job, px, co, remainder) }
+            }),
+            Shape::Ymm => run_tasks(par, job, x86::Vnni256Tiles, |px, co| {
+                let remainder = |q0: usize, mr: usize, first_panel: usize, one_panel: bool| {
+                    remainder_tile!(Lanes<8>, 2, 2, job, q0, mr, first_panel, one_panel,
+                        [1 2 3 4 5])
+                };
+                // safety: as above.
+                unsafe { run_range::<Lanes<8>, { x86::VNNI256_MR }, 2, 2>(job, px, co, remainder) }
+            }),
+        });
+        match got.iter().zip(&want).position(|(a, b)| a != b) {
+            None => Ok(()),
+            Some(i) => Err(format!(
+                "{shape:?} {:?}: output {i}: got {:#x}, expected {:#x}",
+                self.g, got[i], want[i]
+            )),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn geometry(
+    batch: usize,
+    hw: [usize; 2],
+    cin: usize,
+    cout: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    pads: [usize; 4],
+) -> QConvGeometry {
+    let mut g = QConvGeometry {
+        batch,
+        in_h: hw[0],
+        in_w: hw[1],
+        cin,
+        out_h: 0,
+        out_w: 0,
+        cout,
+        kernel,
+        stride,
+        dilation,
+        pads,
+    };
+    g.out_h = g.implied_out_extent(0).unwrap();
+    g.out_w = g.implied_out_extent(1).unwrap();
+    g
+}
+
+/// Splits tasks over three scoped threads.
+struct ThreeThreads;
+
+impl ParallelFor for ThreeThreads {
+    fn threads(&self) -> usize {
+        3
+    }
+    fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+        std::thread::scope(|s| {
+            for t0 in 0..3 {
+                s.spawn(move || (t0..tasks).step_by(3).for_each(f));
+            }
+        });
+    }
+}
+
+fn residual_kind() -> impl Strategy<Value = ResidualKind> {
+    prop_oneof![
+        Just(ResidualKind::None),
+        Just(ResidualKind::F32),
+        Just(ResidualKind::U8)
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn vnni_tilings_match_reference(
+        (batch, h, w, cin, cout) in (1usize..=4, 1usize..=13, 1usize..=13, 1usize..=70, 1usize..=70),
+        (kh, kw, sh, sw, dh, dw) in (1usize..=7, 1usize..=7, 1usize..=3, 1usize..=3, 1usize..=2, 1usize..=2),
+        pads in [0usize..=3, 0usize..=3, 0usize..=3, 0usize..=3],
+        residual in residual_kind(),
+        (relu, u8_output, threaded, zmm, seed) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>()),
+    ) {
+        let h = h.max((dh * (kh - 1) + 1).saturating_sub(pads[0] + pads[2]));
+        let w = w.max((dw * (kw - 1) + 1).saturating_sub(pads[1] + pads[3]));
+        let g = geometry(batch, [h, w], cin, cout, [kh, kw], [sh, sw], [dh, dw], pads);
+        let par: &dyn ParallelFor = if threaded { &ThreeThreads } else { &Serial };
+        let shape = if zmm { Shape::Zmm } else { Shape::Ymm };
+        Problem::new(g, residual, relu, u8_output, seed).check(shape, par).map_err(TestCaseError::fail)?;
+    }
+}
+
+#[test]
+fn vnni_tilings_on_row_ends_and_resnet_shapes() {
+    let mut shapes = vec![
+        geometry(2, [30, 30], 3, 64, [7, 7], [2, 2], [1, 1], [3; 4]),
+        geometry(1, [7, 7], 96, 48, [3, 3], [1, 1], [1, 1], [1; 4]),
+        geometry(2, [9, 9], 64, 80, [1, 1], [2, 2], [1, 1], [0; 4]),
+        geometry(1, [5, 6], 333, 37, [3, 3], [1, 2], [1, 1], [1, 0, 2, 1]),
+    ];
+    for (w, pads) in [(31, [0, 0, 0, 2]), (30, [0, 2, 0, 0]), (29, [2, 0, 0, 1])] {
+        for kw in 1..=4 {
+            shapes.push(geometry(1, [3, w], 8, 17, [2, kw], [1, 1], [1, 1], pads));
+        }
+    }
+    for (i, g) in shapes.into_iter().enumerate() {
+        for shape in [Shape::Zmm, Shape::Ymm] {
+            Problem::new(g, ResidualKind::U8, true, i % 2 == 0, i as u64)
+                .check(shape, &Serial)
+                .unwrap();
+        }
+    }
+}

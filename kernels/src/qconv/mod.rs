@@ -1,0 +1,507 @@
+//! INT8 NHWC convolution (group 1): u8 activations with a zero point, s8 symmetric
+//! per-output-channel weights, exact i32 accumulation, and a fused f32 epilogue.
+//!
+//! Definition, per output element (pixel `q`, channel `co`):
+//! ```text
+//! acc  = Σ_{kh,kw,ci} x[tap][ci] * w[co][ci][kh][kw]      (u8 * s8, i32, exact)
+//!        where a tap in the padding reads `x_zero` (the quantized real zero)
+//! real = ((acc + bias_i32[co]) as f32) * scale[co]        (the i32 sum wraps)
+//! real = real + residual                                  (optional: f32, or u8 dequantized
+//!                                                          as ((r - r_zero) as f32) * r_scale)
+//! real = max(real, 0)                                     (optional ReLU)
+//! out  = real                                             (f32 output), or
+//! out  = round_half_even(clamp(real / out_scale, -z, 255 - z)) + z     (u8 output, z = out_zero)
+//! ```
+//! The kernel never subtracts `x_zero`: the caller folds it into the bias,
+//! `bias_i32[co] = round(bias[co] / scale[co]) - x_zero * Σ w[co]`, and `scale[co] =
+//! x_scale * w_scale[co]`. Padding taps read `x_zero`, so that folding is exact at the
+//! borders too. Every tier evaluates the epilogue with the same f32 operations in the same
+//! order (no fused multiply-add), so all tiers give bit-identical outputs.
+//!
+//! Weights use one packed layout for every tier,
+//! `[ceil(cout/16)][kh][kw][ceil(cin/4)][16][4]` (`pack_weights_s8`): for each output lane
+//! the 4 consecutive input channels `vpdpbusd` multiplies, input channels padded to a
+//! multiple of 4 and output channels to a multiple of 16 with zero weights.
+//!
+//! Tiers (`Int8Tier`), all instantiations of one generic register-tile kernel (`tile`):
+//! - `Scalar` (`reference`): plain loops, the oracle;
+//! - `Avx2`: exact for all u8 inputs; weights sign-extended to 16 bit, `vpmaddwd`;
+//! - `Avx2Act7`: `vpmaddubsw` + `vpmaddwd`, only for activations (and `x_zero`) <= 127,
+//!   where `vpmaddubsw` cannot saturate; asserted. Never picked automatically;
+//! - `AvxVnni` (VEX `vpdpbusd` ymm) and `Avx512Vnni256` (EVEX ymm): one 256-bit body;
+//! - `Avx512Vnni`: `vpdpbusd` zmm.
+//!
+//! Work is split into disjoint (pixel-tile range, channel-tile range) tasks handed to the
+//! caller's `ParallelFor`, as in `conv`.
+
+mod reference;
+mod tile;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod emulated_tests;
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::conv::ConvGeometry;
+use crate::cpu::{self, Features, Isa};
+use crate::parallel::ParallelFor;
+
+/// Output channels per packed weight panel.
+pub const PANEL: usize = 16;
+/// Input channels per packed weight group (the 4 bytes one `vpdpbusd` lane multiplies).
+pub const GROUP: usize = 4;
+
+/// Shape of one quantized convolution: the same description as the FP32 one.
+pub type QConvGeometry = ConvGeometry;
+
+/// The longest reduction (`kh * kw * cin` rounded up to a multiple of 4) whose i32
+/// accumulator cannot overflow: every product lies in [255 * -128, 255 * 127].
+pub const MAX_REDUCTION: usize = (i32::MAX / (255 * 128)) as usize;
+
+/// The INT8 kernel tiers, from the portable reference to AVX-512 VNNI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Int8Tier {
+    /// Portable Rust loops; the oracle.
+    Scalar,
+    /// AVX2, exact for all u8 activations (16-bit products summed by `vpmaddwd`).
+    Avx2,
+    /// AVX2 `vpmaddubsw`, for activations <= 127 only (asserted).
+    Avx2Act7,
+    /// AVX-VNNI (VEX-encoded `vpdpbusd` on ymm, Alder Lake and later).
+    AvxVnni,
+    /// AVX512-VNNI on ymm (EVEX `vpdpbusd`), the 256-bit body of `AvxVnni`.
+    Avx512Vnni256,
+    /// AVX512-VNNI on zmm.
+    Avx512Vnni,
+}
+
+impl Int8Tier {
+    pub const ALL: [Int8Tier; 6] = [
+        Int8Tier::Scalar,
+        Int8Tier::Avx2,
+        Int8Tier::Avx2Act7,
+        Int8Tier::AvxVnni,
+        Int8Tier::Avx512Vnni256,
+        Int8Tier::Avx512Vnni,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Int8Tier::Scalar => "scalar",
+            Int8Tier::Avx2 => "avx2",
+            Int8Tier::Avx2Act7 => "avx2-act7",
+            Int8Tier::AvxVnni => "avx-vnni",
+            Int8Tier::Avx512Vnni256 => "avx512-vnni-256",
+            Int8Tier::Avx512Vnni => "avx512-vnni",
+        }
+    }
+
+    /// Whether a CPU with features `f` can run this tier.
+    pub fn supported(self, f: &Features) -> bool {
+        let avx512_vnni = f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.avx2;
+        match self {
+            Int8Tier::Scalar => true,
+            Int8Tier::Avx2 | Int8Tier::Avx2Act7 => f.avx2,
+            Int8Tier::AvxVnni => f.avxvnni && f.avx2,
+            Int8Tier::Avx512Vnni256 | Int8Tier::Avx512Vnni => avx512_vnni,
+        }
+    }
+
+    /// The next tier to try when this one is not supported.
+    fn fallback(self) -> Int8Tier {
+        match self {
+            Int8Tier::Avx512Vnni => Int8Tier::Avx512Vnni256,
+            Int8Tier::Avx512Vnni256 => Int8Tier::AvxVnni,
+            Int8Tier::AvxVnni => Int8Tier::Avx2,
+            Int8Tier::Avx2 | Int8Tier::Avx2Act7 | Int8Tier::Scalar => Int8Tier::Scalar,
+        }
+    }
+}
+
+/// The best exact INT8 tier for an FP32 tier cap `isa` on a CPU with features `f`:
+/// AVX512-VNNI needs `Isa::Avx512`, AVX-VNNI and AVX2 need `Isa::Avx2`.
+pub fn int8_tier(isa: Isa, f: &Features) -> Int8Tier {
+    let candidates: &[Int8Tier] = match isa {
+        Isa::Avx512 => &[Int8Tier::Avx512Vnni, Int8Tier::AvxVnni, Int8Tier::Avx2],
+        Isa::Avx2 => &[Int8Tier::AvxVnni, Int8Tier::Avx2],
+        Isa::Scalar => &[],
+    };
+    candidates
+        .iter()
+        .copied()
+        .find(|t| t.supported(f))
+        .unwrap_or(Int8Tier::Scalar)
+}
+
+/// The tier `qconv2d_nhwc_tier` runs for a request: the request, or the first tier down
+/// its fallback chain this CPU supports.
+pub fn effective_tier(requested: Int8Tier) -> Int8Tier {
+    let f = cpu::features();
+    let mut t = requested;
+    while !t.supported(f) {
+        t = t.fallback();
+    }
+    t
+}
+
+static CALLS_PER_TIER: [AtomicU64; 6] = [
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+];
+
+/// How many convolutions each tier has run in this process, indexed like
+/// `Int8Tier::ALL`: shows which kernels actually ran.
+pub fn calls_per_tier() -> [u64; 6] {
+    CALLS_PER_TIER.each_ref().map(|c| c.load(Ordering::Relaxed))
+}
+
+/// Optional tensor added to the real-valued result before the activation, NHWC
+/// `[batch][out_h][out_w][cout]`.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum QResidual<'a> {
+    #[default]
+    None,
+    F32(&'a [f32]),
+    /// Quantized: real value `(data - zero) as f32 * scale`.
+    U8 {
+        data: &'a [u8],
+        scale: f32,
+        zero: u8,
+    },
+}
+
+/// Where and how results go, NHWC `[batch][out_h][out_w][cout]`.
+#[derive(Debug)]
+pub enum QOutput<'a> {
+    F32(&'a mut [f32]),
+    /// Requantized: `round_half_even(clamp(real / scale, -zero, 255 - zero)) + zero`.
+    U8 {
+        data: &'a mut [u8],
+        scale: f32,
+        zero: u8,
+    },
+}
+
+impl QOutput<'_> {
+    fn len(&self) -> usize {
+        match self {
+            QOutput::F32(d) => d.len(),
+            QOutput::U8 { data, .. } => data.len(),
+        }
+    }
+}
+
+/// Bytes of packed weights for `g`.
+pub fn packed_weight_len(g: &QConvGeometry) -> usize {
+    product(&[
+        g.cout.div_ceil(PANEL),
+        g.kernel[0],
+        g.kernel[1],
+        g.cin.div_ceil(GROUP),
+        PANEL,
+        GROUP,
+    ])
+}
+
+/// Packs OIHW weights (`w[co][ci][kh][kw]`) into
+/// `[ceil(cout/16)][kh][kw][ceil(cin/4)][16][4]`; channels past `cin` or `cout` get zero.
+pub fn pack_weights_s8(w_oihw: &[i8], cout: usize, cin: usize, kh: usize, kw: usize) -> Vec<i8> {
+    assert_eq!(
+        w_oihw.len(),
+        product(&[cout, cin, kh, kw]),
+        "pack_weights_s8: {} weights for OIHW [{cout}, {cin}, {kh}, {kw}]",
+        w_oihw.len()
+    );
+    let groups = cin.div_ceil(GROUP);
+    let mut packed = vec![0i8; product(&[cout.div_ceil(PANEL), kh, kw, groups, PANEL, GROUP])];
+    for co in 0..cout {
+        for ci in 0..cin {
+            for y in 0..kh {
+                for x in 0..kw {
+                    let row = (((co / PANEL) * kh + y) * kw + x) * groups + ci / GROUP;
+                    let dst = (row * PANEL + co % PANEL) * GROUP + ci % GROUP;
+                    packed[dst] = w_oihw[((co * cin + ci) * kh + y) * kw + x];
+                }
+            }
+        }
+    }
+    packed
+}
+
+/// Multiplies sizes, panicking with a clear message on overflow.
+fn product(dims: &[usize]) -> usize {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .unwrap_or_else(|| panic!("qconv geometry: size {dims:?} overflows usize"))
+}
+
+/// Output pixels over the whole batch.
+fn pixels(g: &QConvGeometry) -> usize {
+    product(&[g.batch, g.out_h, g.out_w])
+}
+
+/// Where results go, as raw pointers shared by the tasks of one call.
+#[derive(Clone, Copy)]
+enum OutPtr {
+    F32(*mut f32),
+    U8 { ptr: *mut u8, scale: f32, zero: u8 },
+}
+
+/// Everything a task needs, shared read-only between tasks.
+struct Job<'a> {
+    g: &'a QConvGeometry,
+    input: &'a [u8],
+    x_zero: u8,
+    weights: &'a [i8],
+    bias: &'a [i32],
+    scale: &'a [f32],
+    residual: QResidual<'a>,
+    relu: bool,
+    out: OutPtr,
+    /// `kernel[1] * cin` bytes of `x_zero`: the row that out-of-bounds taps read.
+    pad_row: &'a [u8],
+}
+
+// safety: the output pointer is only dereferenced inside tasks of one `run_tasks` call,
+// each of which writes a region disjoint from every other task's (argued at `run_tasks`);
+// the `&mut` slice it came from is borrowed for the whole call, so nothing else touches
+// the buffer meanwhile. Everything else in `Job` is shared references.
+unsafe impl Sync for Job<'_> {}
+
+/// Quantized NHWC convolution, group 1, on the best exact tier the CPU has at or below
+/// the FP32 tier `isa` (see `int8_tier`). Arguments as `qconv2d_nhwc_tier`.
+#[allow(clippy::too_many_arguments)]
+pub fn qconv2d_nhwc(
+    isa: Isa,
+    par: &dyn ParallelFor,
+    g: &QConvGeometry,
+    input: &[u8],
+    x_zero: u8,
+    weights: &[i8],
+    bias_i32: &[i32],
+    scale: &[f32],
+    residual: QResidual<'_>,
+    relu: bool,
+    out: QOutput<'_>,
+) {
+    let tier = int8_tier(isa, cpu::features());
+    qconv2d_nhwc_tier(
+        tier, par, g, input, x_zero, weights, bias_i32, scale, residual, relu, out,
+    );
+}
+
+/// Quantized NHWC convolution, group 1, on `tier` or the first tier down its fallback
+/// chain this CPU supports (`effective_tier`).
+///
+/// `input`: u8 `[batch][in_h][in_w][cin]` with zero point `x_zero`; `weights`: packed by
+/// `pack_weights_s8`; `bias_i32`, `scale`: `[cout]` (see the module docs for what they
+/// fold); `residual`, `out`: `[batch][out_h][out_w][cout]`.
+///
+/// # Panics
+/// When a slice length or the output extent does not match `g`, when the reduction is
+/// longer than `MAX_REDUCTION`, or, for `Avx2Act7`, when an activation or `x_zero`
+/// exceeds 127 (callers validate first; these checks guard the unsafe kernels).
+#[allow(clippy::too_many_arguments)]
+pub fn qconv2d_nhwc_tier(
+    tier: Int8Tier,
+    par: &dyn ParallelFor,
+    g: &QConvGeometry,
+    input: &[u8],
+    x_zero: u8,
+    weights: &[i8],
+    bias_i32: &[i32],
+    scale: &[f32],
+    residual: QResidual<'_>,
+    relu: bool,
+    mut out: QOutput<'_>,
+) {
+    check_args(g, input, weights, bias_i32, scale, residual, &out);
+    let tier = effective_tier(tier);
+    if tier == Int8Tier::Avx2Act7 {
+        assert!(
+            x_zero <= 127 && input.iter().all(|&x| x <= 127),
+            "qconv2d_nhwc: the avx2-act7 tier needs activations and x_zero <= 127"
+        );
+    }
+    let tier_index = Int8Tier::ALL.iter().position(|&t| t == tier).unwrap_or(0);
+    CALLS_PER_TIER[tier_index].fetch_add(1, Ordering::Relaxed);
+    if pixels(g) == 0 || g.cout == 0 {
+        return;
+    }
+    with_job(
+        g,
+        input,
+        x_zero,
+        weights,
+        bias_i32,
+        scale,
+        residual,
+        relu,
+        &mut out,
+        |job| run_tier(tier, par, job),
+    );
+}
+
+/// Builds the shared `Job` of one call (arguments already checked) and runs `f` on it.
+#[allow(clippy::too_many_arguments)]
+fn with_job(
+    g: &QConvGeometry,
+    input: &[u8],
+    x_zero: u8,
+    weights: &[i8],
+    bias: &[i32],
+    scale: &[f32],
+    residual: QResidual<'_>,
+    relu: bool,
+    out: &mut QOutput<'_>,
+    f: impl FnOnce(&Job),
+) {
+    let pad_row = vec![x_zero; g.kernel[1] * g.cin];
+    f(&Job {
+        g,
+        input,
+        x_zero,
+        weights,
+        bias,
+        scale,
+        residual,
+        relu,
+        out: match out {
+            QOutput::F32(d) => OutPtr::F32(d.as_mut_ptr()),
+            QOutput::U8 { data, scale, zero } => OutPtr::U8 {
+                ptr: data.as_mut_ptr(),
+                scale: *scale,
+                zero: *zero,
+            },
+        },
+        pad_row: &pad_row,
+    });
+}
+
+/// Runs `job` on `tier`, which `effective_tier` returned (so the CPU supports it).
+fn run_tier(tier: Int8Tier, par: &dyn ParallelFor, job: &Job) {
+    match tier {
+        #[cfg(target_arch = "x86_64")]
+        Int8Tier::Avx512Vnni => run_tasks(par, job, x86::Vnni512Tiles, |px, co| {
+            // safety (every arm below): `effective_tier` returned this tier, so `features()`
+            // reported the features its shim enables; `job` passed `check_args`; the
+            // ranges come from `run_tasks`, disjoint from every other task's.
+            unsafe { x86::run_avx512_vnni(job, px, co) }
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Int8Tier::Avx512Vnni256 => run_tasks(par, job, x86::Vnni256Tiles, |px, co| {
+            // safety: as above.
+            unsafe { x86::run_avx512_vnni_256(job, px, co) }
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Int8Tier::AvxVnni => run_tasks(par, job, x86::Vnni256Tiles, |px, co| {
+            // safety: as above.
+            unsafe { x86::run_avx_vnni(job, px, co) }
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Int8Tier::Avx2 => run_tasks(par, job, x86::Avx2Tiles, |px, co| {
+            // safety: as above.
+            unsafe { x86::run_avx2(job, px, co) }
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Int8Tier::Avx2Act7 => run_tasks(par, job, x86::Avx2Act7Tiles, |px, co| {
+            // safety: as above; the inputs were checked to be <= 127.
+            unsafe { x86::run_avx2_act7(job, px, co) }
+        }),
+        _ => run_tasks(par, job, reference::ReferenceTiles, |px, co| {
+            debug_assert_eq!(co, 0..1);
+            reference::conv_pixels(job, px);
+        }),
+    }
+}
+
+fn check_args(
+    g: &QConvGeometry,
+    input: &[u8],
+    weights: &[i8],
+    bias: &[i32],
+    scale: &[f32],
+    residual: QResidual<'_>,
+    out: &QOutput<'_>,
+) {
+    for axis in 0..2 {
+        let (name, extent) = (["out_h", "out_w"][axis], [g.out_h, g.out_w][axis]);
+        assert_eq!(
+            g.implied_out_extent(axis),
+            Some(extent),
+            "qconv2d_nhwc: {name} = {extent} does not match the window of {g:?}"
+        );
+    }
+    let reduction = product(&[g.kernel[0], g.kernel[1], g.cin.div_ceil(GROUP), GROUP]);
+    assert!(
+        reduction <= MAX_REDUCTION,
+        "qconv2d_nhwc: reduction of {reduction} products may overflow i32 (at most {MAX_REDUCTION})"
+    );
+    let expect = |what: &str, got: usize, want: usize| {
+        assert_eq!(
+            got, want,
+            "qconv2d_nhwc: {what} has {got} elements, geometry needs {want}"
+        );
+    };
+    expect("input", input.len(), g.input_len());
+    expect("weights", weights.len(), packed_weight_len(g));
+    expect("bias_i32", bias.len(), g.cout);
+    expect("scale", scale.len(), g.cout);
+    expect("output", out.len(), g.output_len());
+    match residual {
+        QResidual::None => {}
+        QResidual::F32(r) => expect("residual", r.len(), g.output_len()),
+        QResidual::U8 { data, .. } => expect("residual", data.len(), g.output_len()),
+    }
+}
+
+/// How a tier tiles the output: pixels per register tile and panels per channel tile.
+trait Tiling {
+    const PIXELS: usize;
+    const PANELS: usize;
+}
+
+/// Splits the output into (pixel-tile range, channel-tile range) tasks and runs them.
+///
+/// Disjointness: pixel tiles `[t*PIXELS, (t+1)*PIXELS)` partition the output pixels and
+/// channel tiles `[c*PANELS*16, (c+1)*PANELS*16) ∩ [0, cout)` partition the channels; task
+/// `t` gets the product of the `t / co_chunks`-th pixel chunk and the `t % co_chunks`-th
+/// channel chunk, and the chunks partition the tile index ranges. So every output element
+/// belongs to exactly one task, and a task writes only elements it owns.
+fn run_tasks<T: Tiling>(
+    par: &dyn ParallelFor,
+    job: &Job,
+    _tiling: T,
+    task: impl Fn(Range<usize>, Range<usize>) + Sync,
+) {
+    let pixels = pixels(job.g);
+    let px_tiles = pixels.div_ceil(T::PIXELS);
+    let co_tiles = job.g.cout.div_ceil(PANEL).div_ceil(T::PANELS);
+    let threads = par.threads().max(1);
+    // A few tasks per thread keep threads busy when tiles differ in cost (edges, the
+    // ragged last tile); splitting pixels first keeps each task's weights shared.
+    let target = if threads == 1 { 1 } else { threads * 4 };
+    let px_chunks = px_tiles.min(target).max(1);
+    let co_chunks = co_tiles.min(target.div_ceil(px_chunks)).max(1);
+    let chunk = |i: usize, chunks: usize, total: usize| i * total / chunks..(i + 1) * total / chunks;
+    let run_one = |t: usize| {
+        let tiles = chunk(t / co_chunks, px_chunks, px_tiles);
+        let px = (tiles.start * T::PIXELS).min(pixels)..(tiles.end * T::PIXELS).min(pixels);
+        let co = chunk(t % co_chunks, co_chunks, co_tiles);
+        if !px.is_empty() && !co.is_empty() {
+            task(px, co);
+        }
+    };
+    if px_chunks * co_chunks == 1 {
+        run_one(0);
+    } else {
+        par.run(px_chunks * co_chunks, &run_one);
+    }
+}

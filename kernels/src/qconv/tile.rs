@@ -1,0 +1,359 @@
+//! The one generic INT8 register-tile kernel, written against a small vector abstraction
+//! and instantiated per ISA (`x86`).
+//!
+//! A tile is MR consecutive output pixels (flattened over batch, rows and columns) by NV
+//! vectors of output channels, accumulated in i32. Each step takes 4 input channels of a
+//! tap: broadcast those 4 bytes per pixel and multiply them by the 4 weights of every
+//! channel lane (`vpdpbusd` semantics). Out-of-bounds taps read a row of `x_zero`; a tap
+//! row wholly out of bounds for every pixel is skipped; when `cin` is a multiple of 4 and
+//! every in-bounds pixel sees all `kw` taps of a row contiguously (dilation 1, no
+//! horizontal padding), the `kw` and channel loops run as one. The epilogue runs on the
+//! tile in registers with the same f32 operations as `reference::real_value`.
+
+#![allow(clippy::needless_range_loop)] // index loops over const-size register arrays unroll
+
+use std::ops::Range;
+
+use super::{Job, OutPtr, QResidual, GROUP, PANEL};
+
+/// LANES output channels of i32 accumulators and the f32 epilogue on them.
+///
+/// Every method is `unsafe`: it may only be called where the ISA it uses is enabled, and
+/// pointer arguments must be valid for the lanes accessed. `n`-lane loads read only lanes
+/// `0..n` (the others are zero) and `n`-lane stores write only lanes `0..n`, `n <= LANES`.
+pub(super) trait QVector {
+    /// LANES i32.
+    type I: Copy;
+    /// LANES f32.
+    type F: Copy;
+    /// The weights of LANES channels by 4 input channels, prepared for `dot`.
+    type W: Copy;
+    /// Four input bytes for every lane, prepared for `dot`.
+    type X: Copy;
+    const LANES: usize;
+    unsafe fn zero() -> Self::I;
+    /// `4 * LANES` packed weight bytes (lane-major, 4 per lane) from `p`.
+    unsafe fn load_weights(p: *const i8) -> Self::W;
+    /// The 4 bytes of `quad` (little-endian: byte k is input channel k) for every lane.
+    unsafe fn splat_quad(quad: u32) -> Self::X;
+    /// `acc[l] + Σ_k x[k] * w[l][k]`, u8 times s8, exact (wrapping i32).
+    unsafe fn dot(acc: Self::I, x: Self::X, w: Self::W) -> Self::I;
+    unsafe fn load_i32(p: *const i32, n: usize) -> Self::I;
+    /// Wrapping.
+    unsafe fn add_i32(a: Self::I, b: Self::I) -> Self::I;
+    /// Round to nearest even.
+    unsafe fn to_f32(a: Self::I) -> Self::F;
+    unsafe fn splat(x: f32) -> Self::F;
+    unsafe fn load_f32(p: *const f32, n: usize) -> Self::F;
+    /// Bytes as f32 values.
+    unsafe fn load_u8(p: *const u8, n: usize) -> Self::F;
+    unsafe fn add(a: Self::F, b: Self::F) -> Self::F;
+    unsafe fn sub(a: Self::F, b: Self::F) -> Self::F;
+    unsafe fn mul(a: Self::F, b: Self::F) -> Self::F;
+    unsafe fn div(a: Self::F, b: Self::F) -> Self::F;
+    /// `a > b ? a : b` per lane (`reference::max_f32`).
+    unsafe fn max(a: Self::F, b: Self::F) -> Self::F;
+    /// `a < b ? a : b` per lane (`reference::min_f32`).
+    unsafe fn min(a: Self::F, b: Self::F) -> Self::F;
+    /// Round half to even.
+    unsafe fn round_even(a: Self::F) -> Self::F;
+    unsafe fn store_f32(p: *mut f32, a: Self::F, n: usize);
+    /// Lanes hold integers in 0..=255.
+    unsafe fn store_u8(p: *mut u8, a: Self::F, n: usize);
+}
+
+/// Runs a ragged pixel tile (`mr` below the full tile) with the matching instantiation.
+macro_rules! remainder_tile {
+    ($V:ty, $nv:literal, $nv_tail:literal, $job:expr, $q0:expr, $mr:expr, $first_panel:expr,
+     $one_panel:expr, [$($m:literal)*]) => {
+        match ($mr, $one_panel) {
+            // safety: forwarded from `run_range`'s caller, which checked the ISA, the
+            // arguments and ownership; `q0 + m` is within the pixels and the panel count
+            // matches what is left.
+            $(
+                ($m, false) => unsafe {
+                    $crate::qconv::tile::tile::<$V, $m, $nv>($job, $q0, $first_panel)
+                },
+                ($m, true) => unsafe {
+                    $crate::qconv::tile::tile::<$V, $m, $nv_tail>($job, $q0, $first_panel)
+                },
+            )*
+            _ => unreachable!("remainder tile of {} pixels", $mr),
+        }
+    };
+}
+pub(super) use remainder_tile;
+
+/// Runs tiles of MR pixels over pixel range `px` (whose start is a multiple of MR) and
+/// channel tiles `co` of `NV * LANES` channels. `NV_TAIL` is the vector count of a
+/// one-panel tile, used when the last channel tile has a single panel left. Full tiles run
+/// here; a ragged last pixel tile goes to `tile_remainder(q0, mr, first_panel, one_panel)`,
+/// which picks the instantiation for `mr` pixels.
+///
+/// # Safety
+/// The ISA of `V` must be enabled; `job` must have passed `check_args`; no other thread may
+/// write the output elements of (`px` x channels of `co`) meanwhile.
+#[inline(always)]
+pub(super) unsafe fn run_range<V: QVector, const MR: usize, const NV: usize, const NV_TAIL: usize>(
+    job: &Job,
+    px: Range<usize>,
+    co: Range<usize>,
+    tile_remainder: impl Fn(usize, usize, usize, bool),
+) {
+    let panels_per_tile = NV * V::LANES / PANEL;
+    debug_assert!(NV_TAIL * V::LANES == PANEL && panels_per_tile <= 2);
+    let panels = job.g.cout.div_ceil(PANEL);
+    // Channel tiles outer: one tile's weights stay in cache while the pixels stream past.
+    for ct in co {
+        let first_panel = ct * panels_per_tile;
+        let one_panel = panels - first_panel < panels_per_tile;
+        let mut q0 = px.start;
+        while q0 < px.end {
+            let mr = MR.min(px.end - q0);
+            match (mr == MR, one_panel) {
+                // safety: forwarded from the caller; `first_panel + NV*LANES/16 <= panels`
+                // in the full case, `first_panel + 1 <= panels` in the one-panel case.
+                (true, false) => unsafe { tile::<V, MR, NV>(job, q0, first_panel) },
+                (true, true) => unsafe { tile::<V, MR, NV_TAIL>(job, q0, first_panel) },
+                (false, _) => tile_remainder(q0, mr, first_panel, one_panel),
+            }
+            q0 += mr;
+        }
+    }
+}
+
+/// One register tile: output pixels `q0..q0+MR`, channels from panel `first_panel` on,
+/// `NV * LANES` of them (the ones below `cout` are stored), all input channels.
+///
+/// # Safety
+/// As `run_range`, plus `q0 + MR <= pixels` and `first_panel * 16 + NV * LANES <=` the
+/// padded channel count.
+#[inline(always)]
+pub(super) unsafe fn tile<V: QVector, const MR: usize, const NV: usize>(job: &Job, q0: usize, first_panel: usize) {
+    let g = job.g;
+    let (cin, [kh_n, kw_n]) = (g.cin, g.kernel);
+    let groups = cin.div_ceil(GROUP);
+    // Weight rows (one per 4 input channels of a tap) are PANEL * GROUP bytes.
+    let row_bytes = PANEL * GROUP;
+    let panel_stride = kh_n * kw_n * groups * row_bytes;
+
+    // Where each pixel's window starts: its image's first input row, and the (possibly
+    // negative) top-left input coordinate. Walk the flattened index instead of dividing
+    // per pixel.
+    let plane = g.out_h * g.out_w;
+    let (mut n, mut oh, mut ow) = (q0 / plane, q0 / g.out_w % g.out_h, q0 % g.out_w);
+    let mut image_row = [0usize; MR];
+    let mut ih0 = [0isize; MR];
+    let mut iw0 = [0isize; MR];
+    for i in 0..MR {
+        image_row[i] = n * g.in_h;
+        ih0[i] = (oh * g.stride[0]) as isize - g.pads[0] as isize;
+        iw0[i] = (ow * g.stride[1]) as isize - g.pads[1] as isize;
+        ow += 1;
+        if ow == g.out_w {
+            ow = 0;
+            oh += 1;
+            if oh == g.out_h {
+                oh = 0;
+                n += 1;
+            }
+        }
+    }
+
+    // Offset of vector v's lanes from a weight row: panel, then lane within the panel.
+    let mut wofs = [0usize; NV];
+    for v in 0..NV {
+        wofs[v] = (v * V::LANES / PANEL) * panel_stride + (v * V::LANES) % PANEL * GROUP;
+    }
+    // safety: `first_panel < panels`, so the panel start is within `weights`.
+    let wpanel = unsafe { job.weights.as_ptr().add(first_panel * panel_stride) };
+    let input = job.input.as_ptr();
+    let pad_row = job.pad_row.as_ptr();
+    let (in_h, in_w) = (g.in_h as isize, g.in_w as isize);
+    let kw_span = ((kw_n - 1) * g.dilation[1]) as isize;
+
+    // safety: the ISA of `V` is enabled (caller).
+    let mut acc = [[unsafe { V::zero() }; NV]; MR];
+    let mut ptrs = [pad_row; MR];
+    for kh in 0..kh_n {
+        let dy = (kh * g.dilation[0]) as isize;
+        // Input row of each pixel for this kernel row, None in the padding.
+        let mut rows = [None; MR];
+        let mut whole_rows = g.dilation[1] == 1 && cin % GROUP == 0;
+        for i in 0..MR {
+            let ih = ih0[i] + dy;
+            if (0..in_h).contains(&ih) {
+                rows[i] = Some(image_row[i] + ih as usize);
+                whole_rows &= iw0[i] >= 0 && iw0[i] + kw_span < in_w;
+            }
+        }
+        if rows.iter().all(Option::is_none) {
+            // Every pixel reads x_zero here; the taps still count (x_zero * w).
+            whole_rows = cin % GROUP == 0;
+        }
+        if whole_rows {
+            for i in 0..MR {
+                ptrs[i] = match rows[i] {
+                    // safety: `iw0 >= 0` and `iw0 + kw - 1 < in_w` (checked above), so the
+                    // `kw * cin` bytes from here are pixels iw0.. of input row `r`.
+                    Some(r) => unsafe { input.add((r * g.in_w + iw0[i] as usize) * cin) },
+                    None => pad_row,
+                };
+            }
+            // safety: every pointer has `kw * cin` readable bytes (above; `pad_row` has
+            // exactly that many) and `cin` is a multiple of 4; the weight rows
+            // kh*kw*groups .. (kh+1)*kw*groups of each panel used are inside the panel.
+            unsafe {
+                accumulate::<V, MR, NV>(
+                    &mut acc,
+                    &ptrs,
+                    wpanel.add(kh * kw_n * groups * row_bytes),
+                    &wofs,
+                    kw_n * cin,
+                )
+            };
+            continue;
+        }
+        for kw in 0..kw_n {
+            let dx = (kw * g.dilation[1]) as isize;
+            for i in 0..MR {
+                let iw = iw0[i] + dx;
+                ptrs[i] = match rows[i] {
+                    // safety: row `r` and column `iw` are inside the input, so the `cin`
+                    // bytes from here are that pixel's channels.
+                    Some(r) if (0..in_w).contains(&iw) => unsafe { input.add((r * g.in_w + iw as usize) * cin) },
+                    _ => pad_row,
+                };
+            }
+            // safety: every pointer has `cin` readable bytes (`pad_row` has `kw * cin`);
+            // weight rows (kh, kw, 0..groups) of each panel used are inside the panel.
+            unsafe {
+                accumulate::<V, MR, NV>(
+                    &mut acc,
+                    &ptrs,
+                    wpanel.add((kh * kw_n + kw) * groups * row_bytes),
+                    &wofs,
+                    cin,
+                )
+            };
+        }
+    }
+
+    // safety: the epilogue's contract is this function's.
+    unsafe { epilogue::<V, MR, NV>(job, q0, first_panel, &acc) };
+}
+
+/// The hot loop: the products of `len` input bytes per pixel pointer with `ceil(len/4)`
+/// weight rows. Step j reads bytes 4j..4j+4 of every pixel pointer (a ragged last step
+/// only the bytes below `len`; its weights past them are zero padding) and weight row j
+/// (64 bytes apart) of each panel.
+///
+/// # Safety
+/// The ISA of `V` is enabled; each `ptrs[i]` has `len` readable bytes; `w + wofs[v]` has
+/// `ceil(len/4)` rows of 64 readable bytes from it, `4 * LANES` used per row.
+#[inline(always)]
+unsafe fn accumulate<V: QVector, const MR: usize, const NV: usize>(
+    acc: &mut [[V::I; NV]; MR],
+    ptrs: &[*const u8; MR],
+    w: *const i8,
+    wofs: &[usize; NV],
+    len: usize,
+) {
+    let full = len / GROUP;
+    for j in 0..full {
+        // safety (this block): j < full, within the readable ranges of the contract.
+        unsafe {
+            let wj = w.add(j * PANEL * GROUP);
+            let mut b = [V::load_weights(wj); NV];
+            for v in 1..NV {
+                b[v] = V::load_weights(wj.add(wofs[v]));
+            }
+            for i in 0..MR {
+                let quad = ptrs[i].add(j * GROUP).cast::<u32>().read_unaligned();
+                let x = V::splat_quad(u32::from_le(quad));
+                for v in 0..NV {
+                    acc[i][v] = V::dot(acc[i][v], x, b[v]);
+                }
+            }
+        }
+    }
+    let tail = len % GROUP;
+    if tail > 0 {
+        // safety (this block): row `full` exists (ceil(len/4) rows); bytes 4*full..len of
+        // every pointer are readable.
+        unsafe {
+            let wj = w.add(full * PANEL * GROUP);
+            let mut b = [V::load_weights(wj); NV];
+            for v in 1..NV {
+                b[v] = V::load_weights(wj.add(wofs[v]));
+            }
+            for i in 0..MR {
+                let mut bytes = [0u8; GROUP];
+                std::ptr::copy_nonoverlapping(ptrs[i].add(full * GROUP), bytes.as_mut_ptr(), tail);
+                let x = V::splat_quad(u32::from_le_bytes(bytes));
+                for v in 0..NV {
+                    acc[i][v] = V::dot(acc[i][v], x, b[v]);
+                }
+            }
+        }
+    }
+}
+
+/// Bias, scale, residual, activation and the store of the channels below `cout`, as
+/// `reference::real_value` and `reference::requantize` do per element.
+///
+/// # Safety
+/// As `tile`.
+#[inline(always)]
+unsafe fn epilogue<V: QVector, const MR: usize, const NV: usize>(
+    job: &Job,
+    q0: usize,
+    first_panel: usize,
+    acc: &[[V::I; NV]; MR],
+) {
+    let cout = job.g.cout;
+    // safety (this block): the ISA of `V` is enabled (caller). For every access below, `q <
+    // pixels` and `ch + lanes <= cout`: bias and scale have `cout` elements, residual and
+    // output `pixels * cout`, so the `lanes` elements from each pointer are in bounds; this
+    // task owns these output elements (caller).
+    unsafe {
+        let zero = V::splat(0.0);
+        for i in 0..MR {
+            let q = q0 + i;
+            for v in 0..NV {
+                let ch = first_panel * PANEL + v * V::LANES;
+                if ch >= cout {
+                    break;
+                }
+                let lanes = V::LANES.min(cout - ch);
+                let sum = V::add_i32(acc[i][v], V::load_i32(job.bias.as_ptr().add(ch), lanes));
+                let mut y = V::mul(V::to_f32(sum), V::load_f32(job.scale.as_ptr().add(ch), lanes));
+                let at = q * cout + ch;
+                match job.residual {
+                    QResidual::None => {}
+                    QResidual::F32(r) => y = V::add(y, V::load_f32(r.as_ptr().add(at), lanes)),
+                    QResidual::U8 { data, scale, zero } => {
+                        let r = V::load_u8(data.as_ptr().add(at), lanes);
+                        let r = V::mul(V::sub(r, V::splat(zero as f32)), V::splat(scale));
+                        y = V::add(y, r);
+                    }
+                }
+                if job.relu {
+                    y = V::max(y, zero);
+                }
+                match job.out {
+                    OutPtr::F32(out) => V::store_f32(out.add(at), y, lanes),
+                    OutPtr::U8 {
+                        ptr,
+                        scale,
+                        zero: out_zero,
+                    } => {
+                        let z = out_zero as f32;
+                        let t = V::min(V::max(V::div(y, V::splat(scale)), V::splat(-z)), V::splat(255.0 - z));
+                        V::store_u8(ptr.add(at), V::add(V::round_even(t), V::splat(z)), lanes);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,432 @@
+//! x86-64 instantiations of the generic INT8 tile kernel: vector types and the
+//! `#[target_feature]` shims that compile the kernel for each tier.
+//!
+//! How each type computes `dot` (4 u8 x s8 products per i32 lane):
+//! - `Avx2`: weights split into their even bytes (0, 2) and odd bytes (1, 3) of each lane,
+//!   sign-extended to 16 bit by shifts; inputs likewise zero-extended; two `vpmaddwd` give
+//!   `x0*w0 + x2*w2` and `x1*w1 + x3*w3`. Exact for every u8.
+//! - `Avx2Act7`: `vpmaddubsw` (pairs to saturating i16) then `vpmaddwd` by ones. A pair
+//!   sum reaches at most 2 * 127 * 128 = 32512 < 32767 when inputs are <= 127; with full
+//!   u8 it could saturate, hence that tier's input check.
+//! - `Vnni256<D>`: `vpdpbusd` ymm, from AVX512-VNNI+VL (EVEX) or AVX-VNNI (VEX); the two
+//!   differ only in that one instruction (`Dpbusd256`).
+//! - `Vnni512`: `vpdpbusd` zmm.
+//!
+//! Tile shapes (accumulators in registers):
+//! - `Vnni512`: 14 pixels x 32 channels = 28 zmm accumulators + 2 weight vectors + the
+//!   input broadcast, as the FP32 AVX-512 tile.
+//! - `Vnni256`: 6 pixels x 16 channels = 12 ymm + 2 weights + 1 broadcast.
+//! - `Avx2`: 4 pixels x 16 channels = 8 ymm + 4 weight halves + 2 input halves.
+//! - `Avx2Act7`: 4 pixels x 16 channels = 8 ymm + 2 weights + input + ones + product.
+//!
+//! The VNNI types cannot run on the machines that test this crate so far (AVX-512 VNNI
+//! and AVX-VNNI hardware absent); `emulated_tests` runs their exact tilings with a
+//! plain-Rust vector, which leaves only the intrinsic wrappers below untested there.
+
+use std::arch::x86_64::*;
+use std::marker::PhantomData;
+use std::ops::Range;
+
+use super::tile::{remainder_tile, run_range, QVector};
+use super::{Job, Tiling};
+
+/// The 256-bit i32/f32 epilogue methods, shared by every ymm vector type.
+macro_rules! ymm_epilogue {
+    () => {
+        type I = __m256i;
+        type F = __m256;
+        const LANES: usize = 8;
+        #[inline(always)]
+        unsafe fn zero() -> __m256i {
+            _mm256_setzero_si256()
+        }
+        #[inline(always)]
+        unsafe fn load_i32(p: *const i32, n: usize) -> __m256i {
+            let mut lanes = [0i32; 8];
+            // safety: lanes 0..n are readable (trait contract); n <= 8.
+            unsafe {
+                std::ptr::copy_nonoverlapping(p, lanes.as_mut_ptr(), n);
+                _mm256_loadu_si256(lanes.as_ptr().cast())
+            }
+        }
+        #[inline(always)]
+        unsafe fn add_i32(a: __m256i, b: __m256i) -> __m256i {
+            _mm256_add_epi32(a, b)
+        }
+        #[inline(always)]
+        unsafe fn to_f32(a: __m256i) -> __m256 {
+            _mm256_cvtepi32_ps(a)
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> __m256 {
+            _mm256_set1_ps(x)
+        }
+        #[inline(always)]
+        unsafe fn load_f32(p: *const f32, n: usize) -> __m256 {
+            let mut lanes = [0.0f32; 8];
+            // safety: lanes 0..n are readable (trait contract); n <= 8.
+            unsafe {
+                std::ptr::copy_nonoverlapping(p, lanes.as_mut_ptr(), n);
+                _mm256_loadu_ps(lanes.as_ptr())
+            }
+        }
+        #[inline(always)]
+        unsafe fn load_u8(p: *const u8, n: usize) -> __m256 {
+            let mut bytes = [0u8; 16];
+            // safety: lanes 0..n are readable (trait contract); n <= 8.
+            unsafe {
+                std::ptr::copy_nonoverlapping(p, bytes.as_mut_ptr(), n);
+                let b = _mm_loadl_epi64(bytes.as_ptr().cast());
+                _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b))
+            }
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m256, b: __m256) -> __m256 {
+            _mm256_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn sub(a: __m256, b: __m256) -> __m256 {
+            _mm256_sub_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn mul(a: __m256, b: __m256) -> __m256 {
+            _mm256_mul_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn div(a: __m256, b: __m256) -> __m256 {
+            _mm256_div_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn max(a: __m256, b: __m256) -> __m256 {
+            _mm256_max_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn min(a: __m256, b: __m256) -> __m256 {
+            _mm256_min_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn round_even(a: __m256) -> __m256 {
+            _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(a)
+        }
+        #[inline(always)]
+        unsafe fn store_f32(p: *mut f32, a: __m256, n: usize) {
+            let mut lanes = [0.0f32; 8];
+            // safety: lanes 0..n are writable (trait contract); n <= 8.
+            unsafe {
+                _mm256_storeu_ps(lanes.as_mut_ptr(), a);
+                std::ptr::copy_nonoverlapping(lanes.as_ptr(), p, n);
+            }
+        }
+        #[inline(always)]
+        unsafe fn store_u8(p: *mut u8, a: __m256, n: usize) {
+            // Integral lanes in 0..=255: the conversion is exact and the packs saturate
+            // nothing.
+            let v = _mm256_cvtps_epi32(a);
+            let words = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            let bytes = _mm_packus_epi16(words, words);
+            let mut lanes = [0u8; 16];
+            // safety: lanes 0..n are writable (trait contract); n <= 8.
+            unsafe {
+                _mm_storeu_si128(lanes.as_mut_ptr().cast(), bytes);
+                std::ptr::copy_nonoverlapping(lanes.as_ptr(), p, n);
+            }
+        }
+    };
+}
+
+/// Exact AVX2 dot products through 16-bit halves and `vpmaddwd`.
+pub(super) struct Avx2;
+
+impl QVector for Avx2 {
+    ymm_epilogue!();
+    /// (even bytes, odd bytes) of each lane's 4 weights, as i16 pairs.
+    type W = (__m256i, __m256i);
+    /// (input bytes 0 and 2, bytes 1 and 3), as i16 pairs.
+    type X = (__m256i, __m256i);
+    #[inline(always)]
+    unsafe fn load_weights(p: *const i8) -> (__m256i, __m256i) {
+        // safety: 32 readable bytes (trait contract).
+        let w = unsafe { _mm256_loadu_si256(p.cast()) };
+        let even = _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(w));
+        let odd = _mm256_srai_epi16::<8>(w);
+        (even, odd)
+    }
+    #[inline(always)]
+    unsafe fn splat_quad(quad: u32) -> (__m256i, __m256i) {
+        let x = _mm256_set1_epi32(quad as i32);
+        let even = _mm256_and_si256(x, _mm256_set1_epi32(0x00ff_00ff));
+        let odd = _mm256_srli_epi16::<8>(x);
+        (even, odd)
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: __m256i, x: (__m256i, __m256i), w: (__m256i, __m256i)) -> __m256i {
+        let even = _mm256_madd_epi16(x.0, w.0);
+        let odd = _mm256_madd_epi16(x.1, w.1);
+        _mm256_add_epi32(acc, _mm256_add_epi32(even, odd))
+    }
+}
+
+/// AVX2 `vpmaddubsw` dot products, exact only for inputs <= 127.
+pub(super) struct Avx2Act7;
+
+impl QVector for Avx2Act7 {
+    ymm_epilogue!();
+    type W = __m256i;
+    type X = __m256i;
+    #[inline(always)]
+    unsafe fn load_weights(p: *const i8) -> __m256i {
+        // safety: 32 readable bytes (trait contract).
+        unsafe { _mm256_loadu_si256(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn splat_quad(quad: u32) -> __m256i {
+        _mm256_set1_epi32(quad as i32)
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: __m256i, x: __m256i, w: __m256i) -> __m256i {
+        let pairs = _mm256_maddubs_epi16(x, w);
+        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    }
+}
+
+/// The one instruction in which the two 256-bit VNNI encodings differ.
+pub(super) trait Dpbusd256 {
+    /// `acc + Σ4 u8(x) * s8(w)` per i32 lane.
+    ///
+    /// # Safety
+    /// The instruction's features must be enabled.
+    unsafe fn dpbusd(acc: __m256i, x: __m256i, w: __m256i) -> __m256i;
+}
+
+/// EVEX `vpdpbusd` ymm (AVX512-VNNI + AVX512-VL).
+pub(super) struct Evex;
+
+impl Dpbusd256 for Evex {
+    #[inline(always)]
+    unsafe fn dpbusd(acc: __m256i, x: __m256i, w: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(acc, x, w)
+    }
+}
+
+/// VEX `vpdpbusd` ymm (AVX-VNNI).
+pub(super) struct Vex;
+
+impl Dpbusd256 for Vex {
+    #[inline(always)]
+    unsafe fn dpbusd(acc: __m256i, x: __m256i, w: __m256i) -> __m256i {
+        _mm256_dpbusd_avx_epi32(acc, x, w)
+    }
+}
+
+/// `vpdpbusd` on ymm, 8 lanes, with either encoding.
+pub(super) struct Vnni256<D>(PhantomData<D>);
+
+impl<D: Dpbusd256> QVector for Vnni256<D> {
+    ymm_epilogue!();
+    type W = __m256i;
+    type X = __m256i;
+    #[inline(always)]
+    unsafe fn load_weights(p: *const i8) -> __m256i {
+        // safety: 32 readable bytes (trait contract).
+        unsafe { _mm256_loadu_si256(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn splat_quad(quad: u32) -> __m256i {
+        _mm256_set1_epi32(quad as i32)
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: __m256i, x: __m256i, w: __m256i) -> __m256i {
+        // safety: the encoding's features are enabled (trait contract).
+        unsafe { D::dpbusd(acc, x, w) }
+    }
+}
+
+/// `vpdpbusd` on zmm, 16 lanes.
+pub(super) struct Vnni512;
+
+/// Mask of lanes `0..n` (n <= 16).
+#[inline(always)]
+fn lane_mask(n: usize) -> __mmask16 {
+    ((1u32 << n) - 1) as __mmask16
+}
+
+impl QVector for Vnni512 {
+    type I = __m512i;
+    type F = __m512;
+    type W = __m512i;
+    type X = __m512i;
+    const LANES: usize = 16;
+    #[inline(always)]
+    unsafe fn zero() -> __m512i {
+        _mm512_setzero_si512()
+    }
+    #[inline(always)]
+    unsafe fn load_weights(p: *const i8) -> __m512i {
+        // safety: 64 readable bytes (trait contract).
+        unsafe { _mm512_loadu_si512(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn splat_quad(quad: u32) -> __m512i {
+        _mm512_set1_epi32(quad as i32)
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: __m512i, x: __m512i, w: __m512i) -> __m512i {
+        _mm512_dpbusd_epi32(acc, x, w)
+    }
+    #[inline(always)]
+    unsafe fn load_i32(p: *const i32, n: usize) -> __m512i {
+        // safety: masked-off lanes are neither read nor fault; lanes 0..n are readable.
+        unsafe { _mm512_maskz_loadu_epi32(lane_mask(n), p) }
+    }
+    #[inline(always)]
+    unsafe fn add_i32(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_add_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn to_f32(a: __m512i) -> __m512 {
+        _mm512_cvtepi32_ps(a)
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> __m512 {
+        _mm512_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn load_f32(p: *const f32, n: usize) -> __m512 {
+        // safety: masked-off lanes are neither read nor fault; lanes 0..n are readable.
+        unsafe { _mm512_maskz_loadu_ps(lane_mask(n), p) }
+    }
+    #[inline(always)]
+    unsafe fn load_u8(p: *const u8, n: usize) -> __m512 {
+        // safety: masked-off bytes are neither read nor fault; bytes 0..n are readable.
+        let b = unsafe { _mm_maskz_loadu_epi8(lane_mask(n), p.cast()) };
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b))
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m512, b: __m512) -> __m512 {
+        _mm512_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m512, b: __m512) -> __m512 {
+        _mm512_sub_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m512, b: __m512) -> __m512 {
+        _mm512_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn div(a: __m512, b: __m512) -> __m512 {
+        _mm512_div_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn max(a: __m512, b: __m512) -> __m512 {
+        _mm512_max_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn min(a: __m512, b: __m512) -> __m512 {
+        _mm512_min_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn round_even(a: __m512) -> __m512 {
+        _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(a)
+    }
+    #[inline(always)]
+    unsafe fn store_f32(p: *mut f32, a: __m512, n: usize) {
+        // safety: masked-off lanes are not written; lanes 0..n are writable.
+        unsafe { _mm512_mask_storeu_ps(p, lane_mask(n), a) }
+    }
+    #[inline(always)]
+    unsafe fn store_u8(p: *mut u8, a: __m512, n: usize) {
+        // safety: masked-off bytes are not written; bytes 0..n are writable. Integral
+        // lanes in 0..=255 convert exactly and do not saturate.
+        unsafe { _mm512_mask_cvtusepi32_storeu_epi8(p.cast(), lane_mask(n), _mm512_cvtps_epi32(a)) }
+    }
+}
+
+pub(super) const VNNI512_MR: usize = 14;
+pub(super) const VNNI256_MR: usize = 6;
+const AVX2_MR: usize = 4;
+const AVX2_ACT7_MR: usize = 4;
+
+pub(super) struct Vnni512Tiles;
+impl Tiling for Vnni512Tiles {
+    const PIXELS: usize = VNNI512_MR;
+    const PANELS: usize = 2;
+}
+
+pub(super) struct Vnni256Tiles;
+impl Tiling for Vnni256Tiles {
+    const PIXELS: usize = VNNI256_MR;
+    const PANELS: usize = 1;
+}
+
+pub(super) struct Avx2Tiles;
+impl Tiling for Avx2Tiles {
+    const PIXELS: usize = AVX2_MR;
+    const PANELS: usize = 1;
+}
+
+pub(super) struct Avx2Act7Tiles;
+impl Tiling for Avx2Act7Tiles {
+    const PIXELS: usize = AVX2_ACT7_MR;
+    const PANELS: usize = 1;
+}
+
+/// AVX512-VNNI zmm tiles over pixels `px` and 32-channel tiles `co`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL and AVX512-VNNI must be usable; `job` passed `check_args`; no other
+/// thread writes the output elements of (`px` x channels of `co`) meanwhile; `px.start` is
+/// a multiple of `Vnni512Tiles::PIXELS`.
+#[target_feature(enable = "avx512vnni,avx512bw,avx512vl,avx512f,avx2")]
+pub(super) unsafe fn run_avx512_vnni(job: &Job, px: Range<usize>, co: Range<usize>) {
+    let remainder = |q0: usize, mr: usize, first_panel: usize, one_panel: bool| {
+        remainder_tile!(Vnni512, 2, 1, job, q0, mr, first_panel, one_panel,
+            [1 2 3 4 5 6 7 8 9 10 11 12 13])
+    };
+    // safety: this function's contract is `run_range`'s, with the features enabled here.
+    unsafe { run_range::<Vnni512, VNNI512_MR, 2, 1>(job, px, co, remainder) }
+}
+
+/// AVX512-VNNI ymm tiles over pixels `px` and 16-channel tiles `co`.
+///
+/// # Safety
+/// As `run_avx512_vnni`, with `Vnni256Tiles`.
+#[target_feature(enable = "avx512vnni,avx512bw,avx512vl,avx512f,avx2")]
+pub(super) unsafe fn run_avx512_vnni_256(job: &Job, px: Range<usize>, co: Range<usize>) {
+    let remainder = |q0: usize, mr: usize, first_panel: usize, one_panel: bool| remainder_tile!(Vnni256<Evex>, 2, 2, job, q0, mr, first_panel, one_panel, [1 2 3 4 5]);
+    // safety: this function's contract is `run_range`'s, with the features enabled here.
+    unsafe { run_range::<Vnni256<Evex>, VNNI256_MR, 2, 2>(job, px, co, remainder) }
+}
+
+/// AVX-VNNI ymm tiles over pixels `px` and 16-channel tiles `co`.
+///
+/// # Safety
+/// AVX-VNNI and AVX2 must be usable; otherwise as `run_avx512_vnni_256`.
+#[target_feature(enable = "avxvnni,avx2")]
+pub(super) unsafe fn run_avx_vnni(job: &Job, px: Range<usize>, co: Range<usize>) {
+    let remainder = |q0: usize, mr: usize, first_panel: usize, one_panel: bool| remainder_tile!(Vnni256<Vex>, 2, 2, job, q0, mr, first_panel, one_panel, [1 2 3 4 5]);
+    // safety: this function's contract is `run_range`'s, with the features enabled here.
+    unsafe { run_range::<Vnni256<Vex>, VNNI256_MR, 2, 2>(job, px, co, remainder) }
+}
+
+/// Exact AVX2 tiles over pixels `px` and 16-channel tiles `co`.
+///
+/// # Safety
+/// AVX2 must be usable; otherwise as `run_avx512_vnni` with `Avx2Tiles`.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn run_avx2(job: &Job, px: Range<usize>, co: Range<usize>) {
+    let remainder = |q0: usize, mr: usize, first_panel: usize, one_panel: bool| remainder_tile!(Avx2, 2, 2, job, q0, mr, first_panel, one_panel, [1 2 3]);
+    // safety: this function's contract is `run_range`'s, with AVX2 enabled here.
+    unsafe { run_range::<Avx2, AVX2_MR, 2, 2>(job, px, co, remainder) }
+}
+
+/// AVX2 `vpmaddubsw` tiles over pixels `px` and 16-channel tiles `co`.
+///
+/// # Safety
+/// As `run_avx2` with `Avx2Act7Tiles`, and every input byte and `x_zero` <= 127.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn run_avx2_act7(job: &Job, px: Range<usize>, co: Range<usize>) {
+    let remainder = |q0: usize, mr: usize, first_panel: usize, one_panel: bool| remainder_tile!(Avx2Act7, 2, 2, job, q0, mr, first_panel, one_panel, [1 2 3]);
+    // safety: this function's contract is `run_range`'s, with AVX2 enabled here.
+    unsafe { run_range::<Avx2Act7, AVX2_ACT7_MR, 2, 2>(job, px, co, remainder) }
+}
