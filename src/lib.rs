@@ -12,6 +12,7 @@ pub mod exec;
 pub mod format;
 pub mod npy;
 pub mod graph;
+pub mod healthcheck;
 pub mod onnx;
 pub mod plan;
 pub mod preprocess;

@@ -79,6 +79,8 @@ enum Command {
     /// Measure latency and throughput per tier, batch and thread count (--cpu-profile:
     /// CPU description, FMA peak and a per-layer table).
     Bench(qp::bench::BenchArgs),
+    /// GET a health URL (default: this host's /v2/health/ready); exit 0 on a 2xx, 1 otherwise.
+    Healthcheck(qp::healthcheck::HealthcheckArgs),
 }
 
 fn parse_kv(s: &str) -> Result<(&str, &str)> {
@@ -207,6 +209,7 @@ fn main() -> ExitCode {
         Command::Predict { model, image, params, engine } => predict(model, image.as_deref(), params, engine),
         Command::Serve(args) => qp::serve::run(args.clone()),
         Command::Bench(args) => qp::bench::run(args),
+        Command::Healthcheck(args) => qp::healthcheck::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
