@@ -323,13 +323,14 @@ pub fn qconv2d_nhwc_tier(
     mut out: QOutput<'_>,
 ) {
     check_args(g, input, weights, bias_i32, scale, residual, &out);
-    let tier = effective_tier(tier);
+    // Checked on the request, so the contract does not depend on the CPU.
     if tier == Int8Tier::Avx2Act7 {
         assert!(
             x_zero <= 127 && input.iter().all(|&x| x <= 127),
             "qconv2d_nhwc: the avx2-act7 tier needs activations and x_zero <= 127"
         );
     }
+    let tier = effective_tier(tier);
     let tier_index = Int8Tier::ALL.iter().position(|&t| t == tier).unwrap_or(0);
     CALLS_PER_TIER[tier_index].fetch_add(1, Ordering::Relaxed);
     if pixels(g) == 0 || g.cout == 0 {
