@@ -288,9 +288,12 @@ unsafe fn accumulate<V: QVector, const MR: usize, const NV: usize>(
                 b[v] = V::load_weights(wj.add(wofs[v]));
             }
             for i in 0..MR {
-                let mut bytes = [0u8; GROUP];
-                std::ptr::copy_nonoverlapping(ptrs[i].add(full * GROUP), bytes.as_mut_ptr(), tail);
-                let x = V::splat_quad(u32::from_le_bytes(bytes));
+                let p = ptrs[i].add(full * GROUP);
+                let mut quad = 0u32;
+                for k in 0..tail {
+                    quad |= (*p.add(k) as u32) << (8 * k);
+                }
+                let x = V::splat_quad(quad);
                 for v in 0..NV {
                     acc[i][v] = V::dot(acc[i][v], x, b[v]);
                 }

@@ -42,6 +42,10 @@ macro_rules! ymm_epilogue {
         }
         #[inline(always)]
         unsafe fn load_i32(p: *const i32, n: usize) -> __m256i {
+            if n == 8 {
+                // safety: 8 readable lanes (trait contract).
+                return unsafe { _mm256_loadu_si256(p.cast()) };
+            }
             let mut lanes = [0i32; 8];
             // safety: lanes 0..n are readable (trait contract); n <= 8.
             unsafe {
@@ -63,6 +67,10 @@ macro_rules! ymm_epilogue {
         }
         #[inline(always)]
         unsafe fn load_f32(p: *const f32, n: usize) -> __m256 {
+            if n == 8 {
+                // safety: 8 readable lanes (trait contract).
+                return unsafe { _mm256_loadu_ps(p) };
+            }
             let mut lanes = [0.0f32; 8];
             // safety: lanes 0..n are readable (trait contract); n <= 8.
             unsafe {
@@ -72,6 +80,11 @@ macro_rules! ymm_epilogue {
         }
         #[inline(always)]
         unsafe fn load_u8(p: *const u8, n: usize) -> __m256 {
+            if n == 8 {
+                // safety: 8 readable bytes (trait contract).
+                let b = unsafe { _mm_loadl_epi64(p.cast()) };
+                return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b));
+            }
             let mut bytes = [0u8; 16];
             // safety: lanes 0..n are readable (trait contract); n <= 8.
             unsafe {
@@ -110,6 +123,10 @@ macro_rules! ymm_epilogue {
         }
         #[inline(always)]
         unsafe fn store_f32(p: *mut f32, a: __m256, n: usize) {
+            if n == 8 {
+                // safety: 8 writable lanes (trait contract).
+                return unsafe { _mm256_storeu_ps(p, a) };
+            }
             let mut lanes = [0.0f32; 8];
             // safety: lanes 0..n are writable (trait contract); n <= 8.
             unsafe {
@@ -124,6 +141,10 @@ macro_rules! ymm_epilogue {
             let v = _mm256_cvtps_epi32(a);
             let words = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
             let bytes = _mm_packus_epi16(words, words);
+            if n == 8 {
+                // safety: 8 writable bytes (trait contract).
+                return unsafe { _mm_storel_epi64(p.cast(), bytes) };
+            }
             let mut lanes = [0u8; 16];
             // safety: lanes 0..n are writable (trait contract); n <= 8.
             unsafe {
