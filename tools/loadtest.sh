@@ -13,7 +13,7 @@
 # 32x32 variant unless QP_LOADTEST_FULL=1) with tools/*.py and qp-convert, which needs a
 # Python with numpy and onnx ($PYTHON, default /work/venv/bin/python or python3).
 #
-# Environment: DURATION (10s), CONNECTIONS (16), WRK_THREADS (2), PORT (18080),
+# Environment: DURATION (10s), CONNECTIONS (16), WRK_THREADS (2), WRK_TIMEOUT (30s), PORT (18080),
 # SCENARIOS ("features image cached"), SERVER_FLAGS (extra flags for the server),
 # FEATURES_MODEL, QUALITYNET_MODEL (override the model files).
 set -euo pipefail
@@ -25,6 +25,7 @@ WRK_THREADS=${WRK_THREADS:-2}
 PORT=${PORT:-18080}
 SCENARIOS=${SCENARIOS:-features image cached}
 SERVER_FLAGS=${SERVER_FLAGS:-}
+WRK_TIMEOUT=${WRK_TIMEOUT:-30s}
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x /work/venv/bin/python ]]; then PYTHON=/work/venv/bin/python; else PYTHON=python3; fi
 fi
@@ -124,6 +125,15 @@ local mins = {{{mins}}}
 local maxs = {{{maxs}}}
 local extra = {json.dumps(extra)}
 local headers = {{["Content-Type"] = "application/json"}}
+-- Each wrk thread has its own Lua state; seed each differently or they send the same bodies.
+local threads = 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("seed", threads)
+end
+init = function(args)
+  math.randomseed(os.time() * 1000 + (seed or 0) * 7919)
+end
 request = function()
   local parts = {{}}
   for i, n in ipairs(names) do
@@ -150,8 +160,8 @@ PY
 echo "== QualityNet: $QUALITYNET_KIND; $CONNECTIONS connections, $WRK_THREADS wrk threads, $DURATION each"
 for scenario in $SCENARIOS; do
   # Warm the path (and, for `cached`, fill the cache) before measuring.
-  wrk -t1 -c1 -d1s -s "$WORK/$scenario.lua" "$BASE" >/dev/null
-  line=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "$WORK/$scenario.lua" "$BASE" | grep '^RESULT' || true)
+  wrk -t1 -c1 -d1s --timeout "$WRK_TIMEOUT" -s "$WORK/$scenario.lua" "$BASE" >/dev/null
+  line=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --timeout "$WRK_TIMEOUT" -s "$WORK/$scenario.lua" "$BASE" | grep '^RESULT' || true)
   printf '%-9s %s\n' "$scenario" "${line#RESULT }"
 done
 
