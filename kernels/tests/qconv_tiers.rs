@@ -439,31 +439,39 @@ proptest! {
 
 #[test]
 fn u8_output_rounds_half_to_even_and_clamps() {
-    // 1x1, one channel, scale 1: the real value is acc + bias = x * 1 + bias.
+    // 1x1, one channel, scale 1, bias -100: the real value is x - 100. Inputs stay <= 127
+    // so the 7-bit tier runs too.
     let g = geometry(1, [1, 6], 1, 1, [1, 1], [1, 1], [1, 1], [0; 4]);
     let w = pack_weights_s8(&[1], 1, 1, 1, 1);
-    let input = [0u8, 1, 2, 3, 200, 250];
-    let mut out = [0u8; 6];
-    // real = x - 100 (bias), requantized with scale 2, zero 100: (x - 100) / 2 + 100.
-    qconv2d_nhwc_tier(
-        Int8Tier::Scalar,
-        &Serial,
-        &g,
-        &input,
-        0,
-        &w,
-        &[-100],
-        &[1.0],
-        QResidual::None,
-        false,
-        QOutput::U8 {
-            data: &mut out,
-            scale: 2.0,
-            zero: 100,
-        },
-    );
-    // -50, -49.5 -> -50 (even), -49, -48.5 -> -48 (even), 50, 75.
-    assert_eq!(out, [50, 50, 51, 52, 150, 175]);
+    let cases = [
+        // (x - 100) / 2 + 100: -50, -49.5 -> -50, -49, -48.5 -> -48, 0, 13.5 -> 14.
+        ([0u8, 1, 2, 3, 100, 127], 2.0, 100, [50u8, 50, 51, 52, 100, 114]),
+        // (x - 100) / 0.25 clamped to [-200, 55], + 200.
+        ([0, 50, 100, 113, 114, 127], 0.25, 200, [0, 0, 200, 252, 255, 255]),
+    ];
+    for tier in Int8Tier::ALL.into_iter().filter(|t| t.supported(features())) {
+        for (input, scale, zero, expected) in cases {
+            let mut out = [0u8; 6];
+            qconv2d_nhwc_tier(
+                tier,
+                &Serial,
+                &g,
+                &input,
+                0,
+                &w,
+                &[-100],
+                &[1.0],
+                QResidual::None,
+                false,
+                QOutput::U8 {
+                    data: &mut out,
+                    scale,
+                    zero,
+                },
+            );
+            assert_eq!(out, expected, "{} scale {scale}", tier.name());
+        }
+    }
 }
 
 #[test]
