@@ -64,12 +64,7 @@ pub enum LogFormat {
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
     /// A model to serve (repeatable); its name is the file stem.
-    #[arg(
-        long = "model",
-        value_name = "FILE.qpw",
-        env = "QP_MODELS",
-        value_delimiter = ','
-    )]
+    #[arg(long = "model", value_name = "FILE.qpw", env = "QP_MODELS", value_delimiter = ',')]
     pub models: Vec<PathBuf>,
     /// Serve every `.qpw` file in this directory.
     #[arg(long, value_name = "DIR", env = "QP_MODEL_DIR")]
@@ -144,9 +139,7 @@ impl ServeArgs {
     pub fn defaults() -> ServeArgs {
         use clap::{Args, FromArgMatches};
         let cmd = ServeArgs::augment_args(clap::Command::new("serve").no_binary_name(true));
-        let matches = cmd
-            .try_get_matches_from(Vec::<String>::new())
-            .expect("defaults parse");
+        let matches = cmd.try_get_matches_from(Vec::<String>::new()).expect("defaults parse");
         ServeArgs::from_arg_matches(&matches).expect("defaults parse")
     }
 
@@ -185,8 +178,7 @@ impl ServeArgs {
 pub fn resolve_models(args: &ServeArgs) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let mut files: Vec<PathBuf> = args.models.clone();
     if let Some(dir) = &args.model_dir {
-        let entries = std::fs::read_dir(dir)
-            .with_context(|| format!("reading --model-dir {}", dir.display()))?;
+        let entries = std::fs::read_dir(dir).with_context(|| format!("reading --model-dir {}", dir.display()))?;
         let mut found: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "qpw"))
@@ -199,10 +191,7 @@ pub fn resolve_models(args: &ServeArgs) -> anyhow::Result<Vec<(String, PathBuf)>
     }
     if files.is_empty() {
         let dir = Path::new(BUNDLED_WEIGHTS_DIR);
-        let bundled: Vec<PathBuf> = BUNDLED_MODELS
-            .iter()
-            .map(|n| dir.join(format!("{n}.qpw")))
-            .collect();
+        let bundled: Vec<PathBuf> = BUNDLED_MODELS.iter().map(|n| dir.join(format!("{n}.qpw"))).collect();
         let missing: Vec<String> = bundled
             .iter()
             .filter(|p| !p.is_file())
@@ -264,11 +253,7 @@ pub fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
         LogFormat::Text => builder.try_init(),
     };
 }
@@ -301,9 +286,7 @@ impl ServerHandle {
 
     fn join(&mut self) -> anyhow::Result<()> {
         match self.thread.take() {
-            Some(t) => t
-                .join()
-                .map_err(|_| anyhow::anyhow!("the server thread panicked"))?,
+            Some(t) => t.join().map_err(|_| anyhow::anyhow!("the server thread panicked"))?,
             None => Ok(()),
         }
     }
@@ -320,11 +303,7 @@ impl Drop for ServerHandle {
 
 /// Loads the models (each on its own thread), binds, and serves in the background.
 /// With `handle_signals`, SIGTERM and SIGINT start a graceful shutdown.
-pub fn start(
-    args: &ServeArgs,
-    models: Vec<ModelSpec>,
-    handle_signals: bool,
-) -> anyhow::Result<ServerHandle> {
+pub fn start(args: &ServeArgs, models: Vec<ModelSpec>, handle_signals: bool) -> anyhow::Result<ServerHandle> {
     args.validate()?;
     if models.is_empty() {
         bail!("no model to serve");
@@ -338,17 +317,15 @@ pub fn start(
     let mut workers = Vec::new();
     let mut threads = Vec::new();
     for spec in models {
-        if workers
-            .iter()
-            .any(|w: &Arc<ModelWorker>| w.name == spec.name)
-        {
+        if workers.iter().any(|w: &Arc<ModelWorker>| w.name == spec.name) {
             bail!("two models are named `{}`", spec.name);
         }
         let (worker, thread) = ModelWorker::spawn(spec, batch, metrics.clone())?;
         tracing::info!(
             model = worker.name,
             load_ms = worker.load_time.as_secs_f64() * 1e3,
-            isa = ?worker.info.isa,
+            isa = worker.info.isa.as_deref().unwrap_or("unknown"),
+            executor = worker.info.executor,
             "model loaded"
         );
         workers.push(Arc::new(worker));
@@ -365,8 +342,7 @@ pub fn start(
             max_image_pixels: args.max_image_pixels,
             max_request_batch: args.max_request_batch,
         },
-        rate_limiter: (args.rate_limit > 0.0)
-            .then(|| RateLimiter::new(args.rate_limit, args.rate_limit_burst)),
+        rate_limiter: (args.rate_limit > 0.0).then(|| RateLimiter::new(args.rate_limit, args.rate_limit_burst)),
     });
     let app = router(state.clone(), args)?;
 
@@ -377,10 +353,7 @@ pub fn start(
         .build()
         .context("starting the HTTP runtime")?;
     let listener = runtime
-        .block_on(tokio::net::TcpListener::bind((
-            args.host.as_str(),
-            args.port,
-        )))
+        .block_on(tokio::net::TcpListener::bind((args.host.as_str(), args.port)))
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
     let addr = listener.local_addr()?;
     // Registered before returning, so a signal that arrives as soon as the caller
@@ -394,29 +367,27 @@ pub fn start(
     let drain_timeout = Duration::from_secs(args.shutdown_timeout_s);
     tracing::info!(%addr, models = ?state.model_names(), "listening");
 
-    let thread = std::thread::Builder::new()
-        .name("qp-serve".into())
-        .spawn(move || {
-            let result = runtime.block_on(serve_until_shutdown(
-                listener,
-                app,
-                state.clone(),
-                triggered,
-                signals,
-                drain_timeout,
-            ));
-            // Closing the queues lets each model thread finish what it holds and exit.
-            for model in &state.models {
-                model.close();
-            }
-            drop(state);
-            runtime.shutdown_timeout(Duration::from_secs(1));
-            for t in threads {
-                let _ = t.join();
-            }
-            tracing::info!("stopped");
-            result
-        })?;
+    let thread = std::thread::Builder::new().name("qp-serve".into()).spawn(move || {
+        let result = runtime.block_on(serve_until_shutdown(
+            listener,
+            app,
+            state.clone(),
+            triggered,
+            signals,
+            drain_timeout,
+        ));
+        // Closing the queues lets each model thread finish what it holds and exit.
+        for model in &state.models {
+            model.close();
+        }
+        drop(state);
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        for t in threads {
+            let _ = t.join();
+        }
+        tracing::info!("stopped");
+        result
+    })?;
     Ok(ServerHandle {
         addr,
         trigger: Some(trigger),
@@ -437,10 +408,8 @@ impl Signals {
         {
             use tokio::signal::unix::{signal, SignalKind};
             Ok(Signals {
-                terminate: signal(SignalKind::terminate())
-                    .context("installing the SIGTERM handler")?,
-                interrupt: signal(SignalKind::interrupt())
-                    .context("installing the SIGINT handler")?,
+                terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+                interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
             })
         }
         #[cfg(not(unix))]
@@ -474,13 +443,11 @@ async fn serve_until_shutdown(
     drain_timeout: Duration,
 ) -> anyhow::Result<()> {
     let (drain, draining) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = draining.await;
-    });
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(
+        async move {
+            let _ = draining.await;
+        },
+    );
     let mut server = tokio::spawn(async move { server.await });
     let reason = tokio::select! {
         done = &mut server => {
@@ -498,10 +465,7 @@ async fn serve_until_shutdown(
         } => reason,
     };
     state.ready.store(false, Ordering::SeqCst);
-    tracing::info!(
-        reason,
-        "shutting down: no new connections, finishing accepted requests"
-    );
+    tracing::info!(reason, "shutting down: no new connections, finishing accepted requests");
     let _ = drain.send(());
     match tokio::time::timeout(drain_timeout, &mut server).await {
         Ok(Ok(r)) => r.context("the HTTP server failed while draining"),
@@ -521,10 +485,7 @@ fn router(state: Arc<AppState>, args: &ServeArgs) -> anyhow::Result<Router> {
     let cors = cors_layer(&args.cors_origins)?;
     let request_ids = Arc::new(RequestIdSource::new());
     let layers = ServiceBuilder::new()
-        .layer(middleware::from_fn_with_state(
-            request_ids,
-            assign_request_id,
-        ))
+        .layer(middleware::from_fn_with_state(request_ids, assign_request_id))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
@@ -547,17 +508,12 @@ fn router(state: Arc<AppState>, args: &ServeArgs) -> anyhow::Result<Router> {
                         .latency_unit(tower_http::LatencyUnit::Micros),
                 ),
         )
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            record_metrics,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
         .layer(CompressionLayer::new())
         .layer(middleware::from_fn(json_errors))
-        .layer(CatchPanicLayer::custom(
-            |_: Box<dyn std::any::Any + Send>| {
-                ApiError::internal("the request handler panicked").into_response()
-            },
-        ))
+        .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
+            ApiError::internal("the request handler panicked").into_response()
+        }))
         .option_layer(cors)
         .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
         .layer(RequestBodyLimitLayer::new(args.max_body_bytes))
@@ -587,23 +543,14 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
     }
     let base = CorsLayer::new()
         .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
-        .allow_headers([
-            header::CONTENT_TYPE,
-            header::HeaderName::from_static(REQUEST_ID_HEADER),
-        ])
-        .expose_headers([
-            header::HeaderName::from_static(REQUEST_ID_HEADER),
-            header::RETRY_AFTER,
-        ]);
+        .allow_headers([header::CONTENT_TYPE, header::HeaderName::from_static(REQUEST_ID_HEADER)])
+        .expose_headers([header::HeaderName::from_static(REQUEST_ID_HEADER), header::RETRY_AFTER]);
     if origins.iter().any(|o| o == "*") {
         return Ok(Some(base.allow_origin(Any)));
     }
     let values = origins
         .iter()
-        .map(|o| {
-            HeaderValue::from_str(o)
-                .with_context(|| format!("--cors-origin {o:?} is not a valid origin"))
-        })
+        .map(|o| HeaderValue::from_str(o).with_context(|| format!("--cors-origin {o:?} is not a valid origin")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(Some(base.allow_origin(AllowOrigin::list(values))))
 }
@@ -627,8 +574,7 @@ impl RequestIdSource {
 
     fn make(&self) -> HeaderValue {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{:08x}-{n:08x}", self.prefix))
-            .expect("hex is a valid header")
+        HeaderValue::from_str(&format!("{:08x}-{n:08x}", self.prefix)).expect("hex is a valid header")
     }
 }
 
@@ -642,11 +588,7 @@ fn acceptable_request_id(value: &HeaderValue) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'))
 }
 
-async fn assign_request_id(
-    State(ids): State<Arc<RequestIdSource>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+async fn assign_request_id(State(ids): State<Arc<RequestIdSource>>, mut req: Request, next: Next) -> Response {
     let id = match req.headers().get(REQUEST_ID_HEADER) {
         Some(v) if acceptable_request_id(v) => v.clone(),
         _ => ids.make(),
@@ -665,11 +607,9 @@ async fn record_metrics(State(state): State<Arc<AppState>>, req: Request, next: 
         .map_or("unmatched", |p| p.as_str())
         .to_string();
     let response = next.run(req).await;
-    state.metrics.record_http(
-        &route,
-        response.status().as_u16(),
-        start.elapsed().as_secs_f64(),
-    );
+    state
+        .metrics
+        .record_http(&route, response.status().as_u16(), start.elapsed().as_secs_f64());
     response
 }
 
@@ -687,10 +627,7 @@ async fn rate_limit(State(state): State<Arc<AppState>>, req: Request, next: Next
                     return ApiError::new(
                         StatusCode::TOO_MANY_REQUESTS,
                         "rate_limited",
-                        format!(
-                            "too many requests from {}; retry in {retry_after} s",
-                            peer.ip()
-                        ),
+                        format!("too many requests from {}; retry in {retry_after} s", peer.ip()),
                     )
                     .with_retry_after(retry_after)
                     .into_response();
@@ -718,9 +655,7 @@ async fn json_errors(req: Request, next: Next) -> Response {
         return response;
     }
     let (mut parts, body) = response.into_parts();
-    let text = axum::body::to_bytes(body, 64 << 10)
-        .await
-        .unwrap_or_default();
+    let text = axum::body::to_bytes(body, 64 << 10).await.unwrap_or_default();
     let text = String::from_utf8_lossy(&text).trim().to_string();
     let message = if text.is_empty() {
         status.canonical_reason().unwrap_or("error").to_string()
@@ -729,9 +664,8 @@ async fn json_errors(req: Request, next: Next) -> Response {
     };
     let error = ApiError::new(status, ApiError::code_for_status(status), message);
     parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Response::from_parts(parts, Body::from(error.body().to_string()))
 }
