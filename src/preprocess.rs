@@ -67,29 +67,21 @@ impl PreprocessError {
 ///
 /// `max_pixels` bounds the decoded size: the header is read first, so an image that
 /// claims to be huge is refused before any pixel memory is allocated.
-pub fn image_to_tensor(
-    bytes: &[u8],
-    spec: &ImagePreprocess,
-    max_pixels: u64,
-) -> Result<Vec<f32>, PreprocessError> {
+pub fn image_to_tensor(bytes: &[u8], spec: &ImagePreprocess, max_pixels: u64) -> Result<Vec<f32>, PreprocessError> {
     if spec.height == 0 || spec.width == 0 {
         return Err(PreprocessError::BadSpec(format!(
             "target size {}x{}",
             spec.width, spec.height
         )));
     }
-    if spec.std.iter().any(|s| !s.is_finite() || *s == 0.0)
-        || spec.mean.iter().any(|m| !m.is_finite())
-    {
+    if spec.std.iter().any(|s| !s.is_finite() || *s == 0.0) || spec.mean.iter().any(|m| !m.is_finite()) {
         return Err(PreprocessError::BadSpec(format!(
             "mean {:?} / std {:?}",
             spec.mean, spec.std
         )));
     }
-    let target_w =
-        u32::try_from(spec.width).map_err(|_| PreprocessError::BadSpec("width".into()))?;
-    let target_h =
-        u32::try_from(spec.height).map_err(|_| PreprocessError::BadSpec("height".into()))?;
+    let target_w = u32::try_from(spec.width).map_err(|_| PreprocessError::BadSpec("width".into()))?;
+    let target_h = u32::try_from(spec.height).map_err(|_| PreprocessError::BadSpec("height".into()))?;
 
     let reader = || {
         ImageReader::new(Cursor::new(bytes))
@@ -98,9 +90,7 @@ pub fn image_to_tensor(
     };
     let probe = reader()?;
     if probe.format().is_none() {
-        return Err(PreprocessError::ImageDecode(
-            "not a PNG or JPEG file".to_string(),
-        ));
+        return Err(PreprocessError::ImageDecode("not a PNG or JPEG file".to_string()));
     }
     let (width, height) = probe
         .into_dimensions()
@@ -156,10 +146,7 @@ pub fn image_to_tensor(
 /// required features are refused, optional ones take their default, every value must be
 /// finite and inside `[min, max]`, and features marked `normalize` become
 /// `(v - min) / (max - min)`.
-pub fn features_to_vec(
-    values: &BTreeMap<String, f64>,
-    features: &[Feature],
-) -> Result<Vec<f32>, PreprocessError> {
+pub fn features_to_vec(values: &BTreeMap<String, f64>, features: &[Feature]) -> Result<Vec<f32>, PreprocessError> {
     let unknown: Vec<String> = values
         .keys()
         .filter(|k| !features.iter().any(|f| &f.name == *k))

@@ -22,10 +22,7 @@ fn predict_features_answers_and_caches() {
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert!(
-        close(
-            v["predicted_ssim"].as_f64().unwrap(),
-            feature_expected(5.0, 0.25, 0.5)
-        ),
+        close(v["predicted_ssim"].as_f64().unwrap(), feature_expected(5.0, 0.25, 0.5)),
         "{v}"
     );
     assert_eq!(v["model"], "qualitynet-features");
@@ -37,19 +34,12 @@ fn predict_features_answers_and_caches() {
     let again = post_json(addr, "/predict", &body).json();
     assert_eq!(again["cached"], true);
     assert_eq!(again["predicted_ssim"], v["predicted_ssim"]);
-    assert_eq!(
-        runs.load(Ordering::SeqCst),
-        1,
-        "the second answer came from the cache"
-    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the second answer came from the cache");
 
     // Defaults: `b` may be left out.
     let v = post_json(addr, "/predict", &json!({"a": 10, "c": 0})).json();
     assert!(
-        close(
-            v["predicted_ssim"].as_f64().unwrap(),
-            feature_expected(10.0, 0.0, 0.0)
-        ),
+        close(v["predicted_ssim"].as_f64().unwrap(), feature_expected(10.0, 0.0, 0.0)),
         "{v}"
     );
     server.shutdown().unwrap();
@@ -86,18 +76,12 @@ fn predict_image_routes_to_the_image_model() {
     let v = r.json();
     assert_eq!(v["model"], "qualitynet");
     let expected = 0.5 * 0.2 + 0.25 * 0.5 + 0.25 * 0.5;
-    assert!(
-        (v["predicted_ssim"].as_f64().unwrap() - expected).abs() < 1e-4,
-        "{v}"
-    );
+    assert!((v["predicted_ssim"].as_f64().unwrap() - expected).abs() < 1e-4, "{v}");
 
     // A data URL works too, and transparent pixels count as white.
     let image = format!("data:image/png;base64,{}", base64(&png(4, 4, [0, 0, 0, 0])));
     let v = post_json(addr, "/predict", &json!({"image": image, "q": 0, "p": 0})).json();
-    assert!(
-        (v["predicted_ssim"].as_f64().unwrap() - 0.5).abs() < 1e-4,
-        "{v}"
-    );
+    assert!((v["predicted_ssim"].as_f64().unwrap() - 0.5).abs() < 1e-4, "{v}");
     server.shutdown().unwrap();
 }
 
@@ -125,9 +109,7 @@ fn predict_image_as_multipart() {
     let expected = 0.5 * 1.0 + 0.25 * 0.5 + 0.25 * 1.0;
     assert!((r.json()["predicted_ssim"].as_f64().unwrap() - expected).abs() < 1e-4);
 
-    let bad = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"q\"\r\n\r\nNaN\r\n--{boundary}--\r\n"
-    );
+    let bad = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"q\"\r\n\r\nNaN\r\n--{boundary}--\r\n");
     let r = request(
         addr,
         "POST",
@@ -135,19 +117,8 @@ fn predict_image_as_multipart() {
         &[("Content-Type", &ct)],
         bad.as_bytes(),
     );
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (400, "non_finite"),
-        "{}",
-        r.text()
-    );
-    let r = request(
-        addr,
-        "POST",
-        "/predict",
-        &[("Content-Type", &ct)],
-        b"garbage",
-    );
+    assert_eq!((r.status, r.error_code().as_str()), (400, "non_finite"), "{}", r.text());
+    let r = request(addr, "POST", "/predict", &[("Content-Type", &ct)], b"garbage");
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.error_code(), "malformed_multipart");
     server.shutdown().unwrap();
@@ -159,31 +130,18 @@ fn model_selection_by_field_and_query() {
     let addr = server.local_addr();
     let body = json!({"a": 1, "c": 1, "model": "qualitynet-features"});
     assert_eq!(post_json(addr, "/predict", &body).status, 200);
-    let r = post_json(
-        addr,
-        "/predict?model=qualitynet-features",
-        &json!({"a": 1, "c": 1}),
-    );
+    let r = post_json(addr, "/predict?model=qualitynet-features", &json!({"a": 1, "c": 1}));
     assert_eq!(r.status, 200);
     let r = post_json(addr, "/predict?model=nope", &json!({"a": 1, "c": 1}));
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (404, "model_not_found")
-    );
+    assert_eq!((r.status, r.error_code().as_str()), (404, "model_not_found"));
     assert!(r.json()["error"]["message"]
         .as_str()
         .unwrap()
         .contains("qualitynet-features"));
     let r = post_json(addr, "/predict?model=raw", &json!({"model": "qualitynet"}));
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (400, "conflicting_model")
-    );
+    assert_eq!((r.status, r.error_code().as_str()), (400, "conflicting_model"));
     let r = post_json(addr, "/predict", &json!({"model": "raw", "x": 1}));
-    assert_eq!(
-        r.status, 400,
-        "a raw-tensor model is not reachable through /predict"
-    );
+    assert_eq!(r.status, 400, "a raw-tensor model is not reachable through /predict");
     assert!(r.text().contains("/v2/models/raw/infer"), "{}", r.text());
     server.shutdown().unwrap();
 }
@@ -229,25 +187,14 @@ fn predict_batch_keeps_order_across_models() {
         (json!({"items": [], "extra": 1}), "unknown_field"),
     ] {
         let r = post_json(addr, "/predict/batch", &body);
-        assert_eq!(
-            (r.status, r.error_code()),
-            (400, code.to_string()),
-            "{body}"
-        );
+        assert_eq!((r.status, r.error_code()), (400, code.to_string()), "{body}");
     }
     server.shutdown().unwrap();
 
     let (server, _) = start_fakes(&["--max-request-batch", "2"], Duration::ZERO);
     let items: Vec<Value> = (0..3).map(|i| json!({"a": i, "c": 0})).collect();
-    let r = post_json(
-        server.local_addr(),
-        "/predict/batch",
-        &json!({"items": items}),
-    );
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (400, "batch_too_large")
-    );
+    let r = post_json(server.local_addr(), "/predict/batch", &json!({"items": items}));
+    assert_eq!((r.status, r.error_code().as_str()), (400, "batch_too_large"));
     server.shutdown().unwrap();
 }
 
@@ -269,18 +216,10 @@ fn bad_input_gets_a_named_4xx() {
         (b"{\"a\": null, \"c\": 1}", 400, "invalid_type"),
         (b"{\"a\": 10.5, \"c\": 1}", 400, "out_of_range"),
         (b"{\"a\": 1, \"c\": -0.1}", 400, "out_of_range"),
-        (
-            b"{\"image\": \"!!!notbase64\", \"q\": 1}",
-            400,
-            "invalid_image",
-        ),
+        (b"{\"image\": \"!!!notbase64\", \"q\": 1}", 400, "invalid_image"),
         (b"{\"image\": \"aGVsbG8=\", \"q\": 1}", 400, "invalid_image"),
         (b"{\"image\": 5, \"q\": 1}", 400, "invalid_type"),
-        (
-            b"{\"model\": \"qualitynet\", \"q\": 1}",
-            400,
-            "missing_field",
-        ),
+        (b"{\"model\": \"qualitynet\", \"q\": 1}", 400, "missing_field"),
         (
             b"{\"model\": \"qualitynet-features\", \"image\": \"aGk=\", \"a\": 1, \"c\": 1}",
             400,
@@ -299,21 +238,9 @@ fn bad_input_gets_a_named_4xx() {
         assert!(!r.json()["error"]["message"].as_str().unwrap().is_empty());
     }
     // The message names the problem.
-    let r = request(
-        addr,
-        "POST",
-        "/predict",
-        &json_ct,
-        b"{\"a\": 1, \"c\": 1, \"zzz\": 2}",
-    );
+    let r = request(addr, "POST", "/predict", &json_ct, b"{\"a\": 1, \"c\": 1, \"zzz\": 2}");
     assert!(r.text().contains("zzz"), "{}", r.text());
-    let r = request(
-        addr,
-        "POST",
-        "/predict",
-        &json_ct,
-        b"{\"a\": 10.5, \"c\": 1}",
-    );
+    let r = request(addr, "POST", "/predict", &json_ct, b"{\"a\": 10.5, \"c\": 1}");
     assert!(r.text().contains("`a`"), "{}", r.text());
 
     // 40x40 = 1600 pixels > 1000.
@@ -327,13 +254,7 @@ fn bad_input_gets_a_named_4xx() {
     );
 
     for ct in ["text/plain", "application/x-www-form-urlencoded"] {
-        let r = request(
-            addr,
-            "POST",
-            "/predict",
-            &[("Content-Type", ct)],
-            b"{\"a\":1,\"c\":1}",
-        );
+        let r = request(addr, "POST", "/predict", &[("Content-Type", ct)], b"{\"a\":1,\"c\":1}");
         assert_eq!(
             (r.status, r.error_code().as_str()),
             (415, "unsupported_media_type"),
@@ -346,10 +267,7 @@ fn bad_input_gets_a_named_4xx() {
     let r = get(addr, "/no/such/route");
     assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"));
     let r = get(addr, "/predict");
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (405, "method_not_allowed")
-    );
+    assert_eq!((r.status, r.error_code().as_str()), (405, "method_not_allowed"));
     server.shutdown().unwrap();
 }
 
@@ -486,43 +404,15 @@ fn kserve_v2_endpoints() {
 
     let x = |shape: Value, datatype: &str, data: Value| json!({"inputs": [{"name": "x", "shape": shape, "datatype": datatype, "data": data}]});
     let cases = vec![
-        (
-            x(json!([1, 2]), "INT64", json!([1, 2])),
-            400,
-            "unsupported_datatype",
-        ),
-        (
-            x(json!([1, 3]), "FP32", json!([1, 2, 3])),
-            400,
-            "invalid_shape",
-        ),
+        (x(json!([1, 2]), "INT64", json!([1, 2])), 400, "unsupported_datatype"),
+        (x(json!([1, 3]), "FP32", json!([1, 2, 3])), 400, "invalid_shape"),
         (x(json!([2]), "FP32", json!([1, 2])), 400, "invalid_shape"),
         (x(json!([0, 2]), "FP32", json!([])), 400, "invalid_shape"),
-        (
-            x(json!([1, -2]), "FP32", json!([1, 2])),
-            400,
-            "invalid_shape",
-        ),
-        (
-            x(json!([2, 2]), "FP32", json!([1, 2, 3])),
-            400,
-            "invalid_shape",
-        ),
-        (
-            x(json!([1, 2]), "FP32", json!([1, "NaN"])),
-            400,
-            "non_finite",
-        ),
-        (
-            x(json!([1, 2]), "FP32", json!([1, 1e39])),
-            400,
-            "non_finite",
-        ),
-        (
-            x(json!([1, 2]), "FP32", json!([1, true])),
-            400,
-            "invalid_type",
-        ),
+        (x(json!([1, -2]), "FP32", json!([1, 2])), 400, "invalid_shape"),
+        (x(json!([2, 2]), "FP32", json!([1, 2, 3])), 400, "invalid_shape"),
+        (x(json!([1, 2]), "FP32", json!([1, "NaN"])), 400, "non_finite"),
+        (x(json!([1, 2]), "FP32", json!([1, 1e39])), 400, "non_finite"),
+        (x(json!([1, 2]), "FP32", json!([1, true])), 400, "invalid_type"),
         (json!({"inputs": []}), 400, "missing_input"),
         (json!({}), 400, "missing_field"),
         (
@@ -552,15 +442,8 @@ fn kserve_v2_endpoints() {
             r.text()
         );
     }
-    let r = post_json(
-        addr,
-        "/v2/models/none/infer",
-        &x(json!([1, 2]), "FP32", json!([1, 2])),
-    );
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (404, "model_not_found")
-    );
+    let r = post_json(addr, "/v2/models/none/infer", &x(json!([1, 2]), "FP32", json!([1, 2])));
+    assert_eq!((r.status, r.error_code().as_str()), (404, "model_not_found"));
 
     // Multi-input model: batch sizes must agree.
     let img = vec![0.5f32; 2 * 48];
@@ -592,19 +475,10 @@ fn request_id_is_echoed_or_generated() {
     assert_eq!(r.header("x-request-id"), Some("abc-123"));
     let a = get(addr, "/health");
     let b = get(addr, "/health");
-    let (a, b) = (
-        a.header("x-request-id").unwrap(),
-        b.header("x-request-id").unwrap(),
-    );
+    let (a, b) = (a.header("x-request-id").unwrap(), b.header("x-request-id").unwrap());
     assert_ne!(a, b);
     // Ids unfit for logs are replaced.
-    let r = request(
-        addr,
-        "GET",
-        "/health",
-        &[("x-request-id", "has space\"quote")],
-        b"",
-    );
+    let r = request(addr, "GET", "/health", &[("x-request-id", "has space\"quote")], b"");
     assert_ne!(r.header("x-request-id"), Some("has space\"quote"));
     assert!(!r.header("x-request-id").unwrap().is_empty());
     // Errors carry it too.
@@ -617,24 +491,9 @@ fn request_id_is_echoed_or_generated() {
 fn cors_and_gzip() {
     let (server, _) = start_fakes(&["--cors-origin", "https://app.example"], Duration::ZERO);
     let addr = server.local_addr();
-    let r = request(
-        addr,
-        "GET",
-        "/health",
-        &[("Origin", "https://app.example")],
-        b"",
-    );
-    assert_eq!(
-        r.header("access-control-allow-origin"),
-        Some("https://app.example")
-    );
-    let r = request(
-        addr,
-        "GET",
-        "/health",
-        &[("Origin", "https://evil.example")],
-        b"",
-    );
+    let r = request(addr, "GET", "/health", &[("Origin", "https://app.example")], b"");
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example"));
+    let r = request(addr, "GET", "/health", &[("Origin", "https://evil.example")], b"");
     assert_eq!(r.header("access-control-allow-origin"), None);
     let r = request(
         addr,
@@ -648,10 +507,7 @@ fn cors_and_gzip() {
         b"",
     );
     assert!(r.status < 300, "preflight: {}", r.status);
-    assert_eq!(
-        r.header("access-control-allow-origin"),
-        Some("https://app.example")
-    );
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example"));
 
     let r = request(addr, "GET", "/metrics", &[("Accept-Encoding", "gzip")], b"");
     assert_eq!(r.status, 200);
@@ -664,10 +520,7 @@ fn cors_and_gzip() {
 
 #[test]
 fn rate_limit_per_client() {
-    let (server, _) = start_fakes(
-        &["--rate-limit", "0.5", "--rate-limit-burst", "2"],
-        Duration::ZERO,
-    );
+    let (server, _) = start_fakes(&["--rate-limit", "0.5", "--rate-limit-burst", "2"], Duration::ZERO);
     let addr = server.local_addr();
     let body = json!({"a": 1, "c": 1});
     assert_eq!(post_json(addr, "/predict", &body).status, 200);
@@ -686,14 +539,7 @@ fn rate_limit_per_client() {
 fn full_queue_is_503_with_retry_after() {
     // One slow sample at a time, a queue of one: a burst must overflow.
     let (server, _) = start_fakes(
-        &[
-            "--queue-capacity",
-            "1",
-            "--max-batch",
-            "1",
-            "--cache-entries",
-            "0",
-        ],
+        &["--queue-capacity", "1", "--max-batch", "1", "--cache-entries", "0"],
         Duration::from_millis(300),
     );
     let addr = server.local_addr();
@@ -738,10 +584,7 @@ fn concurrent_requests_are_batched() {
         assert_eq!(r.status, 200, "{}", r.text());
         // Each request gets its own sample's answer back out of the batch.
         let got = r.json()["predicted_ssim"].as_f64().unwrap();
-        assert!(
-            close(got, feature_expected(a as f32, 0.0, 0.5)),
-            "a={a}: {got}"
-        );
+        assert!(close(got, feature_expected(a as f32, 0.0, 0.5)), "a={a}: {got}");
     }
     let runs = runs.load(Ordering::SeqCst);
     assert!(
@@ -769,10 +612,7 @@ fn shutdown_finishes_accepted_requests_in_process() {
         let r = t.join().unwrap();
         assert_eq!(r.status, 200, "{}", r.text());
     }
-    assert!(
-        std::net::TcpStream::connect(addr).is_err(),
-        "the listener is closed"
-    );
+    assert!(std::net::TcpStream::connect(addr).is_err(), "the listener is closed");
 }
 
 #[test]
@@ -806,10 +646,6 @@ fn startup_errors_are_clear() {
         .collect();
     assert_eq!(names, ["one", "two"]);
     // A file that is not a model fails to load with its path in the message.
-    let err = qp::serve::run(args(&[
-        "--model",
-        dir.path().join("one.qpw").to_str().unwrap(),
-    ]))
-    .unwrap_err();
+    let err = qp::serve::run(args(&["--model", dir.path().join("one.qpw").to_str().unwrap()])).unwrap_err();
     assert!(format!("{err:#}").contains("one.qpw"), "{err:#}");
 }

@@ -39,10 +39,7 @@ fn feature_values(features: &Value, t: f64) -> BTreeMap<String, f64> {
         .map(|(i, f)| {
             let (min, max) = (f["min"].as_f64().unwrap(), f["max"].as_f64().unwrap());
             let frac = (t + 0.13 * i as f64).fract();
-            (
-                f["name"].as_str().unwrap().to_string(),
-                min + (max - min) * frac,
-            )
+            (f["name"].as_str().unwrap().to_string(), min + (max - min) * frac)
         })
         .collect()
 }
@@ -68,8 +65,7 @@ fn real_models_through_every_route() {
         features_json.is_array(),
         "the feature model carries feature metadata: {info}"
     );
-    let features: Vec<qp::format::meta::Feature> =
-        serde_json::from_value(features_json.clone()).unwrap();
+    let features: Vec<qp::format::meta::Feature> = serde_json::from_value(features_json.clone()).unwrap();
     let values = feature_values(features_json, 0.31);
     let r = post_json(addr, "/predict", &json!(values));
     assert_eq!(r.status, 200, "{}", r.text());
@@ -77,10 +73,7 @@ fn real_models_through_every_route() {
     let vector = features_to_vec(&values, &features).unwrap();
     let direct = run_engine(
         &features_path,
-        vec![(
-            "features",
-            Tensor::new(vec![1, vector.len()], vector.clone()),
-        )],
+        vec![("features", Tensor::new(vec![1, vector.len()], vector.clone()))],
     );
     assert_eq!(served, direct[0], "served and direct answers differ");
 
@@ -141,15 +134,9 @@ fn real_models_through_every_route() {
     let results = r.json()["results"].as_array().unwrap().clone();
     assert_eq!(results[0]["cached"], true);
     assert_eq!(results[1]["cached"], true);
-    assert_eq!(
-        results[1]["predicted_ssim"].as_f64().unwrap() as f32,
-        served
-    );
+    assert_eq!(results[1]["predicted_ssim"].as_f64().unwrap() as f32, served);
 
     let m = get(addr, "/model?model=qualitynet").json();
-    assert!(
-        m["isa"].is_string() && m["threads"].as_u64().unwrap() >= 1,
-        "{m}"
-    );
+    assert!(m["isa"].is_string() && m["threads"].as_u64().unwrap() >= 1, "{m}");
     server.shutdown().unwrap();
 }

@@ -26,12 +26,8 @@ fn child_server() {
     let runs = Arc::new(AtomicUsize::new(0));
     // Slow runs, one sample each, so several requests are queued or running at SIGTERM.
     let specs = vec![fake_spec(feature_meta(), Duration::from_millis(300), runs)];
-    let server = qp::serve::start(
-        &args(&["--cache-entries", "0", "--max-batch", "1"]),
-        specs,
-        true,
-    )
-    .expect("child server starts");
+    let server = qp::serve::start(&args(&["--cache-entries", "0", "--max-batch", "1"]), specs, true)
+        .expect("child server starts");
     println!("QP_LISTENING {}", server.local_addr());
     server.wait().expect("clean shutdown");
     println!("QP_STOPPED");
@@ -93,17 +89,11 @@ fn sigterm_drains_in_flight_requests() {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the server did not exit"
-        );
+        assert!(std::time::Instant::now() < deadline, "the server did not exit");
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(exit.success(), "exit status {exit:?}");
     let rest: Vec<String> = lines.try_iter().collect();
     assert!(rest.iter().any(|l| l.contains("QP_STOPPED")), "{rest:?}");
-    assert!(
-        std::net::TcpStream::connect(addr).is_err(),
-        "nothing listens any more"
-    );
+    assert!(std::net::TcpStream::connect(addr).is_err(), "nothing listens any more");
 }

@@ -22,12 +22,7 @@ pub fn body_kind(headers: &HeaderMap, multipart_allowed: bool) -> Result<BodyKin
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if essence == "application/json" || essence.ends_with("+json") {
         Ok(BodyKind::Json)
     } else if multipart_allowed && essence == "multipart/form-data" {
@@ -70,19 +65,12 @@ pub async fn read_json(body: Body, limit: usize) -> Result<Value, ApiError> {
             }
             source = err.source();
         }
-        ApiError::bad_request(
-            "body_read_error",
-            format!("could not read the request body: {inner}"),
-        )
+        ApiError::bad_request("body_read_error", format!("could not read the request body: {inner}"))
     })?;
     if bytes.is_empty() {
-        return Err(ApiError::bad_request(
-            "malformed_json",
-            "the request body is empty",
-        ));
+        return Err(ApiError::bad_request("malformed_json", "the request body is empty"));
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request("malformed_json", format!("invalid JSON: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request("malformed_json", format!("invalid JSON: {e}")))
 }
 
 /// A `/predict` request before it is matched to a model.
@@ -97,9 +85,10 @@ pub struct PredictInput {
 /// because JSON has no way to carry NaN or infinity.
 pub fn json_number(value: &Value, what: &str) -> Result<f64, ApiError> {
     match value {
-        Value::Number(n) => n.as_f64().filter(|v| v.is_finite()).ok_or_else(|| {
-            ApiError::bad_request("non_finite", format!("{what} is not a finite number"))
-        }),
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| ApiError::bad_request("non_finite", format!("{what} is not a finite number"))),
         Value::String(s) => match s.trim().parse::<f64>() {
             Ok(v) if !v.is_finite() => Err(ApiError::bad_request(
                 "non_finite",
@@ -134,17 +123,12 @@ pub fn decode_base64_image(text: &str) -> Result<Vec<u8>, ApiError> {
         Some(rest) => rest.split_once(',').map_or(rest, |(_, data)| data),
         None => text,
     };
-    let compact: String = payload
-        .chars()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
+    let compact: String = payload.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     base64::engine::general_purpose::STANDARD
         .decode(&compact)
         .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(&compact))
         .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(&compact))
-        .map_err(|e| {
-            ApiError::bad_request("invalid_image", format!("`image` is not valid base64: {e}"))
-        })
+        .map_err(|e| ApiError::bad_request("invalid_image", format!("`image` is not valid base64: {e}")))
 }
 
 /// Parses one flat `/predict` object: `model` (string), `image` (base64 string) and
@@ -225,9 +209,7 @@ pub async fn read_multipart(request: Request, limit: usize) -> Result<PredictInp
                 if !value.is_finite() {
                     return Err(ApiError::bad_request(
                         "non_finite",
-                        format!(
-                            "field `{name}` is \"{text}\"; NaN and infinities are not accepted"
-                        ),
+                        format!("field `{name}` is \"{text}\"; NaN and infinities are not accepted"),
                     ));
                 }
                 input.fields.insert(name, value);
@@ -246,44 +228,20 @@ mod tests {
     fn numbers_and_their_failures() {
         assert_eq!(json_number(&json!(1.5), "x").unwrap(), 1.5);
         assert_eq!(json_number(&json!(3), "x").unwrap(), 3.0);
-        assert_eq!(
-            json_number(&json!("NaN"), "x").unwrap_err().code,
-            "non_finite"
-        );
-        assert_eq!(
-            json_number(&json!("-inf"), "x").unwrap_err().code,
-            "non_finite"
-        );
-        assert_eq!(
-            json_number(&json!("Infinity"), "x").unwrap_err().code,
-            "non_finite"
-        );
-        assert_eq!(
-            json_number(&json!("1.0"), "x").unwrap_err().code,
-            "invalid_type"
-        );
-        assert_eq!(
-            json_number(&json!(null), "x").unwrap_err().code,
-            "invalid_type"
-        );
-        assert_eq!(
-            json_number(&json!([1]), "x").unwrap_err().code,
-            "invalid_type"
-        );
+        assert_eq!(json_number(&json!("NaN"), "x").unwrap_err().code, "non_finite");
+        assert_eq!(json_number(&json!("-inf"), "x").unwrap_err().code, "non_finite");
+        assert_eq!(json_number(&json!("Infinity"), "x").unwrap_err().code, "non_finite");
+        assert_eq!(json_number(&json!("1.0"), "x").unwrap_err().code, "invalid_type");
+        assert_eq!(json_number(&json!(null), "x").unwrap_err().code, "invalid_type");
+        assert_eq!(json_number(&json!([1]), "x").unwrap_err().code, "invalid_type");
     }
 
     #[test]
     fn base64_variants_decode() {
         assert_eq!(decode_base64_image("aGk=").unwrap(), b"hi");
         assert_eq!(decode_base64_image("aGk").unwrap(), b"hi");
-        assert_eq!(
-            decode_base64_image("data:image/png;base64,aG\nk=").unwrap(),
-            b"hi"
-        );
-        assert_eq!(
-            decode_base64_image("***").unwrap_err().code,
-            "invalid_image"
-        );
+        assert_eq!(decode_base64_image("data:image/png;base64,aG\nk=").unwrap(), b"hi");
+        assert_eq!(decode_base64_image("***").unwrap_err().code, "invalid_image");
     }
 
     #[test]
@@ -292,10 +250,7 @@ mod tests {
         assert_eq!(p.model.as_deref(), Some("m"));
         assert_eq!(p.image.as_deref(), Some(&b"hi"[..]));
         assert_eq!(p.fields.get("a"), Some(&1.0));
-        assert_eq!(
-            parse_predict_object(&json!([1])).unwrap_err().code,
-            "invalid_body"
-        );
+        assert_eq!(parse_predict_object(&json!([1])).unwrap_err().code, "invalid_body");
         assert_eq!(
             parse_predict_object(&json!({"model": 3})).unwrap_err().code,
             "invalid_type"

@@ -68,13 +68,7 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {}: {}",
-            self.status.as_u16(),
-            self.code,
-            self.message
-        )
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
     }
 }
 
@@ -92,19 +86,9 @@ impl From<PreprocessError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
-            tracing::error!(
-                code = self.code,
-                status = self.status.as_u16(),
-                "{}",
-                self.message
-            );
+            tracing::error!(code = self.code, status = self.status.as_u16(), "{}", self.message);
         } else {
-            tracing::info!(
-                code = self.code,
-                status = self.status.as_u16(),
-                "{}",
-                self.message
-            );
+            tracing::info!(code = self.code, status = self.status.as_u16(), "{}", self.message);
         }
         let mut response = (self.status, axum::Json(self.body())).into_response();
         if let Some(seconds) = self.retry_after {

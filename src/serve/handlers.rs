@@ -14,9 +14,7 @@ use serde_json::{json, Value};
 
 use crate::preprocess::{feature_box_margin, features_to_vec, image_to_tensor, PreprocessError};
 
-use super::body::{
-    body_kind, parse_predict_object, read_json, read_multipart, BodyKind, PredictInput,
-};
+use super::body::{body_kind, parse_predict_object, read_json, read_multipart, BodyKind, PredictInput};
 use super::cache::SampleOutputs;
 use super::error::ApiError;
 use super::metrics::Gauges;
@@ -68,22 +66,14 @@ fn is_feature_model(m: &ModelWorker) -> bool {
 }
 
 /// The model a `/predict` item goes to: the one named, else the default for its kind.
-fn choose_model(
-    state: &AppState,
-    named: Option<&str>,
-    has_image: bool,
-) -> Result<Arc<ModelWorker>, ApiError> {
+fn choose_model(state: &AppState, named: Option<&str>, has_image: bool) -> Result<Arc<ModelWorker>, ApiError> {
     if let Some(name) = named {
         return state.model(name);
     }
     let (default, fits, kind): (&str, fn(&ModelWorker) -> bool, &str) = if has_image {
         (DEFAULT_IMAGE_MODEL, is_image_model, "an image")
     } else {
-        (
-            DEFAULT_FEATURE_MODEL,
-            is_feature_model,
-            "named features only",
-        )
+        (DEFAULT_FEATURE_MODEL, is_feature_model, "named features only")
     };
     state
         .models
@@ -128,12 +118,7 @@ async fn build_sample(
         .iter()
         .flat_map(|i| i.features.iter().flatten().map(|f| f.name.clone()))
         .collect();
-    let unknown: Vec<String> = input
-        .fields
-        .keys()
-        .filter(|k| !known.contains(k))
-        .cloned()
-        .collect();
+    let unknown: Vec<String> = input.fields.keys().filter(|k| !known.contains(k)).cloned().collect();
     if !unknown.is_empty() {
         return Err(PreprocessError::UnknownFeatures {
             unknown,
@@ -155,20 +140,15 @@ async fn build_sample(
             let bytes = image.take().ok_or_else(|| {
                 ApiError::bad_request(
                     "missing_field",
-                    format!(
-                        "model `{}` needs an `image` (base64 PNG or JPEG)",
-                        model.name
-                    ),
+                    format!("model `{}` needs an `image` (base64 PNG or JPEG)", model.name),
                 )
             })?;
             let image_spec = image_spec.clone();
             let max_pixels = state.limits.max_image_pixels;
             // Decoding is CPU work; keep it off the async workers.
-            let values = tokio::task::spawn_blocking(move || {
-                image_to_tensor(&bytes, &image_spec, max_pixels)
-            })
-            .await
-            .map_err(|e| ApiError::internal(format!("image decoding task failed: {e}")))??;
+            let values = tokio::task::spawn_blocking(move || image_to_tensor(&bytes, &image_spec, max_pixels))
+                .await
+                .map_err(|e| ApiError::internal(format!("image decoding task failed: {e}")))??;
             sample.push(values);
         } else {
             // Checked above: an input without an image has features.
@@ -187,17 +167,8 @@ async fn build_sample(
     Ok((sample, margin))
 }
 
-fn prediction_json(
-    model: &ModelWorker,
-    outputs: &SampleOutputs,
-    cached: bool,
-    margin: Option<f64>,
-) -> Value {
-    let predicted = outputs
-        .first()
-        .and_then(|o| o.first())
-        .copied()
-        .unwrap_or(f32::NAN);
+fn prediction_json(model: &ModelWorker, outputs: &SampleOutputs, cached: bool, margin: Option<f64>) -> Value {
+    let predicted = outputs.first().and_then(|o| o.first()).copied().unwrap_or(f32::NAN);
     json!({
         "model": model.name,
         "predicted_ssim": predicted,
@@ -206,11 +177,7 @@ fn prediction_json(
     })
 }
 
-async fn read_predict_input(
-    state: &AppState,
-    headers: &HeaderMap,
-    request: Request,
-) -> Result<PredictInput, ApiError> {
+async fn read_predict_input(state: &AppState, headers: &HeaderMap, request: Request) -> Result<PredictInput, ApiError> {
     match body_kind(headers, true)? {
         BodyKind::Json => {
             let value = read_json(request.into_body(), state.limits.max_body_bytes).await?;
@@ -220,10 +187,7 @@ async fn read_predict_input(
     }
 }
 
-fn merge_model_names(
-    query: Option<String>,
-    body: Option<String>,
-) -> Result<Option<String>, ApiError> {
+fn merge_model_names(query: Option<String>, body: Option<String>) -> Result<Option<String>, ApiError> {
     match (query, body) {
         (Some(q), Some(b)) if q != b => Err(ApiError::bad_request(
             "conflicting_model",
@@ -244,12 +208,8 @@ pub async fn predict(
     let named = merge_model_names(query.model, input.model.take())?;
     let model = choose_model(&state, named.as_deref(), input.image.is_some())?;
     let (sample, margin) = build_sample(&state, &model, input).await?;
-    let mut answers = state
-        .infer(&model, vec![sample], &request_id(&headers))
-        .await?;
-    let (outputs, cached) = answers
-        .pop()
-        .ok_or_else(|| ApiError::internal("no answer"))?;
+    let mut answers = state.infer(&model, vec![sample], &request_id(&headers)).await?;
+    let (outputs, cached) = answers.pop().ok_or_else(|| ApiError::internal("no answer"))?;
     let mut body = prediction_json(&model, &outputs, cached, margin);
     body["latency_ms"] = json!(latency_ms(start));
     Ok(Json(body).into_response())
@@ -274,21 +234,11 @@ pub async fn predict_batch(
             }
             match map.get("items") {
                 Some(Value::Array(items)) => items,
-                Some(_) => {
-                    return Err(ApiError::bad_request(
-                        "invalid_type",
-                        "`items` must be an array",
-                    ))
-                }
+                Some(_) => return Err(ApiError::bad_request("invalid_type", "`items` must be an array")),
                 None => return Err(ApiError::bad_request("missing_field", "missing `items`")),
             }
         }
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_body",
-                "expected {\"items\": [...]}",
-            ))
-        }
+        _ => return Err(ApiError::bad_request("invalid_body", "expected {\"items\": [...]}")),
     };
     if items.is_empty() {
         return Err(ApiError::bad_request("empty_batch", "`items` is empty"));
@@ -309,13 +259,9 @@ pub async fn predict_batch(
     for (i, item) in items.iter().enumerate() {
         let at = format!("items[{i}]");
         let mut input = parse_predict_object(item).map_err(|e| e.at(&at))?;
-        let named =
-            merge_model_names(query.model.clone(), input.model.take()).map_err(|e| e.at(&at))?;
-        let model =
-            choose_model(&state, named.as_deref(), input.image.is_some()).map_err(|e| e.at(&at))?;
-        let (sample, margin) = build_sample(&state, &model, input)
-            .await
-            .map_err(|e| e.at(&at))?;
+        let named = merge_model_names(query.model.clone(), input.model.take()).map_err(|e| e.at(&at))?;
+        let model = choose_model(&state, named.as_deref(), input.image.is_some()).map_err(|e| e.at(&at))?;
+        let (sample, margin) = build_sample(&state, &model, input).await.map_err(|e| e.at(&at))?;
         prepared.push((model, sample, margin));
     }
 
@@ -392,10 +338,7 @@ pub fn model_json(m: &ModelWorker) -> Value {
     })
 }
 
-pub async fn model_info(
-    State(state): State<Arc<AppState>>,
-    Query(query): Query<ModelQuery>,
-) -> AppResult {
+pub async fn model_info(State(state): State<Arc<AppState>>, Query(query): Query<ModelQuery>) -> AppResult {
     match query.model {
         Some(name) => {
             let model = state.model(&name)?;
@@ -453,18 +396,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         uptime_seconds: state.started.elapsed().as_secs_f64(),
         cache_entries,
         cache_bytes,
-        queue_depth: state
-            .models
-            .iter()
-            .map(|m| (m.name.clone(), m.queue_depth()))
-            .collect(),
+        queue_depth: state.models.iter().map(|m| (m.name.clone(), m.queue_depth())).collect(),
         ready: state.is_ready(),
     });
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,
     )
         .into_response()

@@ -46,10 +46,7 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     (status, Json(json!({"ready": ready}))).into_response()
 }
 
-pub async fn model_metadata(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
-) -> AppResult {
+pub async fn model_metadata(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> AppResult {
     let model = state.model(&name)?;
     Ok(Json(json!({
         "name": model.name,
@@ -61,10 +58,7 @@ pub async fn model_metadata(
     .into_response())
 }
 
-pub async fn model_ready(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
-) -> AppResult {
+pub async fn model_ready(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> AppResult {
     let model = state.model(&name)?;
     let ready = state.is_ready();
     let status = if ready {
@@ -106,11 +100,7 @@ struct ParsedInfer {
     requested_outputs: Option<Vec<String>>,
 }
 
-fn parse_infer(
-    model: &ModelWorker,
-    body: &Value,
-    max_batch: usize,
-) -> Result<ParsedInfer, ApiError> {
+fn parse_infer(model: &ModelWorker, body: &Value, max_batch: usize) -> Result<ParsedInfer, ApiError> {
     let Value::Object(map) = body else {
         return Err(ApiError::bad_request(
             "invalid_body",
@@ -138,12 +128,7 @@ fn parse_infer(
     };
     let inputs = match map.get("inputs") {
         Some(Value::Array(a)) => a,
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_type",
-                "`inputs` must be an array",
-            ))
-        }
+        Some(_) => return Err(ApiError::bad_request("invalid_type", "`inputs` must be an array")),
         None => return Err(ApiError::bad_request("missing_field", "missing `inputs`")),
     };
 
@@ -152,17 +137,12 @@ fn parse_infer(
     for (k, tensor) in inputs.iter().enumerate() {
         let at = format!("inputs[{k}]");
         let Value::Object(t) = tensor else {
-            return Err(ApiError::bad_request(
-                "invalid_type",
-                format!("{at} must be an object"),
-            ));
+            return Err(ApiError::bad_request("invalid_type", format!("{at} must be an object")));
         };
-        if let Some(extra) = t.keys().find(|k| {
-            !matches!(
-                k.as_str(),
-                "name" | "shape" | "datatype" | "data" | "parameters"
-            )
-        }) {
+        if let Some(extra) = t
+            .keys()
+            .find(|k| !matches!(k.as_str(), "name" | "shape" | "datatype" | "data" | "parameters"))
+        {
             return Err(ApiError::bad_request(
                 "unknown_field",
                 format!("{at}: unknown field `{extra}`"),
@@ -178,29 +158,22 @@ fn parse_infer(
             }
         };
         let at = format!("input `{name}`");
-        let index = meta
-            .inputs
-            .iter()
-            .position(|i| i.name == name)
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "unknown_input",
-                    format!(
-                        "model `{}` has no input `{name}`; inputs: {}",
-                        model.name,
-                        meta.inputs
-                            .iter()
-                            .map(|i| i.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                )
-            })?;
+        let index = meta.inputs.iter().position(|i| i.name == name).ok_or_else(|| {
+            ApiError::bad_request(
+                "unknown_input",
+                format!(
+                    "model `{}` has no input `{name}`; inputs: {}",
+                    model.name,
+                    meta.inputs
+                        .iter()
+                        .map(|i| i.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
         if given[index].is_some() {
-            return Err(ApiError::bad_request(
-                "duplicate_input",
-                format!("{at} is given twice"),
-            ));
+            return Err(ApiError::bad_request("duplicate_input", format!("{at} is given twice")));
         }
         match t.get("datatype") {
             Some(Value::String(d)) if d == "FP32" => {}
@@ -241,42 +214,30 @@ fn parse_infer(
                 "invalid_shape",
                 format!(
                     "{at}: shape {shape:?} does not match [N, {}]",
-                    expected
-                        .iter()
-                        .map(|d| d.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    expected.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
                 ),
             ));
         }
         let batch = shape[0];
         if batch == 0 {
-            return Err(ApiError::bad_request(
-                "invalid_shape",
-                format!("{at}: batch size 0"),
-            ));
+            return Err(ApiError::bad_request("invalid_shape", format!("{at}: batch size 0")));
         }
         if batch > max_batch {
             return Err(ApiError::bad_request(
                 "batch_too_large",
-                format!(
-                    "{at}: batch {batch} is over the limit of {max_batch} (--max-request-batch)"
-                ),
+                format!("{at}: batch {batch} is over the limit of {max_batch} (--max-request-batch)"),
             ));
         }
-        let data = t.get("data").ok_or_else(|| {
-            ApiError::bad_request("missing_field", format!("{at}: missing `data`"))
-        })?;
+        let data = t
+            .get("data")
+            .ok_or_else(|| ApiError::bad_request("missing_field", format!("{at}: missing `data`")))?;
         let mut values = Vec::new();
         flatten_numbers(data, &at, &mut values)?;
         let want = shape.iter().product::<usize>();
         if values.len() != want {
             return Err(ApiError::bad_request(
                 "invalid_shape",
-                format!(
-                    "{at}: shape {shape:?} needs {want} values, `data` has {}",
-                    values.len()
-                ),
+                format!("{at}: shape {shape:?} needs {want} values, `data` has {}", values.len()),
             ));
         }
         given[index] = Some((batch, values));
@@ -302,9 +263,7 @@ fn parse_infer(
             "inputs disagree on the batch size (leading dimension)",
         ));
     }
-    let mut samples: Vec<Sample> = (0..batch)
-        .map(|_| Vec::with_capacity(given.len()))
-        .collect();
+    let mut samples: Vec<Sample> = (0..batch).map(|_| Vec::with_capacity(given.len())).collect();
     for (_, values) in &given {
         let len = values.len() / batch;
         for (s, sample) in samples.iter_mut().enumerate() {
@@ -317,9 +276,10 @@ fn parse_infer(
         Some(Value::Array(outs)) => {
             let mut names = Vec::new();
             for o in outs {
-                let name = o.get("name").and_then(Value::as_str).ok_or_else(|| {
-                    ApiError::bad_request("invalid_type", "each of `outputs` needs a string `name`")
-                })?;
+                let name = o
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| ApiError::bad_request("invalid_type", "each of `outputs` needs a string `name`"))?;
                 if !meta.outputs.iter().any(|m| m.name == name) {
                     return Err(ApiError::bad_request(
                         "unknown_output",
@@ -330,12 +290,7 @@ fn parse_infer(
             }
             Some(names)
         }
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_type",
-                "`outputs` must be an array",
-            ))
-        }
+        Some(_) => return Err(ApiError::bad_request("invalid_type", "`outputs` must be an array")),
     };
     Ok(ParsedInfer {
         id,
@@ -356,9 +311,7 @@ pub async fn infer(
     body_kind(&headers, false)?;
     let body = read_json(request.into_body(), state.limits.max_body_bytes).await?;
     let parsed = parse_infer(&model, &body, state.limits.max_request_batch)?;
-    let answers = state
-        .infer(&model, parsed.samples, &request_id(&headers))
-        .await?;
+    let answers = state.infer(&model, parsed.samples, &request_id(&headers)).await?;
     let all_cached = answers.iter().all(|(_, cached)| *cached);
     let outputs: Vec<Value> = model
         .meta
@@ -372,10 +325,7 @@ pub async fn infer(
         .map(|(k, o)| {
             let mut shape = vec![parsed.batch];
             shape.extend_from_slice(&o.shape);
-            let data: Vec<f32> = answers
-                .iter()
-                .flat_map(|(outs, _)| outs[k].iter().copied())
-                .collect();
+            let data: Vec<f32> = answers.iter().flat_map(|(outs, _)| outs[k].iter().copied()).collect();
             json!({"name": o.name, "datatype": "FP32", "shape": shape, "data": data})
         })
         .collect();

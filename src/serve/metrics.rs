@@ -7,8 +7,7 @@ use std::sync::Mutex;
 
 /// Latency buckets (seconds): 50 µs .. 10 s.
 const SECONDS_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
@@ -43,16 +42,9 @@ impl Histogram {
         let mut cumulative = 0;
         for (bound, n) in self.bounds.iter().zip(&self.counts) {
             cumulative += n;
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
-            );
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}");
         }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
-            self.count
-        );
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
         let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
         let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
     }
@@ -105,10 +97,7 @@ pub struct Gauges {
 }
 
 fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 impl Metrics {
@@ -132,14 +121,7 @@ impl Metrics {
     }
 
     /// One engine run of `samples` samples; `queue_seconds` has one entry per job in it.
-    pub fn record_run(
-        &self,
-        model: &str,
-        samples: usize,
-        queue_seconds: &[f64],
-        compute_seconds: f64,
-        ok: bool,
-    ) {
+    pub fn record_run(&self, model: &str, samples: usize, queue_seconds: &[f64], compute_seconds: f64, ok: bool) {
         let mut models = self.models.lock().unwrap();
         let m = models.entry(model.to_string()).or_default();
         m.runs += 1;
@@ -170,9 +152,7 @@ impl Metrics {
                 escape(route)
             );
         }
-        out.push_str(
-            "# HELP qp_http_request_duration_seconds Time from request to response head.\n",
-        );
+        out.push_str("# HELP qp_http_request_duration_seconds Time from request to response head.\n");
         out.push_str("# TYPE qp_http_request_duration_seconds histogram\n");
         for (route, h) in self.http_seconds.lock().unwrap().iter() {
             h.render(
@@ -183,11 +163,7 @@ impl Metrics {
         }
 
         let models = self.models.lock().unwrap().clone();
-        let per_model = |out: &mut String,
-                         name: &str,
-                         kind: &str,
-                         help: &str,
-                         f: &dyn Fn(&ModelStats) -> String| {
+        let per_model = |out: &mut String, name: &str, kind: &str, help: &str, f: &dyn Fn(&ModelStats) -> String| {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} {kind}");
             for (model, m) in &models {
@@ -229,19 +205,15 @@ impl Metrics {
             },
         );
         let histograms: [(&str, &str, HistogramOf); 3] = [
-            ("qp_batch_size", "Samples per engine execution.", |m| {
-                &m.batch_size
-            }),
+            ("qp_batch_size", "Samples per engine execution.", |m| &m.batch_size),
             (
                 "qp_queue_seconds",
                 "Time a job waited in the model queue before its batch started.",
                 |m| &m.queue_seconds,
             ),
-            (
-                "qp_compute_seconds",
-                "Engine execution time per batch.",
-                |m| &m.compute_seconds,
-            ),
+            ("qp_compute_seconds", "Engine execution time per batch.", |m| {
+                &m.compute_seconds
+            }),
         ];
         for (name, help, get) in histograms {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -253,11 +225,7 @@ impl Metrics {
 
         out.push_str("# HELP qp_cache_hits_total Samples answered from the response cache.\n");
         out.push_str("# TYPE qp_cache_hits_total counter\n");
-        let _ = writeln!(
-            out,
-            "qp_cache_hits_total {}",
-            self.cache_hits.load(Ordering::Relaxed)
-        );
+        let _ = writeln!(out, "qp_cache_hits_total {}", self.cache_hits.load(Ordering::Relaxed));
         out.push_str("# HELP qp_cache_misses_total Samples not found in the response cache.\n");
         out.push_str("# TYPE qp_cache_misses_total counter\n");
         let _ = writeln!(
@@ -270,7 +238,9 @@ impl Metrics {
         out.push_str("# HELP qp_cache_bytes Bytes accounted to the response cache.\n# TYPE qp_cache_bytes gauge\n");
         let _ = writeln!(out, "qp_cache_bytes {}", gauges.cache_bytes);
 
-        out.push_str("# HELP qp_rejections_total Requests refused for capacity: queue_full (503), rate_limited (429).\n");
+        out.push_str(
+            "# HELP qp_rejections_total Requests refused for capacity: queue_full (503), rate_limited (429).\n",
+        );
         out.push_str("# TYPE qp_rejections_total counter\n");
         let rejections = self.rejections.lock().unwrap();
         for reason in ["queue_full", "rate_limited"] {
@@ -287,7 +257,9 @@ impl Metrics {
         out.push_str("# HELP qp_uptime_seconds Seconds since the server started.\n# TYPE qp_uptime_seconds gauge\n");
         let _ = writeln!(out, "qp_uptime_seconds {}", gauges.uptime_seconds);
         if let Some(rss) = gauges.rss_bytes {
-            out.push_str("# HELP process_resident_memory_bytes Resident set size.\n# TYPE process_resident_memory_bytes gauge\n");
+            out.push_str(
+                "# HELP process_resident_memory_bytes Resident set size.\n# TYPE process_resident_memory_bytes gauge\n",
+            );
             let _ = writeln!(out, "process_resident_memory_bytes {rss}");
         }
         if let Some(cpu) = gauges.cpu_seconds {
@@ -333,18 +305,9 @@ mod tests {
             queue_depth: vec![("net".into(), 0)],
             ready: true,
         });
-        assert!(
-            text.contains("qp_mean_batch_size{model=\"net\"} 4\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("qp_engine_runs_total{model=\"net\"} 2\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("qp_inferences_total{model=\"net\"} 8\n"),
-            "{text}"
-        );
+        assert!(text.contains("qp_mean_batch_size{model=\"net\"} 4\n"), "{text}");
+        assert!(text.contains("qp_engine_runs_total{model=\"net\"} 2\n"), "{text}");
+        assert!(text.contains("qp_inferences_total{model=\"net\"} 8\n"), "{text}");
         assert!(
             text.contains("qp_rejections_total{reason=\"queue_full\"} 1\n"),
             "{text}"

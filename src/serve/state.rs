@@ -36,20 +36,13 @@ pub type Sample = Vec<Vec<f32>>;
 
 impl AppState {
     pub fn model(&self, name: &str) -> Result<Arc<ModelWorker>, ApiError> {
-        self.models
-            .iter()
-            .find(|m| m.name == name)
-            .cloned()
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "model_not_found",
-                    format!(
-                        "no model named `{name}`; loaded: {}",
-                        self.model_names().join(", ")
-                    ),
-                )
-            })
+        self.models.iter().find(|m| m.name == name).cloned().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "model_not_found",
+                format!("no model named `{name}`; loaded: {}", self.model_names().join(", ")),
+            )
+        })
     }
 
     pub fn model_names(&self) -> Vec<String> {
@@ -78,9 +71,7 @@ impl AppState {
                 }
             }
         }
-        let missing: Vec<usize> = (0..samples.len())
-            .filter(|i| results[*i].is_none())
-            .collect();
+        let missing: Vec<usize> = (0..samples.len()).filter(|i| results[*i].is_none()).collect();
         let hits = (samples.len() - missing.len()) as u64;
         self.metrics.cache_hits.fetch_add(hits, Ordering::Relaxed);
         self.metrics

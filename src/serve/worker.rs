@@ -60,8 +60,8 @@ impl ModelSpec {
             name,
             path: Some(path),
             load: Box::new(move || {
-                let engine = Engine::load(&file, options)
-                    .map_err(|e| anyhow::anyhow!("loading {}: {e}", file.display()))?;
+                let engine =
+                    Engine::load(&file, options).map_err(|e| anyhow::anyhow!("loading {}: {e}", file.display()))?;
                 let info = BackendInfo {
                     isa: Some(engine.isa().name().to_string()),
                     threads: Some(engine.threads()),
@@ -162,9 +162,7 @@ impl ModelWorker {
                 anyhow::bail!("model `{}`: loader thread panicked", spec.name);
             }
         };
-        let loaded_at_unix_s = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let loaded_at_unix_s = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         Ok((
             ModelWorker {
                 name: spec.name,
@@ -254,8 +252,7 @@ fn serve_queue(
                     if jobs.len() < 2 || config.max_delay.is_zero() {
                         None
                     } else {
-                        let until =
-                            *deadline.get_or_insert_with(|| Instant::now() + config.max_delay);
+                        let until = *deadline.get_or_insert_with(|| Instant::now() + config.max_delay);
                         let now = Instant::now();
                         if now >= until {
                             None
@@ -314,13 +311,7 @@ fn run_batch(
         Err(_) => Err(ApiError::internal("inference failed: the engine panicked")),
     };
     let compute = start.elapsed();
-    metrics.record_run(
-        name,
-        samples,
-        &queue_seconds,
-        compute.as_secs_f64(),
-        result.is_ok(),
-    );
+    metrics.record_run(name, samples, &queue_seconds, compute.as_secs_f64(), result.is_ok());
     let request_ids: Vec<&str> = jobs.iter().map(|j| j.request_id.as_str()).collect();
     tracing::debug!(
         model = name,
@@ -356,20 +347,14 @@ fn run_batch(
 }
 
 /// Puts the engine's outputs in the metadata's output order and checks their sizes.
-fn order_outputs(
-    meta: &ModelMeta,
-    mut outputs: Vec<(String, Tensor)>,
-    samples: usize,
-) -> Result<JobOutputs, ApiError> {
+fn order_outputs(meta: &ModelMeta, mut outputs: Vec<(String, Tensor)>, samples: usize) -> Result<JobOutputs, ApiError> {
     meta.outputs
         .iter()
         .map(|spec| {
             let pos = outputs
                 .iter()
                 .position(|(n, _)| n == &spec.name)
-                .ok_or_else(|| {
-                    ApiError::internal(format!("engine returned no output `{}`", spec.name))
-                })?;
+                .ok_or_else(|| ApiError::internal(format!("engine returned no output `{}`", spec.name)))?;
             let (_, tensor) = outputs.swap_remove(pos);
             let per_sample: usize = spec.shape.iter().product();
             if tensor.data.len() != per_sample * samples {

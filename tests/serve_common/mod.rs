@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use qp::engine::{EngineError, Tensor};
-use qp::format::meta::{
-    DType, Feature, ImagePreprocess, IoSpec, ModelMeta, ModelStats, SourceInfo,
-};
+use qp::format::meta::{DType, Feature, ImagePreprocess, IoSpec, ModelMeta, ModelStats, SourceInfo};
 use qp::serve::{BackendInfo, InferenceBackend, ModelSpec, ServeArgs, ServerHandle};
 use serde_json::Value;
 
@@ -68,17 +66,9 @@ impl Resp {
     }
 }
 
-pub fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Resp {
+pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
     let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -102,14 +92,7 @@ pub fn parse_response(raw: &[u8]) -> Resp {
         .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(raw)));
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
@@ -121,20 +104,13 @@ pub fn parse_response(raw: &[u8]) -> Resp {
     if chunked {
         body = dechunk(&body);
     }
-    Resp {
-        status,
-        headers,
-        body,
-    }
+    Resp { status, headers, body }
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .expect("chunk size line");
+        let line_end = data.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
         let size_text = String::from_utf8_lossy(&data[..line_end]).into_owned();
         let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
         data = &data[line_end + 2..];
@@ -211,11 +187,7 @@ pub fn feature_meta() -> ModelMeta {
         feature("b", -1.0, 1.0, Some(0.0), false),
         feature("c", 0.0, 1.0, None, true),
     ]);
-    meta(
-        "qualitynet-features",
-        vec![input],
-        vec![io("predicted_ssim", &[1])],
-    )
+    meta("qualitynet-features", vec![input], vec![io("predicted_ssim", &[1])])
 }
 
 pub fn feature_expected(a: f32, b: f32, c: f32) -> f32 {
@@ -242,11 +214,7 @@ pub fn image_meta() -> ModelMeta {
 
 /// Raw model: `x` [2] -> `y` = 2x [2] and `sum` = x0 + x1 [1].
 pub fn raw_meta() -> ModelMeta {
-    meta(
-        "raw",
-        vec![io("x", &[2])],
-        vec![io("y", &[2]), io("sum", &[1])],
-    )
+    meta("raw", vec![io("x", &[2])], vec![io("y", &[2]), io("sum", &[1])])
 }
 
 pub struct FakeModel {
@@ -265,12 +233,7 @@ impl InferenceBackend for FakeModel {
         std::thread::sleep(self.delay);
         let n = inputs[0].1.shape[0];
         for (name, t) in inputs {
-            let spec = self
-                .meta
-                .inputs
-                .iter()
-                .find(|i| i.name == *name)
-                .expect("known input");
+            let spec = self.meta.inputs.iter().find(|i| i.name == *name).expect("known input");
             assert_eq!(t.shape[1..], spec.shape[..], "server passed a wrong shape");
             assert_eq!(t.shape[0], n);
         }
@@ -281,9 +244,7 @@ impl InferenceBackend for FakeModel {
         };
         Ok(match self.meta.name.as_str() {
             "qualitynet-features" => {
-                let data = (0..n)
-                    .map(|s| sigmoid(per(0, s).iter().sum::<f32>() - 1.0))
-                    .collect();
+                let data = (0..n).map(|s| sigmoid(per(0, s).iter().sum::<f32>() - 1.0)).collect();
                 vec![("predicted_ssim".into(), Tensor::new(vec![n, 1], data))]
             }
             "qualitynet" => {
@@ -323,9 +284,7 @@ pub fn fake_spec(meta: ModelMeta, delay: Duration, runs: Arc<AtomicUsize>) -> Mo
     ModelSpec {
         name: meta.name.clone(),
         path: None,
-        load: Box::new(move || {
-            Ok(Box::new(FakeModel { meta, delay, runs }) as Box<dyn InferenceBackend>)
-        }),
+        load: Box::new(move || Ok(Box::new(FakeModel { meta, delay, runs }) as Box<dyn InferenceBackend>)),
     }
 }
 
