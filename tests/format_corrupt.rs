@@ -12,8 +12,7 @@ use std::sync::OnceLock;
 use qp::convert::{convert_bytes, ConvertOptions};
 use qp::engine::{Engine, EngineError, EngineOptions, Tensor};
 use qp::format::layout::{
-    checksum, header_checksum, Header, TensorEntry, DATA_ALIGN, ENTRY_SIZE, HEADER_SIZE,
-    TENSOR_ALIGN,
+    checksum, header_checksum, Header, TensorEntry, DATA_ALIGN, ENTRY_SIZE, HEADER_SIZE, TENSOR_ALIGN,
 };
 use qp::format::meta::ModelMeta;
 use qp::format::writer::{self, TensorBytes};
@@ -44,10 +43,7 @@ fn dense_model() -> &'static [u8] {
 }
 
 fn models() -> [(&'static str, &'static [u8]); 2] {
-    [
-        ("tiny_folded", conv_model()),
-        ("feature_model", dense_model()),
-    ]
+    [("tiny_folded", conv_model()), ("feature_model", dense_model())]
 }
 
 fn load_err(bytes: &[u8]) -> FormatError {
@@ -120,16 +116,9 @@ fn the_fixtures_load_and_run_undamaged() {
         )
         .unwrap_or_else(|e| panic!("{case}: {e}"));
         let inputs = zero_inputs(engine.meta());
-        let named: Vec<(&str, Tensor)> = inputs
-            .iter()
-            .map(|(n, t)| (n.as_str(), t.clone()))
-            .collect();
+        let named: Vec<(&str, Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
         let out = engine.run(&named).unwrap_or_else(|e| panic!("{case}: {e}"));
-        assert!(
-            out.iter()
-                .all(|(_, t)| t.data.iter().all(|v| v.is_finite())),
-            "{case}"
-        );
+        assert!(out.iter().all(|(_, t)| t.data.iter().all(|v| v.is_finite())), "{case}");
     }
 }
 
@@ -196,8 +185,7 @@ fn a_flipped_byte_in_any_checksummed_section_is_an_error() {
         for at in [meta.start, meta.start + meta.len() / 2, meta.end - 1] {
             probes.push((at, "metadata checksum mismatch".into()));
         }
-        let table =
-            h.table_offset as usize..h.table_offset as usize + h.tensor_count as usize * ENTRY_SIZE;
+        let table = h.table_offset as usize..h.table_offset as usize + h.tensor_count as usize * ENTRY_SIZE;
         for at in [table.start, table.start + table.len() / 2, table.end - 1] {
             probes.push((at, "tensor table checksum mismatch".into()));
         }
@@ -213,11 +201,7 @@ fn a_flipped_byte_in_any_checksummed_section_is_an_error() {
             let e = load_err(&damaged);
             assert_gist(&e, &gist, &format!("{case}: byte {at} flipped"));
             if gist.starts_with("tensor ") && !gist.contains("table") {
-                assert_gist(
-                    &e,
-                    "checksum mismatch",
-                    &format!("{case}: byte {at} flipped"),
-                );
+                assert_gist(&e, "checksum mismatch", &format!("{case}: byte {at} flipped"));
             }
         }
     }
@@ -255,11 +239,7 @@ fn header_structure_lies_are_caught_by_the_structural_checks() {
     let file_len = bytes.len() as u64;
     type Edit = Box<dyn Fn(&mut Header)>;
     let cases: Vec<(&str, Edit, &str)> = vec![
-        (
-            "header size",
-            Box::new(|h| h.header_size = 64),
-            "header size 64",
-        ),
+        ("header size", Box::new(|h| h.header_size = 64), "header size 64"),
         (
             "file_len larger",
             Box::new(move |h| h.file_len = file_len + 64),
@@ -295,11 +275,7 @@ fn header_structure_lies_are_caught_by_the_structural_checks() {
             Box::new(move |h| h.tensor_count = file_len / 32),
             "tensor table",
         ),
-        (
-            "data past the end",
-            Box::new(|h| h.data_len += 4096),
-            "data",
-        ),
+        ("data past the end", Box::new(|h| h.data_len += 4096), "data"),
         (
             "data offset overflows",
             Box::new(|h| h.data_offset = u64::MAX - 4095),
@@ -313,16 +289,8 @@ fn header_structure_lies_are_caught_by_the_structural_checks() {
             }),
             "not page aligned",
         ),
-        (
-            "table misaligned",
-            Box::new(|h| h.table_offset += 4),
-            "misaligned",
-        ),
-        (
-            "metadata overlaps the table",
-            Box::new(|h| h.meta_len += 64),
-            "overlap",
-        ),
+        ("table misaligned", Box::new(|h| h.table_offset += 4), "misaligned"),
+        ("metadata overlaps the table", Box::new(|h| h.meta_len += 64), "overlap"),
         (
             "table overlaps the data",
             Box::new(|h| h.data_offset -= DATA_ALIGN as u64),
@@ -362,21 +330,9 @@ fn tensor_table_lies_are_caught_by_the_structural_checks() {
             Box::new(move |e| e[0].offset = h.meta_offset),
             "outside the data section",
         ),
-        (
-            "misaligned",
-            Box::new(|e| e[2].offset += 4),
-            "not 64-byte aligned",
-        ),
-        (
-            "length disagrees with dims",
-            Box::new(|e| e[0].len -= 4),
-            "need",
-        ),
-        (
-            "unknown dtype code",
-            Box::new(|e| e[0].dtype = 99),
-            "dtype code 99",
-        ),
+        ("misaligned", Box::new(|e| e[2].offset += 4), "not 64-byte aligned"),
+        ("length disagrees with dims", Box::new(|e| e[0].len -= 4), "need"),
+        ("unknown dtype code", Box::new(|e| e[0].dtype = 99), "dtype code 99"),
         (
             "f16 code for an f32 tensor",
             Box::new(|e| e[0].dtype = 2),
@@ -408,14 +364,9 @@ fn files_that_are_not_models_are_errors() {
     assert!(matches!(e, FormatError::BadMagic(_)), "zeros: {e}");
     let e = load_err(b"{\"name\": \"not a model\"}");
     assert_gist(&e, "truncated", "short JSON");
-    let onnx = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/feature_model/model.onnx"),
-    )
-    .unwrap();
-    assert!(
-        matches!(load_err(&onnx), FormatError::BadMagic(_)),
-        "an ONNX file"
-    );
+    let onnx =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/feature_model/model.onnx")).unwrap();
+    assert!(matches!(load_err(&onnx), FormatError::BadMagic(_)), "an ONNX file");
 }
 
 #[test]
@@ -436,10 +387,7 @@ fn opening_a_missing_file_an_empty_file_or_a_directory_is_an_error() {
 
     let zeros = dir.path().join("zeros.qpw");
     std::fs::write(&zeros, vec![0u8; 8192]).unwrap();
-    assert!(matches!(
-        QpwFile::open(&zeros).unwrap_err(),
-        FormatError::BadMagic(_)
-    ));
+    assert!(matches!(QpwFile::open(&zeros).unwrap_err(), FormatError::BadMagic(_)));
 
     let e = QpwFile::open(dir.path()).unwrap_err();
     let msg = e.to_string();
@@ -449,10 +397,7 @@ fn opening_a_missing_file_an_empty_file_or_a_directory_is_an_error() {
     );
 
     let e = Engine::load(&missing, EngineOptions::default()).unwrap_err();
-    assert!(
-        matches!(e, EngineError::Format(FormatError::Io { .. })),
-        "{e}"
-    );
+    assert!(matches!(e, EngineError::Format(FormatError::Io { .. })), "{e}");
 }
 
 #[test]
@@ -465,11 +410,7 @@ fn a_valid_file_is_mapped_and_its_tensors_are_read_in_place() {
         assert!(file.is_mapped(), "{case}");
         let image = file.image_range();
         assert_eq!(image.len(), bytes.len(), "{case}");
-        assert_eq!(
-            image.start % DATA_ALIGN,
-            0,
-            "{case}: a mapping starts on a page"
-        );
+        assert_eq!(image.start % DATA_ALIGN, 0, "{case}: a mapping starts on a page");
         let entries = entries_of(bytes);
         assert_eq!(entries.len(), file.meta.tensors.len());
         for (id, entry) in entries.iter().enumerate() {
@@ -485,11 +426,7 @@ fn a_valid_file_is_mapped_and_its_tensors_are_read_in_place() {
             );
             assert_eq!(addr % TENSOR_ALIGN, 0, "{case}: tensor {id} at {addr:#x}");
             let f = file.tensor_f32(id).expect("f32 tensor");
-            assert_eq!(
-                f.as_ptr() as usize,
-                addr,
-                "{case}: tensor {id} f32 view is a copy"
-            );
+            assert_eq!(f.as_ptr() as usize, addr, "{case}: tensor {id} f32 view is a copy");
             assert_eq!(std::mem::size_of_val(f), entry.len as usize);
         }
         assert!(file.tensor_addr(entries.len()).is_none());
@@ -527,8 +464,7 @@ fn rewrite(p: &Parts) -> Vec<u8> {
 
 /// Loads crafted metadata (checksums valid) and returns the validator's message.
 fn invalid_model(p: &Parts, what: &str) -> String {
-    let file = QpwFile::from_bytes(&rewrite(p))
-        .unwrap_or_else(|e| panic!("{what}: the frame should be valid: {e}"));
+    let file = QpwFile::from_bytes(&rewrite(p)).unwrap_or_else(|e| panic!("{what}: the frame should be valid: {e}"));
     match Engine::from_file(
         file,
         EngineOptions {
@@ -644,11 +580,7 @@ fn conv_weight_dims_that_do_not_match_the_op_are_refused() {
     let w = p.meta.nodes[conv].params[0];
     let numel = p.meta.tensors[w].numel();
     p.meta.tensors[w].dims = vec![numel];
-    expect(
-        &p,
-        "flat conv weight",
-        &["conv", "weight dims", "packed layout"],
-    );
+    expect(&p, "flat conv weight", &["conv", "weight dims", "packed layout"]);
 
     // Weights of another conv with a different shape.
     let mut p = parts(conv_model());
@@ -707,8 +639,7 @@ fn with_spliced(bytes: &[u8], meta: &ModelMeta) -> Vec<u8> {
     let table_offset = out.len().div_ceil(8) * 8;
     out.resize(table_offset, 0);
     let old_data = h.data_offset;
-    let new_data =
-        (table_offset + h.tensor_count as usize * ENTRY_SIZE).div_ceil(DATA_ALIGN) * DATA_ALIGN;
+    let new_data = (table_offset + h.tensor_count as usize * ENTRY_SIZE).div_ceil(DATA_ALIGN) * DATA_ALIGN;
     let moved: Vec<TensorEntry> = entries_of(bytes)
         .iter()
         .map(|e| TensorEntry {
@@ -737,11 +668,7 @@ fn tensor_dims_that_disagree_with_the_stored_bytes_are_refused_by_the_loader() {
     QpwFile::from_bytes(&with_spliced(&bytes, &p.meta)).expect("an unchanged splice loads");
     for (what, dims, gist) in [
         ("byte length overflows", vec![usize::MAX, 2], "need None"),
-        (
-            "one element short",
-            vec![p.meta.tensors[0].numel() - 1],
-            "bytes, dims",
-        ),
+        ("one element short", vec![p.meta.tensors[0].numel() - 1], "bytes, dims"),
     ] {
         let mut meta = p.meta.clone();
         meta.tensors[0].dims = dims;

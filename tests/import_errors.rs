@@ -7,10 +7,9 @@ use std::path::Path;
 use prost::Message;
 use qp::convert::{convert_bytes, ConvertOptions};
 use qp::onnx::proto::{
-    attribute_proto::AttributeType, tensor_proto::DataLocation, tensor_proto::DataType,
-    tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
-    OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto,
-    ValueInfoProto,
+    attribute_proto::AttributeType, tensor_proto::DataLocation, tensor_proto::DataType, tensor_shape_proto, type_proto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
 enum D {
@@ -66,13 +65,7 @@ fn ints(name: &str, values: &[i64]) -> TensorProto {
     }
 }
 
-fn node(
-    op: &str,
-    name: &str,
-    inputs: &[&str],
-    outputs: &[&str],
-    attrs: Vec<AttributeProto>,
-) -> NodeProto {
+fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
     NodeProto {
         op_type: Some(op.into()),
         name: Some(name.into()),
@@ -111,22 +104,13 @@ fn conv_relu() -> ModelProto {
                 "conv",
                 &["x", "w", "b"],
                 &["c"],
-                vec![
-                    attr_ints("kernel_shape", &[3, 3]),
-                    attr_ints("pads", &[1, 1, 1, 1]),
-                ],
+                vec![attr_ints("kernel_shape", &[3, 3]), attr_ints("pads", &[1, 1, 1, 1])],
             ),
             node("Relu", "relu", &["c"], &["y"], vec![]),
         ],
         initializer: vec![floats("w", &[4, 3, 3, 3]), floats("b", &[4])],
-        input: vec![value_info(
-            "x",
-            &[D::Batch, D::Fixed(3), D::Fixed(8), D::Fixed(8)],
-        )],
-        output: vec![value_info(
-            "y",
-            &[D::Batch, D::Fixed(4), D::Fixed(8), D::Fixed(8)],
-        )],
+        input: vec![value_info("x", &[D::Batch, D::Fixed(3), D::Fixed(8), D::Fixed(8)])],
+        output: vec![value_info("y", &[D::Batch, D::Fixed(4), D::Fixed(8), D::Fixed(8)])],
         ..Default::default()
     };
     model(13, graph)
@@ -158,10 +142,7 @@ fn model_err(m: &ModelProto, what: &str) -> String {
 
 fn assert_mentions(msg: &str, gists: &[&str], what: &str) {
     for g in gists {
-        assert!(
-            msg.contains(g),
-            "{what}: expected {g:?} in the message {msg:?}"
-        );
+        assert!(msg.contains(g), "{what}: expected {g:?} in the message {msg:?}");
     }
 }
 
@@ -177,12 +158,7 @@ fn fixture(case: &str) -> Vec<u8> {
 
 #[test]
 fn the_base_model_converts() {
-    let c = convert_bytes(
-        &conv_relu().encode_to_vec(),
-        "case",
-        &ConvertOptions::default(),
-    )
-    .expect("valid model");
+    let c = convert_bytes(&conv_relu().encode_to_vec(), "case", &ConvertOptions::default()).expect("valid model");
     assert_eq!(c.meta.nodes.len(), 1, "conv with the ReLU fused");
     assert_eq!(c.meta.outputs[0].shape, [4, 8, 8]);
 }
@@ -195,14 +171,9 @@ fn garbage_bytes_are_not_a_protobuf() {
         ("a .qpw magic", b"QPWMODEL\x01\x00\x00\x00".to_vec()),
         (
             "varint overflow",
-            vec![
-                0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
-            ],
+            vec![0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
         ),
-        (
-            "length past the end",
-            vec![0x3a, 0xff, 0xff, 0xff, 0x0f, 0x00],
-        ),
+        ("length past the end", vec![0x3a, 0xff, 0xff, 0xff, 0x0f, 0x00]),
         ("wire type 7", vec![0x0f, 0x00]),
     ] {
         let msg = convert_err(&bytes, what);
@@ -296,11 +267,7 @@ fn unsupported_opsets_are_errors() {
         let mut m = conv_relu();
         m.opset_import[0].version = Some(opset);
         let msg = model_err(&m, &format!("opset {opset}"));
-        assert_mentions(
-            &msg,
-            &[&format!("opset {opset} is not supported"), "7 to 22"],
-            "opset",
-        );
+        assert_mentions(&msg, &[&format!("opset {opset} is not supported"), "7 to 22"], "opset");
     }
 }
 
@@ -308,12 +275,9 @@ fn unsupported_opsets_are_errors() {
 fn every_unsupported_op_is_named_in_one_message() {
     let mut m = conv_relu();
     let g = m.graph.as_mut().unwrap();
-    g.node.insert(
-        1,
-        node("Resize", "upsample_1", &["c", "", "scales"], &["r"], vec![]),
-    );
     g.node
-        .insert(2, node("Softmax", "softmax_1", &["r"], &["s"], vec![]));
+        .insert(1, node("Resize", "upsample_1", &["c", "", "scales"], &["r"], vec![]));
+    g.node.insert(2, node("Softmax", "softmax_1", &["r"], &["s"], vec![]));
     let mut custom = node("FancyConv", "custom_1", &["s"], &["t"], vec![]);
     custom.domain = Some("com.example".into());
     g.node.insert(3, custom);
@@ -344,10 +308,7 @@ fn every_unsupported_op_is_named_in_one_message() {
 #[test]
 fn the_unsupported_fixture_names_its_ops_and_nodes() {
     let case: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unsupported/case.json"),
-        )
-        .unwrap(),
+        &std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unsupported/case.json")).unwrap(),
     )
     .unwrap();
     let msg = convert_err(&fixture("unsupported"), "unsupported fixture");
@@ -388,11 +349,7 @@ fn a_conv_with_one_dimensional_weights_is_an_error() {
 fn conv_weights_that_do_not_fit_the_input_are_an_error() {
     let mut m = conv_relu();
     m.graph.as_mut().unwrap().initializer[0] = floats("w", &[4, 5, 3, 3]);
-    assert_mentions(
-        &model_err(&m, "cin"),
-        &["5 input channels", "the input has 3"],
-        "cin",
-    );
+    assert_mentions(&model_err(&m, "cin"), &["5 input channels", "the input has 3"], "cin");
     let mut m = conv_relu();
     m.graph.as_mut().unwrap().initializer[1] = floats("b", &[5]);
     assert_mentions(
@@ -420,14 +377,10 @@ fn conv_weights_that_do_not_fit_the_input_are_an_error() {
 
 #[test]
 fn a_reshape_that_merges_the_batch_is_an_error() {
-    for (what, target) in [
-        ("flatten everything", vec![-1]),
-        ("batch into channels", vec![-1, 64]),
-    ] {
+    for (what, target) in [("flatten everything", vec![-1]), ("batch into channels", vec![-1, 64])] {
         let mut m = conv_relu();
         let g = m.graph.as_mut().unwrap();
-        g.node
-            .push(node("Reshape", "merge", &["y", "target"], &["z"], vec![]));
+        g.node.push(node("Reshape", "merge", &["y", "target"], &["z"], vec![]));
         g.initializer.push(ints("target", &target));
         g.output = vec![value_info("z", &[D::Named("M")])];
         let msg = model_err(&m, what);
@@ -435,24 +388,16 @@ fn a_reshape_that_merges_the_batch_is_an_error() {
     }
     let mut m = conv_relu();
     let g = m.graph.as_mut().unwrap();
-    g.node
-        .push(node("Reshape", "moves", &["y", "target"], &["z"], vec![]));
+    g.node.push(node("Reshape", "moves", &["y", "target"], &["z"], vec![]));
     g.initializer.push(ints("target", &[4, -1, 64]));
     g.output = vec![value_info("z", &[D::Fixed(4), D::Batch, D::Fixed(64)])];
-    assert_mentions(
-        &model_err(&m, "batch moved"),
-        &["moves", "batch axis"],
-        "batch moved",
-    );
+    assert_mentions(&model_err(&m, "batch moved"), &["moves", "batch axis"], "batch moved");
 }
 
 #[test]
 fn a_dynamic_non_batch_dimension_is_an_error() {
     let mut m = conv_relu();
-    m.graph.as_mut().unwrap().input[0] = value_info(
-        "x",
-        &[D::Batch, D::Fixed(3), D::Named("height"), D::Fixed(8)],
-    );
+    m.graph.as_mut().unwrap().input[0] = value_info("x", &[D::Batch, D::Fixed(3), D::Named("height"), D::Fixed(8)]);
     let msg = model_err(&m, "symbolic height");
     assert_mentions(
         &msg,
@@ -466,8 +411,7 @@ fn a_dynamic_non_batch_dimension_is_an_error() {
     );
 
     let mut m = conv_relu();
-    m.graph.as_mut().unwrap().input[0] =
-        value_info("x", &[D::Batch, D::Fixed(3), D::Fixed(8), D::Fixed(-1)]);
+    m.graph.as_mut().unwrap().input[0] = value_info("x", &[D::Batch, D::Fixed(3), D::Fixed(8), D::Fixed(-1)]);
     assert_mentions(
         &model_err(&m, "unknown width"),
         &["axis 3 has no fixed size"],
@@ -476,8 +420,7 @@ fn a_dynamic_non_batch_dimension_is_an_error() {
 
     let mut m = conv_relu();
     let x = &mut m.graph.as_mut().unwrap().input[0];
-    if let Some(type_proto::Value::TensorType(t)) = x.r#type.as_mut().and_then(|t| t.value.as_mut())
-    {
+    if let Some(type_proto::Value::TensorType(t)) = x.r#type.as_mut().and_then(|t| t.value.as_mut()) {
         t.shape = None;
     }
     assert_mentions(&model_err(&m, "no shape"), &["has no shape"], "no shape");
@@ -487,15 +430,10 @@ fn a_dynamic_non_batch_dimension_is_an_error() {
 fn a_non_float_input_is_an_error() {
     let mut m = conv_relu();
     let x = &mut m.graph.as_mut().unwrap().input[0];
-    if let Some(type_proto::Value::TensorType(t)) = x.r#type.as_mut().and_then(|t| t.value.as_mut())
-    {
+    if let Some(type_proto::Value::TensorType(t)) = x.r#type.as_mut().and_then(|t| t.value.as_mut()) {
         t.elem_type = Some(DataType::Uint8 as i32);
     }
-    assert_mentions(
-        &model_err(&m, "uint8 input"),
-        &["only float32 inputs"],
-        "uint8 input",
-    );
+    assert_mentions(&model_err(&m, "uint8 input"), &["only float32 inputs"], "uint8 input");
 }
 
 #[test]
@@ -530,27 +468,15 @@ fn initializers_whose_data_disagrees_with_their_dims_are_errors() {
     let w = &mut m.graph.as_mut().unwrap().initializer[0];
     w.float_data.clear();
     w.raw_data = Some(vec![0; 13]);
-    assert_mentions(
-        &model_err(&m, "odd raw_data"),
-        &["raw_data is 13 bytes"],
-        "raw",
-    );
+    assert_mentions(&model_err(&m, "odd raw_data"), &["raw_data is 13 bytes"], "raw");
 
     let mut m = conv_relu();
     m.graph.as_mut().unwrap().initializer[0].dims = vec![i64::MAX, 4, 3, 3];
-    assert_mentions(
-        &model_err(&m, "overflowing dims"),
-        &["overflow"],
-        "overflow",
-    );
+    assert_mentions(&model_err(&m, "overflowing dims"), &["overflow"], "overflow");
 
     let mut m = conv_relu();
     m.graph.as_mut().unwrap().initializer[0].dims = vec![4, -3, 3, 3];
-    assert_mentions(
-        &model_err(&m, "negative dim"),
-        &["negative dimension -3"],
-        "negative",
-    );
+    assert_mentions(&model_err(&m, "negative dim"), &["negative dimension -3"], "negative");
 
     let mut m = conv_relu();
     m.graph.as_mut().unwrap().initializer[0].data_type = Some(DataType::String as i32);
@@ -568,22 +494,14 @@ fn a_node_reading_an_undefined_value_is_an_error() {
     let msg = model_err(&m, "undefined value");
     assert_mentions(
         &msg,
-        &[
-            "relu",
-            "\"nowhere\"",
-            "no initializer, input or earlier node produces",
-        ],
+        &["relu", "\"nowhere\"", "no initializer, input or earlier node produces"],
         "undefined",
     );
 
     // Out of topological order: the reader comes before the writer.
     let mut m = conv_relu();
     m.graph.as_mut().unwrap().node.reverse();
-    assert_mentions(
-        &model_err(&m, "unsorted"),
-        &["topologically sorted"],
-        "unsorted",
-    );
+    assert_mentions(&model_err(&m, "unsorted"), &["topologically sorted"], "unsorted");
 }
 
 #[test]
@@ -602,11 +520,7 @@ fn graph_output_and_value_errors() {
 
     let mut m = conv_relu();
     m.graph.as_mut().unwrap().node[1].output = vec!["c".into()];
-    assert_mentions(
-        &model_err(&m, "written twice"),
-        &["\"c\" is produced twice"],
-        "twice",
-    );
+    assert_mentions(&model_err(&m, "written twice"), &["\"c\" is produced twice"], "twice");
 
     let mut m = conv_relu();
     m.graph.as_mut().unwrap().input.clear();
@@ -631,20 +545,12 @@ fn bad_attributes_are_errors() {
     auto_pad.i = None;
     auto_pad.s = Some(b"SIDEWAYS".to_vec());
     m.graph.as_mut().unwrap().node[0].attribute.push(auto_pad);
-    assert_mentions(
-        &model_err(&m, "auto_pad"),
-        &["auto_pad \"SIDEWAYS\""],
-        "auto_pad",
-    );
+    assert_mentions(&model_err(&m, "auto_pad"), &["auto_pad \"SIDEWAYS\""], "auto_pad");
 
     let mut m = conv_relu();
     let mut group = attr_int("group", 0);
     group.i = None;
     group.f = Some(1.0);
     m.graph.as_mut().unwrap().node[0].attribute.push(group);
-    assert_mentions(
-        &model_err(&m, "float group"),
-        &["group is not an int"],
-        "group",
-    );
+    assert_mentions(&model_err(&m, "float group"), &["group is not an int"], "group");
 }
