@@ -21,17 +21,12 @@ fn model_bytes() -> (String, Vec<u8>) {
     for candidate in FULL_MODELS {
         let path = root.join(candidate);
         if let Ok(bytes) = std::fs::read(&path) {
-            return (format!("full:{candidate}"), bytes);
+            return ("qualitynet".to_string(), bytes);
         }
     }
-    let onnx = std::fs::read(root.join(TINY_FIXTURE))
-        .expect("the tiny_bn fixture ships with the repository");
-    let converted = qp::convert::convert_bytes(&onnx, "tiny_bn", &Default::default())
-        .expect("fixture converts");
-    (
-        "tiny_bn".to_string(),
-        converted.to_bytes().expect("fixture serializes"),
-    )
+    let onnx = std::fs::read(root.join(TINY_FIXTURE)).expect("the tiny_bn fixture ships with the repository");
+    let converted = qp::convert::convert_bytes(&onnx, "tiny_bn", &Default::default()).expect("fixture converts");
+    ("tiny_bn".to_string(), converted.to_bytes().expect("fixture serializes"))
 }
 
 fn bench_model(c: &mut Criterion) {
@@ -48,8 +43,7 @@ fn bench_model(c: &mut Criterion) {
         };
         let mut engine = Engine::from_file(file, options).expect("engine");
         let feeds = random_inputs(engine.meta(), 1, INPUT_SEED);
-        let feeds: Vec<(&str, Tensor)> =
-            feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+        let feeds: Vec<(&str, Tensor)> = feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
         engine.run(&feeds).expect("first run");
         let id = BenchmarkId::new(tier.name(), format!("b1/t{}", engine.threads()));
         group.bench_function(id, |b| b.iter(|| engine.run(&feeds).expect("run")));

@@ -52,8 +52,7 @@ fn sample(spec: &IoSpec, batch: usize, rng: &mut SplitMix64) -> Vec<f32> {
     let per_sample: usize = spec.shape.iter().product();
     match &spec.features {
         // A feature vector: column i follows feature i's range.
-        Some(features) if !features.is_empty() && per_sample == features.len() => (0..batch
-            * per_sample)
+        Some(features) if !features.is_empty() && per_sample == features.len() => (0..batch * per_sample)
             .map(|k| {
                 let f = &features[k % per_sample];
                 let (lo, hi) = if f.normalize {
@@ -65,9 +64,7 @@ fn sample(spec: &IoSpec, batch: usize, rng: &mut SplitMix64) -> Vec<f32> {
             })
             .collect(),
         // Images (normalized per channel) and raw tensors.
-        _ => (0..batch * per_sample)
-            .map(|_| rng.normal() as f32)
-            .collect(),
+        _ => (0..batch * per_sample).map(|_| rng.normal() as f32).collect(),
     }
 }
 

@@ -12,9 +12,7 @@ use crate::graph::op::Op;
 /// measured against the FMA peak.
 pub fn node_flops(meta: &ModelMeta, node: &NodeSpec, batch: usize) -> Option<u64> {
     let per_sample = match &node.op {
-        Op::Conv {
-            cin, cout, window, ..
-        } => {
+        Op::Conv { cin, cout, window, .. } => {
             let out = &meta.values.get(*node.outputs.first()?)?.shape;
             let (oh, ow) = match out.as_slice() {
                 [_, oh, ow] => (*oh, *ow),
@@ -31,17 +29,10 @@ pub fn node_flops(meta: &ModelMeta, node: &NodeSpec, batch: usize) -> Option<u64
 /// The op kind with its window, e.g. `conv 3x3/2` or `max_pool 3x3/2`.
 pub fn node_label(node: &NodeSpec) -> String {
     let window = match &node.op {
-        Op::Conv { window, .. } | Op::MaxPool { window, .. } | Op::AveragePool { window, .. } => {
-            window
-        }
+        Op::Conv { window, .. } | Op::MaxPool { window, .. } | Op::AveragePool { window, .. } => window,
         _ => return node.op.kind().to_string(),
     };
-    let mut label = format!(
-        "{} {}x{}",
-        node.op.kind(),
-        window.kernel[0],
-        window.kernel[1]
-    );
+    let mut label = format!("{} {}x{}", node.op.kind(), window.kernel[0], window.kernel[1]);
     if window.stride != [1, 1] {
         if window.stride[0] == window.stride[1] {
             label += &format!("/{}", window.stride[0]);
@@ -56,20 +47,10 @@ pub fn node_label(node: &NodeSpec) -> String {
 pub fn node_shape(meta: &ModelMeta, node: &NodeSpec) -> String {
     let dims = |v: Option<&usize>| -> String {
         v.and_then(|&v| meta.values.get(v))
-            .map(|s| {
-                s.shape
-                    .iter()
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join("x")
-            })
+            .map(|s| s.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x"))
             .unwrap_or_else(|| "?".into())
     };
-    format!(
-        "{} -> {}",
-        dims(node.inputs.first()),
-        dims(node.outputs.first())
-    )
+    format!("{} -> {}", dims(node.inputs.first()), dims(node.outputs.first()))
 }
 
 /// One node's measured cost.
@@ -210,19 +191,10 @@ mod tests {
         );
         let relu = node("r", Op::Relu, vec![3], vec![4]);
         let m = meta(
-            vec![
-                vec![3, 224, 224],
-                vec![64, 112, 112],
-                vec![2056],
-                vec![512],
-                vec![512],
-            ],
+            vec![vec![3, 224, 224], vec![64, 112, 112], vec![2056], vec![512], vec![512]],
             vec![conv.clone(), dense.clone(), relu.clone()],
         );
-        assert_eq!(
-            node_flops(&m, &conv, 2),
-            Some(2 * 64 * 3 * 7 * 7 * 112 * 112 * 2)
-        );
+        assert_eq!(node_flops(&m, &conv, 2), Some(2 * 64 * 3 * 7 * 7 * 112 * 112 * 2));
         assert_eq!(node_flops(&m, &dense, 8), Some(2 * 2056 * 512 * 8));
         assert_eq!(node_flops(&m, &relu, 1), None);
         assert_eq!(node_label(&conv), "conv 7x7/2");

@@ -154,15 +154,8 @@ struct BenchReport {
 
 /// Entry point of `qp-engine bench`.
 pub fn run(args: &BenchArgs) -> Result<()> {
-    if args
-        .batch
-        .iter()
-        .any(|&b| b == 0 || b > crate::engine::MAX_BATCH)
-    {
-        bail!(
-            "--batch: every batch size must be in 1..={}",
-            crate::engine::MAX_BATCH
-        );
+    if args.batch.iter().any(|&b| b == 0 || b > crate::engine::MAX_BATCH) {
+        bail!("--batch: every batch size must be in 1..={}", crate::engine::MAX_BATCH);
     }
     if args.threads.contains(&0) {
         bail!("--threads: thread counts must be at least 1");
@@ -316,16 +309,7 @@ fn print_header(args: &BenchArgs, meta: &ModelMeta) {
 fn print_result_header() {
     println!(
         "{:<7} {:>5} {:>7} {:>10} {:>10} {:>9} {:>5} {:>10} {:>6} {:>10}",
-        "tier",
-        "batch",
-        "threads",
-        "median ms",
-        "p90 ms",
-        "images/s",
-        "iters",
-        "first ms",
-        "first/",
-        "act. MB"
+        "tier", "batch", "threads", "median ms", "p90 ms", "images/s", "iters", "first ms", "first/", "act. MB"
     );
     println!(
         "{:<7} {:>5} {:>7} {:>10} {:>10} {:>9} {:>5} {:>10} {:>6} {:>10}",
@@ -351,9 +335,7 @@ fn print_result(r: &BenchResult) {
 
 fn print_footer(report: &BenchReport) {
     println!();
-    println!(
-        "threads: 'p' = workers pinned to cores. first ms = load + plan + first run in a fresh"
-    );
+    println!("threads: 'p' = workers pinned to cores. first ms = load + plan + first run in a fresh");
     println!("engine (file already in the OS page cache); first/steady = first ms / median ms.");
     if let Some(load) = &report.load_after {
         println!("load after: {load}");
@@ -409,10 +391,7 @@ fn cpu_profile(args: &BenchArgs, meta: &ModelMeta) -> Result<()> {
     drop(probe);
 
     println!();
-    println!(
-        "== FMA peak, FP32 GFLOP/s ({} ms per measurement)",
-        args.peak_ms
-    );
+    println!("== FMA peak, FP32 GFLOP/s ({} ms per measurement)", args.peak_ms);
     println!(
         "{:<7} {:>10} {:>16} {:>16}",
         "tier",
@@ -438,11 +417,7 @@ fn cpu_profile(args: &BenchArgs, meta: &ModelMeta) -> Result<()> {
     println!(
         "== Model {} on every tier, batch {}",
         meta.name,
-        args.batch
-            .iter()
-            .map(|b| b.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
+        args.batch.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(",")
     );
     print_result_header();
     for &tier in &tiers_to_run(&TierChoice::All, args.max_isa)? {
@@ -508,24 +483,9 @@ fn percent_of(value: Option<f64>, peak: f64) -> String {
 }
 
 fn print_layers(layers: &[LayerTime], peak: f64) {
-    let name_w = layers
-        .iter()
-        .map(|l| l.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let label_w = layers
-        .iter()
-        .map(|l| l.label.len())
-        .max()
-        .unwrap_or(2)
-        .max(2);
-    let shape_w = layers
-        .iter()
-        .map(|l| l.shape.len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
+    let name_w = layers.iter().map(|l| l.name.len()).max().unwrap_or(4).max(4);
+    let label_w = layers.iter().map(|l| l.label.len()).max().unwrap_or(2).max(2);
+    let shape_w = layers.iter().map(|l| l.shape.len()).max().unwrap_or(5).max(5);
     println!(
         "{:<name_w$} {:<label_w$} {:<shape_w$} {:>8} {:>8} {:>6}",
         "node", "op", "shape", "ms", "GFLOP/s", "%peak"
@@ -554,8 +514,7 @@ fn print_kind_totals(layers: &[LayerTime], peak: f64, end_to_end: f64) {
     let mut rows: Vec<_> = totals.iter().collect();
     rows.sort_by(|a, b| b.1.seconds.total_cmp(&a.1.seconds));
     for (kind, t) in rows {
-        let gf =
-            (t.flops > 0 && t.flop_seconds > 0.0).then(|| t.flops as f64 / t.flop_seconds / 1e9);
+        let gf = (t.flops > 0 && t.flop_seconds > 0.0).then(|| t.flops as f64 / t.flop_seconds / 1e9);
         println!(
             "{:<20} {:>5} {:>9.3} {:>5.1}% {:>8} {:>8} {:>6}",
             kind,
