@@ -78,7 +78,7 @@ pub fn fix_checksums(bytes: &mut [u8]) {
     let mut h: Header = bytemuck::pod_read_unaligned(&bytes[..HEADER_SIZE]);
     let range = |off: u64, len: u64| -> Option<std::ops::Range<usize>> {
         let end = off.checked_add(len)?;
-        (end <= bytes.len() as u64).then(|| off as usize..end as usize)
+        (end <= bytes.len() as u64).then_some(off as usize..end as usize)
     };
     if let Some(r) = range(h.meta_offset, h.meta_len) {
         h.meta_checksum = checksum(&bytes[r]);
