@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::exec::params::Params;
 use crate::exec::pool::PinnedPool;
 use crate::format::{ModelMeta, QpwFile};
 use crate::plan::{validate::validate, Plan};
@@ -59,6 +60,7 @@ pub struct Engine {
     threads: usize,
     reference: bool,
     pool: Option<PinnedPool>,
+    weights: Params,
     plans: HashMap<usize, Plan>,
     arena: Vec<f32>,
 }
@@ -100,7 +102,9 @@ impl Engine {
         } else {
             Some(PinnedPool::new(threads).map_err(EngineError::Config)?)
         };
+        let weights = Params::new(&file);
         Ok(Engine {
+            weights,
             file,
             isa,
             threads,
@@ -117,6 +121,12 @@ impl Engine {
 
     pub fn file(&self) -> &QpwFile {
         &self.file
+    }
+
+    /// Heap bytes held by parameters widened at load (f16 files); 0 for f32 files, whose
+    /// weights are read in place from the mapping.
+    pub fn widened_weight_bytes(&self) -> usize {
+        self.weights.heap_bytes()
     }
 
     /// The kernel tier in use ("reference" executor reports `Isa::Scalar`).
@@ -246,8 +256,8 @@ impl Engine {
             }
         }
         match &self.pool {
-            Some(pool) => crate::exec::fast::run(&self.file, &plan, &mut self.arena, isa, pool, timings),
-            None => crate::exec::run_reference(&self.file, &plan, &mut self.arena, timings),
+            Some(pool) => crate::exec::fast::run(&self.file, &self.weights, &plan, &mut self.arena, isa, pool, timings),
+            None => crate::exec::run_reference(&self.file, &self.weights, &plan, &mut self.arena, timings),
         }
         Ok(meta
             .outputs

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use qp::convert::{convert_file, ConvertOptions};
+use qp::convert::{convert_file, ConvertOptions, Precision};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -24,6 +24,15 @@ struct Args {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Weight storage: fp32, or fp16 (half the file; computed in f32).
+    #[arg(long, value_enum, default_value = "fp32")]
+    precision: PrecisionArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum PrecisionArg {
+    Fp32,
+    Fp16,
 }
 
 fn main() -> ExitCode {
@@ -31,6 +40,10 @@ fn main() -> ExitCode {
     let output = args.output.clone().unwrap_or_else(|| args.model.with_extension("qpw"));
     let options = ConvertOptions {
         name: args.name.clone(),
+        precision: match args.precision {
+            PrecisionArg::Fp32 => Precision::Fp32,
+            PrecisionArg::Fp16 => Precision::Fp16,
+        },
     };
     let start = std::time::Instant::now();
     match convert_file(&args.model, &output, &options) {

@@ -50,6 +50,7 @@ pub fn store_output(isa: Isa, shape: &[usize], batch: usize, src: &[f32], dst: &
 /// Runs every node; `timings`, if given, receives each node's wall time in seconds.
 pub fn run(
     file: &QpwFile,
+    weights: &super::params::Params,
     plan: &Plan,
     arena: &mut [f32],
     isa: Isa,
@@ -65,7 +66,7 @@ pub fn run(
         let params: Vec<&[f32]> = node
             .params
             .iter()
-            .map(|&p| file.tensor_f32(p).expect("validated: f32 parameters"))
+            .map(|&p| weights.get(file, p))
             .collect();
         run_node(meta, node, plan.batch, &ins, &params, out, isa, par);
         if let (Some(t), Some(s)) = (timings.as_deref_mut(), start) {

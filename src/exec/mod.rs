@@ -3,6 +3,7 @@
 
 pub mod arena;
 pub mod fast;
+pub mod params;
 pub mod pool;
 pub mod reference;
 
@@ -11,7 +12,13 @@ use crate::plan::Plan;
 
 /// Runs every node of `file` with the reference executor. Inputs must already be in
 /// their arena slots; outputs are left in theirs.
-pub fn run_reference(file: &QpwFile, plan: &Plan, arena: &mut [f32], mut timings: Option<&mut Vec<f64>>) {
+pub fn run_reference(
+    file: &QpwFile,
+    weights: &params::Params,
+    plan: &Plan,
+    arena: &mut [f32],
+    mut timings: Option<&mut Vec<f64>>,
+) {
     let meta = &file.meta;
     for node in &meta.nodes {
         let start = std::time::Instant::now();
@@ -23,7 +30,7 @@ pub fn run_reference(file: &QpwFile, plan: &Plan, arena: &mut [f32], mut timings
             tensors: node
                 .params
                 .iter()
-                .map(|&p| file.tensor_f32(p).expect("validated: f32 parameters"))
+                .map(|&p| weights.get(file, p))
                 .collect(),
         };
         reference::run_node(

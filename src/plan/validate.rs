@@ -44,9 +44,9 @@ pub fn validate(meta: &ModelMeta) -> Result<(), String> {
         }
     }
     for t in &meta.tensors {
-        if t.dtype != DType::F32 {
+        if !matches!(t.dtype, DType::F32 | DType::F16) {
             return Err(format!(
-                "tensor {} has dtype {:?}; this engine reads f32 models",
+                "tensor {} has dtype {:?}; this engine reads f32 and f16 parameters",
                 t.name, t.dtype
             ));
         }
