@@ -181,7 +181,10 @@ fn batch_sizes_agree_with_each_other() {
 fn fp16_weights_halve_the_file_and_stay_close() {
     let dir = fixtures().join("tiny_bn");
     let onnx = std::fs::read(dir.join("model.onnx")).unwrap();
-    let fp32 = convert_bytes(&onnx, "t", &ConvertOptions::default()).unwrap().to_bytes().unwrap();
+    let fp32 = convert_bytes(&onnx, "t", &ConvertOptions::default())
+        .unwrap()
+        .to_bytes()
+        .unwrap();
     let options = ConvertOptions {
         precision: qp::convert::Precision::Fp16,
         ..Default::default()
@@ -199,7 +202,9 @@ fn fp16_weights_halve_the_file_and_stay_close() {
     for (exec, options) in executors() {
         let mut engine = Engine::from_file(QpwFile::from_bytes(&fp16).unwrap(), options).unwrap();
         assert_eq!(engine.meta().precision, "fp16");
-        let out = engine.run(&[("image", image.clone()), ("params", params.clone())]).unwrap();
+        let out = engine
+            .run(&[("image", image.clone()), ("params", params.clone())])
+            .unwrap();
         for (g, w) in out[0].1.data.iter().zip(&expected.data) {
             // f16 rounding of the weights moves this model's output by about 1e-3 (measured:
             // 1.2e-3 on tiny_bn, 0.6e-3 to 1.6e-3 on the full model); 2e-3 bounds it.

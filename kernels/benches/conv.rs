@@ -147,22 +147,14 @@ fn geometry(l: &Layer) -> ConvGeometry {
 }
 
 fn values(len: usize) -> Vec<f32> {
-    (0..len)
-        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
-        .collect()
+    (0..len).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect()
 }
 
 fn bench_conv(c: &mut Criterion) {
-    let tiers: Vec<Isa> = Isa::ALL
-        .into_iter()
-        .filter(|&t| t <= features().best_isa())
-        .collect();
+    let tiers: Vec<Isa> = Isa::ALL.into_iter().filter(|&t| t <= features().best_isa()).collect();
     for &isa in &tiers {
         // The reference for "% of peak": one thread's FMA throughput on this tier.
-        eprintln!(
-            "{isa} FMA peak: {:.1} GFLOP/s (1 thread)",
-            fma_peak_gflops(isa, 300)
-        );
+        eprintln!("{isa} FMA peak: {:.1} GFLOP/s (1 thread)", fma_peak_gflops(isa, 300));
     }
     for l in &LAYERS {
         let g = geometry(l);
@@ -181,9 +173,7 @@ fn bench_conv(c: &mut Criterion) {
             .measurement_time(Duration::from_secs(2));
         for &isa in &tiers {
             group.bench_function(BenchmarkId::from_parameter(isa), |bench| {
-                bench.iter(|| {
-                    conv2d_nhwc(isa, &Serial, &g, &x, &w, &b, None, Epilogue::Relu, &mut y)
-                })
+                bench.iter(|| conv2d_nhwc(isa, &Serial, &g, &x, &w, &b, None, Epilogue::Relu, &mut y))
             });
         }
         group.finish();

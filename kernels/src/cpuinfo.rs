@@ -140,11 +140,7 @@ fn x86_info(logical_cores: usize, features: Features) -> CpuInfo {
         .unwrap_or_else(|| "unknown".to_string());
     let fi = id.get_feature_info();
     let (family, model, stepping) = fi.as_ref().map_or((0, 0, 0), |f| {
-        (
-            f.family_id() as u32,
-            f.model_id() as u32,
-            f.stepping_id() as u32,
-        )
+        (f.family_id() as u32, f.model_id() as u32, f.stepping_id() as u32)
     });
 
     let mut raw = CpuidFlags::default();
@@ -175,10 +171,7 @@ fn x86_info(logical_cores: usize, features: Features) -> CpuInfo {
     let (mut l1d_kib, mut l2_kib, mut l3_kib) = (0u32, 0u32, 0u32);
     if let Some(caches) = id.get_cache_parameters() {
         for c in caches {
-            let bytes = c.associativity()
-                * c.physical_line_partitions()
-                * c.coherency_line_size()
-                * c.sets();
+            let bytes = c.associativity() * c.physical_line_partitions() * c.coherency_line_size() * c.sets();
             let kib = u32::try_from(bytes / 1024).unwrap_or(u32::MAX);
             match (c.level(), c.cache_type()) {
                 (1, CacheType::Data) | (1, CacheType::Unified) => l1d_kib = kib,
@@ -252,11 +245,7 @@ impl fmt::Display for CpuInfo {
             (feat.avx512bf16, "avx512bf16"),
             (feat.avxvnni, "avxvnni"),
         ];
-        let usable: Vec<&str> = usable
-            .iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, n)| *n)
-            .collect();
+        let usable: Vec<&str> = usable.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect();
         let raw = self.raw_flags.names();
         writeln!(f, "CPU:              {} ({})", self.brand, self.vendor)?;
         writeln!(

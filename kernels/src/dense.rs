@@ -87,23 +87,13 @@ pub fn dense_scalar(
     relu: bool,
     y: &mut [f32],
 ) {
-    assert_dense_args(
-        "dense_scalar",
-        batch,
-        input_len,
-        output_len,
-        x,
-        packed_w,
-        bias,
-        y,
-    );
+    assert_dense_args("dense_scalar", batch, input_len, output_len, x, packed_w, bias, y);
     for n in 0..batch {
         for o in 0..output_len {
             let (block, lane) = (o / DENSE_LANES, o % DENSE_LANES);
             let mut acc = 0.0f32;
             for i in 0..input_len {
-                acc +=
-                    x[n * input_len + i] * packed_w[(block * input_len + i) * DENSE_LANES + lane];
+                acc += x[n * input_len + i] * packed_w[(block * input_len + i) * DENSE_LANES + lane];
             }
             let v = acc + bias[o];
             y[n * output_len + o] = if relu { v.max(0.0) } else { v };
@@ -150,12 +140,7 @@ pub fn dense(
         return;
     }
     let blocks = output_len.div_ceil(DENSE_LANES);
-    let tasks = task_count(
-        par,
-        blocks,
-        batch * input_len * output_len,
-        PARALLEL_MIN_WORK,
-    );
+    let tasks = task_count(par, blocks, batch * input_len * output_len, PARALLEL_MIN_WORK);
     let per_task = blocks.div_ceil(tasks);
     let out = OutPtr(y.as_mut_ptr());
     let run_blocks = |task: usize| {
@@ -210,11 +195,7 @@ struct DenseArgs {
 /// lengths `assert_dense_args` checks, and no one else may access panels `b0..b1` of `y`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn dense_blocks_body<S: F32x, const NV: usize, const R: usize>(
-    a: &DenseArgs,
-    b0: usize,
-    b1: usize,
-) {
+unsafe fn dense_blocks_body<S: F32x, const NV: usize, const R: usize>(a: &DenseArgs, b0: usize, b1: usize) {
     debug_assert_eq!(NV * S::LANES, DENSE_LANES);
     for block in b0..b1 {
         let w = a.w.add(block * a.input_len * DENSE_LANES);

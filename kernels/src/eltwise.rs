@@ -20,9 +20,7 @@ pub fn add(isa: Isa, a: &[f32], b: &[f32], relu: bool, out: &mut [f32]) {
     match resolve(isa) {
         #[cfg(target_arch = "x86_64")]
         // safety: resolve() confirmed AVX-512; the three slices have equal lengths.
-        Isa::Avx512 => unsafe {
-            add_avx512(a.as_ptr(), b.as_ptr(), out.as_mut_ptr(), a.len(), relu)
-        },
+        Isa::Avx512 => unsafe { add_avx512(a.as_ptr(), b.as_ptr(), out.as_mut_ptr(), a.len(), relu) },
         #[cfg(target_arch = "x86_64")]
         // safety: resolve() confirmed AVX2+FMA; the three slices have equal lengths.
         Isa::Avx2 => unsafe { add_avx2(a.as_ptr(), b.as_ptr(), out.as_mut_ptr(), a.len(), relu) },
@@ -133,10 +131,7 @@ unsafe fn add_body<S: F32x>(a: *const f32, b: *const f32, out: *mut f32, n: usiz
         i += 2 * S::LANES;
     }
     while i + S::LANES <= n {
-        S::store(
-            out.add(i),
-            act::<S>(S::add(S::load(a.add(i)), S::load(b.add(i))), relu),
-        );
+        S::store(out.add(i), act::<S>(S::add(S::load(a.add(i)), S::load(b.add(i))), relu));
         i += S::LANES;
     }
     if i < n {

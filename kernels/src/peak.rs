@@ -54,10 +54,7 @@ fn scalar_loop(iters: u64) -> u64 {
     for (k, a) in acc.iter_mut().enumerate() {
         *a = k as f32;
     }
-    let (b, c) = (
-        std::hint::black_box(0.999_999f32),
-        std::hint::black_box(1e-6f32),
-    );
+    let (b, c) = (std::hint::black_box(0.999_999f32), std::hint::black_box(1e-6f32));
     for _ in 0..iters {
         for a in acc.iter_mut() {
             *a = *a * b + c;

@@ -51,11 +51,7 @@ pub fn pool_out_extent(
         return None;
     }
     let num = padded - span;
-    let mut out = if ceil_mode {
-        num.div_ceil(stride)
-    } else {
-        num / stride
-    } + 1;
+    let mut out = if ceil_mode { num.div_ceil(stride) } else { num / stride } + 1;
     if ceil_mode && (out - 1) * stride >= input + pad_begin {
         out -= 1;
     }
@@ -134,14 +130,7 @@ impl PoolGeometry {
         // Every window, not only the last: a dilation larger than the input can skip it.
         for (out, input, a) in axes {
             for o in 0..out {
-                let (lo, hi) = valid_taps(
-                    o,
-                    self.stride[a],
-                    self.dilation[a],
-                    self.pads[a],
-                    input,
-                    self.kernel[a],
-                );
+                let (lo, hi) = valid_taps(o, self.stride[a], self.dilation[a], self.pads[a], input, self.kernel[a]);
                 if lo >= hi {
                     return Err(format!(
                         "pool: on axis {} output window {o} has no tap in the input",
@@ -177,13 +166,7 @@ enum Reduce {
     Avg { count_include_pad: bool },
 }
 
-pub fn max_pool_nhwc(
-    isa: Isa,
-    par: &dyn ParallelFor,
-    g: &PoolGeometry,
-    input: &[f32],
-    output: &mut [f32],
-) {
+pub fn max_pool_nhwc(isa: Isa, par: &dyn ParallelFor, g: &PoolGeometry, input: &[f32], output: &mut [f32]) {
     g.assert_usable("max_pool_nhwc", input, output);
     pool(isa, par, g, Reduce::Max, input, output);
 }
@@ -199,24 +182,10 @@ pub fn avg_pool_nhwc(
     output: &mut [f32],
 ) {
     g.assert_usable("avg_pool_nhwc", input, output);
-    pool(
-        isa,
-        par,
-        g,
-        Reduce::Avg { count_include_pad },
-        input,
-        output,
-    );
+    pool(isa, par, g, Reduce::Avg { count_include_pad }, input, output);
 }
 
-fn pool(
-    isa: Isa,
-    par: &dyn ParallelFor,
-    g: &PoolGeometry,
-    reduce: Reduce,
-    input: &[f32],
-    output: &mut [f32],
-) {
+fn pool(isa: Isa, par: &dyn ParallelFor, g: &PoolGeometry, reduce: Reduce, input: &[f32], output: &mut [f32]) {
     let rows = g.batch * g.out_h;
     let row_len = g.out_w * g.channels;
     if rows == 0 || row_len == 0 {
@@ -233,84 +202,41 @@ fn pool(
             #[cfg(target_arch = "x86_64")]
             // safety: resolve() confirmed AVX-512; assert_usable() checked the input length
             // and that every window's taps are in bounds; `out` holds `count` whole rows.
-            Isa::Avx512 => unsafe {
-                pool_rows_avx512(g, reduce, input.as_ptr(), first, count, out.as_mut_ptr())
-            },
+            Isa::Avx512 => unsafe { pool_rows_avx512(g, reduce, input.as_ptr(), first, count, out.as_mut_ptr()) },
             #[cfg(target_arch = "x86_64")]
             // safety: as above, for AVX2+FMA.
-            Isa::Avx2 => unsafe {
-                pool_rows_avx2(g, reduce, input.as_ptr(), first, count, out.as_mut_ptr())
-            },
+            Isa::Avx2 => unsafe { pool_rows_avx2(g, reduce, input.as_ptr(), first, count, out.as_mut_ptr()) },
             _ => pool_rows_scalar(g, reduce, input, first, out),
         }
     });
 }
 
 /// Scalar tier: the same loops as the SIMD body, one channel at a time.
-fn pool_rows_scalar(
-    g: &PoolGeometry,
-    reduce: Reduce,
-    input: &[f32],
-    first_row: usize,
-    out: &mut [f32],
-) {
+fn pool_rows_scalar(g: &PoolGeometry, reduce: Reduce, input: &[f32], first_row: usize, out: &mut [f32]) {
     let c = g.channels;
     for (r, out_row) in out.chunks_exact_mut(g.out_w * c).enumerate() {
         let (n, oh) = ((first_row + r) / g.out_h, (first_row + r) % g.out_h);
-        let (ky0, ky1) = valid_taps(
-            oh,
-            g.stride[0],
-            g.dilation[0],
-            g.pads[0],
-            g.in_h,
-            g.kernel[0],
-        );
+        let (ky0, ky1) = valid_taps(oh, g.stride[0], g.dilation[0], g.pads[0], g.in_h, g.kernel[0]);
         for ow in 0..g.out_w {
-            let (kx0, kx1) = valid_taps(
-                ow,
-                g.stride[1],
-                g.dilation[1],
-                g.pads[1],
-                g.in_w,
-                g.kernel[1],
-            );
+            let (kx0, kx1) = valid_taps(ow, g.stride[1], g.dilation[1], g.pads[1], g.in_w, g.kernel[1]);
             let divisor = divisor(g, reduce, oh, ow, (ky0, ky1), (kx0, kx1));
             for ch in 0..c {
-                let mut acc = if reduce == Reduce::Max {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                };
+                let mut acc = if reduce == Reduce::Max { f32::NEG_INFINITY } else { 0.0 };
                 for ky in ky0..ky1 {
                     let iy = oh * g.stride[0] + ky * g.dilation[0] - g.pads[0];
                     for kx in kx0..kx1 {
                         let ix = ow * g.stride[1] + kx * g.dilation[1] - g.pads[1];
                         let v = input[((n * g.in_h + iy) * g.in_w + ix) * c + ch];
-                        acc = if reduce == Reduce::Max {
-                            acc.max(v)
-                        } else {
-                            acc + v
-                        };
+                        acc = if reduce == Reduce::Max { acc.max(v) } else { acc + v };
                     }
                 }
-                out_row[ow * c + ch] = if reduce == Reduce::Max {
-                    acc
-                } else {
-                    acc / divisor
-                };
+                out_row[ow * c + ch] = if reduce == Reduce::Max { acc } else { acc / divisor };
             }
         }
     }
 }
 
-fn divisor(
-    g: &PoolGeometry,
-    reduce: Reduce,
-    oh: usize,
-    ow: usize,
-    ky: (usize, usize),
-    kx: (usize, usize),
-) -> f32 {
+fn divisor(g: &PoolGeometry, reduce: Reduce, oh: usize, ow: usize, ky: (usize, usize), kx: (usize, usize)) -> f32 {
     match reduce {
         Reduce::Max => 1.0,
         Reduce::Avg {
@@ -349,12 +275,7 @@ pub fn max_pool_nhwc_scalar(g: &PoolGeometry, input: &[f32], output: &mut [f32])
 }
 
 /// Scalar reference for [`avg_pool_nhwc`].
-pub fn avg_pool_nhwc_scalar(
-    g: &PoolGeometry,
-    count_include_pad: bool,
-    input: &[f32],
-    output: &mut [f32],
-) {
+pub fn avg_pool_nhwc_scalar(g: &PoolGeometry, count_include_pad: bool, input: &[f32], output: &mut [f32]) {
     g.assert_usable("avg_pool_nhwc_scalar", input, output);
     reference(g, Some(count_include_pad), input, output);
 }
@@ -370,21 +291,14 @@ fn reference(g: &PoolGeometry, avg: Option<bool>, input: &[f32], output: &mut [f
                     let mut sum = 0.0f32;
                     let (mut valid, mut in_padded) = (0usize, 0usize);
                     for ky in 0..g.kernel[0] {
-                        let iy =
-                            (oh * g.stride[0] + ky * g.dilation[0]) as isize - g.pads[0] as isize;
+                        let iy = (oh * g.stride[0] + ky * g.dilation[0]) as isize - g.pads[0] as isize;
                         for kx in 0..g.kernel[1] {
-                            let ix = (ow * g.stride[1] + kx * g.dilation[1]) as isize
-                                - g.pads[1] as isize;
-                            let inside_padded = iy < (g.in_h + g.pads[2]) as isize
-                                && ix < (g.in_w + g.pads[3]) as isize;
+                            let ix = (ow * g.stride[1] + kx * g.dilation[1]) as isize - g.pads[1] as isize;
+                            let inside_padded =
+                                iy < (g.in_h + g.pads[2]) as isize && ix < (g.in_w + g.pads[3]) as isize;
                             in_padded += inside_padded as usize;
-                            if iy >= 0
-                                && ix >= 0
-                                && (iy as usize) < g.in_h
-                                && (ix as usize) < g.in_w
-                            {
-                                let v = input
-                                    [((n * g.in_h + iy as usize) * g.in_w + ix as usize) * c + ch];
+                            if iy >= 0 && ix >= 0 && (iy as usize) < g.in_h && (ix as usize) < g.in_w {
+                                let v = input[((n * g.in_h + iy as usize) * g.in_w + ix as usize) * c + ch];
                                 max = max.max(v);
                                 sum += v;
                                 valid += 1;
@@ -403,14 +317,7 @@ fn reference(g: &PoolGeometry, avg: Option<bool>, input: &[f32], output: &mut [f
 }
 
 /// `[batch][hw][channels]` -> `[batch][channels]`, the mean over `hw`.
-pub fn global_avg_pool_nhwc(
-    isa: Isa,
-    batch: usize,
-    hw: usize,
-    channels: usize,
-    input: &[f32],
-    output: &mut [f32],
-) {
+pub fn global_avg_pool_nhwc(isa: Isa, batch: usize, hw: usize, channels: usize, input: &[f32], output: &mut [f32]) {
     assert!(hw > 0, "global_avg_pool_nhwc: empty spatial extent");
     assert!(
         batch.checked_mul(hw).and_then(|x| x.checked_mul(channels)) == Some(input.len())
@@ -438,13 +345,7 @@ pub fn global_avg_pool_nhwc(
 }
 
 /// Scalar reference for [`global_avg_pool_nhwc`].
-pub fn global_avg_pool_scalar(
-    batch: usize,
-    hw: usize,
-    channels: usize,
-    input: &[f32],
-    output: &mut [f32],
-) {
+pub fn global_avg_pool_scalar(batch: usize, hw: usize, channels: usize, input: &[f32], output: &mut [f32]) {
     assert!(hw > 0 && input.len() == batch * hw * channels && output.len() == batch * channels);
     for n in 0..batch {
         for ch in 0..channels {
@@ -475,30 +376,12 @@ unsafe fn pool_rows_body<S: F32x>(
     let c = g.channels;
     let l = S::LANES;
     let is_max = reduce == Reduce::Max;
-    let init = if is_max {
-        S::splat(f32::NEG_INFINITY)
-    } else {
-        S::zero()
-    };
+    let init = if is_max { S::splat(f32::NEG_INFINITY) } else { S::zero() };
     for r in 0..count {
         let (n, oh) = ((first_row + r) / g.out_h, (first_row + r) % g.out_h);
-        let (ky0, ky1) = valid_taps(
-            oh,
-            g.stride[0],
-            g.dilation[0],
-            g.pads[0],
-            g.in_h,
-            g.kernel[0],
-        );
+        let (ky0, ky1) = valid_taps(oh, g.stride[0], g.dilation[0], g.pads[0], g.in_h, g.kernel[0]);
         for ow in 0..g.out_w {
-            let (kx0, kx1) = valid_taps(
-                ow,
-                g.stride[1],
-                g.dilation[1],
-                g.pads[1],
-                g.in_w,
-                g.kernel[1],
-            );
+            let (kx0, kx1) = valid_taps(ow, g.stride[1], g.dilation[1], g.pads[1], g.in_w, g.kernel[1]);
             let div = S::splat(divisor(g, reduce, oh, ow, (ky0, ky1), (kx0, kx1)));
             let dst = out.add((r * g.out_w + ow) * c);
             // Offsets of the window's valid taps, relative to channel 0 of the sample.
@@ -538,11 +421,7 @@ unsafe fn pool_rows_body<S: F32x>(
                 let mut acc = init;
                 for ky in ky0..ky1 {
                     for kx in kx0..kx1 {
-                        acc = combine::<S>(
-                            is_max,
-                            acc,
-                            S::load_partial(input.add(tap(ky, kx) + cb), rem),
-                        );
+                        acc = combine::<S>(is_max, acc, S::load_partial(input.add(tap(ky, kx) + cb), rem));
                     }
                 }
                 S::store_partial(dst.add(cb), rem, finish::<S>(is_max, div, acc));

@@ -9,42 +9,19 @@ use crate::cpu::Isa;
 use crate::simd::resolve;
 
 /// `[batch][c][h][w]` -> `[batch][h][w][c]`.
-pub fn nchw_to_nhwc(
-    isa: Isa,
-    batch: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    src: &[f32],
-    dst: &mut [f32],
-) {
+pub fn nchw_to_nhwc(isa: Isa, batch: usize, c: usize, h: usize, w: usize, src: &[f32], dst: &mut [f32]) {
     check_lengths("nchw_to_nhwc", batch, c, h, w, src, dst);
     transpose_batched(isa, batch, c, h * w, src, dst);
 }
 
 /// `[batch][h][w][c]` -> `[batch][c][h][w]`.
-pub fn nhwc_to_nchw(
-    isa: Isa,
-    batch: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    src: &[f32],
-    dst: &mut [f32],
-) {
+pub fn nhwc_to_nchw(isa: Isa, batch: usize, c: usize, h: usize, w: usize, src: &[f32], dst: &mut [f32]) {
     check_lengths("nhwc_to_nchw", batch, c, h, w, src, dst);
     transpose_batched(isa, batch, h * w, c, src, dst);
 }
 
 /// Scalar reference for [`nchw_to_nhwc`].
-pub fn nchw_to_nhwc_scalar(
-    batch: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    src: &[f32],
-    dst: &mut [f32],
-) {
+pub fn nchw_to_nhwc_scalar(batch: usize, c: usize, h: usize, w: usize, src: &[f32], dst: &mut [f32]) {
     check_lengths("nchw_to_nhwc_scalar", batch, c, h, w, src, dst);
     let hw = h * w;
     for n in 0..batch {
@@ -57,14 +34,7 @@ pub fn nchw_to_nhwc_scalar(
 }
 
 /// Scalar reference for [`nhwc_to_nchw`].
-pub fn nhwc_to_nchw_scalar(
-    batch: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    src: &[f32],
-    dst: &mut [f32],
-) {
+pub fn nhwc_to_nchw_scalar(batch: usize, c: usize, h: usize, w: usize, src: &[f32], dst: &mut [f32]) {
     check_lengths("nhwc_to_nchw_scalar", batch, c, h, w, src, dst);
     let hw = h * w;
     for n in 0..batch {
@@ -76,15 +46,7 @@ pub fn nhwc_to_nchw_scalar(
     }
 }
 
-fn check_lengths(
-    what: &str,
-    batch: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    src: &[f32],
-    dst: &mut [f32],
-) {
+fn check_lengths(what: &str, batch: usize, c: usize, h: usize, w: usize, src: &[f32], dst: &mut [f32]) {
     let len = batch
         .checked_mul(c)
         .and_then(|x| x.checked_mul(h))
@@ -99,14 +61,7 @@ fn check_lengths(
 }
 
 /// Transposes each of `batch` row-major `rows x cols` matrices.
-fn transpose_batched(
-    isa: Isa,
-    batch: usize,
-    rows: usize,
-    cols: usize,
-    src: &[f32],
-    dst: &mut [f32],
-) {
+fn transpose_batched(isa: Isa, batch: usize, rows: usize, cols: usize, src: &[f32], dst: &mut [f32]) {
     let per = rows * cols;
     if per == 0 {
         return;

@@ -131,10 +131,7 @@ pub(crate) mod x86 {
         #[inline(always)]
         unsafe fn mul_pow2(a: __m256, n: __m256) -> __m256 {
             // Build 2^n from its exponent bits; n in [-126, 127] keeps it a normal float.
-            let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
-                _mm256_cvtps_epi32(n),
-                _mm256_set1_epi32(127),
-            ));
+            let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
             _mm256_mul_ps(a, _mm256_castsi256_ps(bits))
         }
     }
@@ -217,10 +214,7 @@ pub(crate) fn for_each_chunk_mut(
     body: &(dyn Fn(usize, &mut [f32]) + Sync),
 ) {
     assert!(chunk_len > 0, "chunk length must be positive");
-    let chunks: Vec<std::sync::Mutex<&mut [f32]>> = data
-        .chunks_mut(chunk_len)
-        .map(std::sync::Mutex::new)
-        .collect();
+    let chunks: Vec<std::sync::Mutex<&mut [f32]>> = data.chunks_mut(chunk_len).map(std::sync::Mutex::new).collect();
     if chunks.len() <= 1 || par.threads() <= 1 {
         for (i, c) in chunks.into_iter().enumerate() {
             body(i, c.into_inner().unwrap_or_else(|e| e.into_inner()));
@@ -238,12 +232,7 @@ pub(crate) fn for_each_chunk_mut(
 /// How many tasks to cut `units` independent units of work into: none beyond one when
 /// the whole job is below `min_work` (threading overhead would dominate), else a few per
 /// thread for load balance.
-pub(crate) fn task_count(
-    par: &dyn ParallelFor,
-    units: usize,
-    work: usize,
-    min_work: usize,
-) -> usize {
+pub(crate) fn task_count(par: &dyn ParallelFor, units: usize, work: usize, min_work: usize) -> usize {
     let threads = par.threads().max(1);
     if threads == 1 || work < min_work || units <= 1 {
         return 1;

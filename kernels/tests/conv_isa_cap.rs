@@ -17,17 +17,7 @@ fn each_request_runs_the_capped_tier() {
     for requested in Isa::ALL {
         let before = calls_per_tier();
         let mut y = vec![0.0; g.output_len()];
-        conv2d_nhwc(
-            requested,
-            &Serial,
-            &g,
-            &x,
-            &w,
-            &b,
-            None,
-            Epilogue::None,
-            &mut y,
-        );
+        conv2d_nhwc(requested, &Serial, &g, &x, &w, &b, None, Epilogue::None, &mut y);
         let after = calls_per_tier();
         let ran = requested.min(best);
         assert_eq!(effective_isa(requested), ran);

@@ -123,15 +123,8 @@ fn threads_get_several_tasks_on_small_and_large_maps() {
         let p = problem(g, false, Epilogue::None, 3);
         let par = Threads::new(2);
         let out = run(Isa::Avx512, &par, &p);
-        assert!(
-            par.tasks_seen.into_inner() >= 4,
-            "{g:?} split into too few tasks"
-        );
-        assert_eq!(
-            out,
-            run(Isa::Avx512, &Serial, &p),
-            "split changed the result"
-        );
+        assert!(par.tasks_seen.into_inner() >= 4, "{g:?} split into too few tasks");
+        assert_eq!(out, run(Isa::Avx512, &Serial, &p), "split changed the result");
     }
 }
 
@@ -150,17 +143,7 @@ fn args(g: &ConvGeometry) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
 fn short_weights_panic() {
     let g = geometry(1, [5, 5], 3, 20, [3, 3], [1, 1], [1, 1], [1; 4]);
     let (x, w, b, mut y) = args(&g);
-    conv2d_nhwc(
-        Isa::Avx512,
-        &Serial,
-        &g,
-        &x,
-        &w[1..],
-        &b,
-        None,
-        Epilogue::None,
-        &mut y,
-    );
+    conv2d_nhwc(Isa::Avx512, &Serial, &g, &x, &w[1..], &b, None, Epilogue::None, &mut y);
 }
 
 #[test]
@@ -169,17 +152,7 @@ fn short_residual_panics() {
     let g = geometry(1, [5, 5], 3, 20, [3, 3], [1, 1], [1, 1], [1; 4]);
     let (x, w, b, mut y) = args(&g);
     let r = vec![0.0; y.len() - 1];
-    conv2d_nhwc(
-        Isa::Avx2,
-        &Serial,
-        &g,
-        &x,
-        &w,
-        &b,
-        Some(&r),
-        Epilogue::None,
-        &mut y,
-    );
+    conv2d_nhwc(Isa::Avx2, &Serial, &g, &x, &w, &b, Some(&r), Epilogue::None, &mut y);
 }
 
 #[test]
@@ -189,15 +162,5 @@ fn inconsistent_output_extent_panics() {
     let (x, w, b, _) = args(&g);
     let bad = ConvGeometry { out_w: 6, ..g };
     let mut y = vec![0.0; bad.output_len()];
-    conv2d_nhwc(
-        Isa::Avx512,
-        &Serial,
-        &bad,
-        &x,
-        &w,
-        &b,
-        None,
-        Epilogue::None,
-        &mut y,
-    );
+    conv2d_nhwc(Isa::Avx512, &Serial, &bad, &x, &w, &b, None, Epilogue::None, &mut y);
 }

@@ -10,10 +10,7 @@ fn cpu_info_is_consistent_with_detection() {
     assert_eq!(info.features, *cpu::features());
     assert!(info.logical_cores >= 1 && info.physical_cores >= 1);
     assert!(info.physical_cores <= info.logical_cores);
-    assert_eq!(
-        info.generation_class,
-        generation_class(&info.features, &info.raw_flags)
-    );
+    assert_eq!(info.generation_class, generation_class(&info.features, &info.raw_flags));
     // The OS can only withhold features cpuid reports, never add them.
     assert!(!info.features.avx512f || info.raw_flags.avx512f);
     assert!(!info.features.avx2 || info.raw_flags.avx2);
@@ -59,15 +56,9 @@ fn generation_classes_by_features() {
         amx_int8: true,
         ..none
     };
-    assert_eq!(
-        generation_class(&Features::default(), &none),
-        "pre-Haswell (SSE only)"
-    );
+    assert_eq!(generation_class(&Features::default(), &none), "pre-Haswell (SSE only)");
     assert_eq!(generation_class(&haswell, &none), "Haswell (AVX2+FMA)");
-    assert_eq!(
-        generation_class(&alder, &none),
-        "Alder Lake (AVX-VNNI, no AVX-512)"
-    );
+    assert_eq!(generation_class(&alder, &none), "Alder Lake (AVX-VNNI, no AVX-512)");
     assert_eq!(generation_class(&skylake_sp, &none), "Skylake-SP (AVX-512)");
     assert_eq!(
         generation_class(&cascade, &none),

@@ -38,10 +38,7 @@ fn direct(l: &Layer, batch: usize, input: usize, out: usize, relu: bool) -> Vec<
             let terms = (0..input).map(|i| l.x[n * input + i] as f64 * l.w[o * input + i] as f64);
             let (sum, mag) = terms.fold((0.0, 0.0), |(s, m), t| (s + t, m + t.abs()));
             let v = sum + l.bias[o] as f64;
-            y.push((
-                if relu { v.max(0.0) } else { v },
-                mag + (l.bias[o] as f64).abs(),
-            ));
+            y.push((if relu { v.max(0.0) } else { v }, mag + (l.bias[o] as f64).abs()));
         }
     }
     y
@@ -63,27 +60,14 @@ fn assert_close(got: &[f32], expected: &[(f64, f64)], what: &str) -> Result<(), 
     Ok(())
 }
 
-fn check_tier(
-    isa: Isa,
-    batch: usize,
-    input: usize,
-    out: usize,
-    relu: bool,
-    seed: u64,
-) -> Result<(), TestCaseError> {
+fn check_tier(isa: Isa, batch: usize, input: usize, out: usize, relu: bool, seed: u64) -> Result<(), TestCaseError> {
     let l = layer(batch, input, out, seed);
     let expected = direct(&l, batch, input, out, relu);
     let pars: [&dyn ParallelFor; 2] = [&Serial, &ScopedThreads(3)];
     for par in pars {
         let mut y = vec![f32::NAN; batch * out];
-        dense(
-            isa, par, batch, input, out, &l.x, &l.packed, &l.bias, relu, &mut y,
-        );
-        assert_close(
-            &y,
-            &expected,
-            &format!("{isa} with {} threads", par.threads()),
-        )?;
+        dense(isa, par, batch, input, out, &l.x, &l.packed, &l.bias, relu, &mut y);
+        assert_close(&y, &expected, &format!("{isa} with {} threads", par.threads()))?;
     }
     Ok(())
 }
@@ -151,16 +135,5 @@ fn packing_layout() {
 fn unpadded_bias_panics_clearly() {
     let w = pack_dense_weights(&[0.0; 12], 3, 4);
     let mut y = vec![0.0; 6];
-    dense(
-        Isa::Avx2,
-        &Serial,
-        2,
-        4,
-        3,
-        &[0.0; 8],
-        &w,
-        &[0.0; 3],
-        false,
-        &mut y,
-    );
+    dense(Isa::Avx2, &Serial, 2, 4, 3, &[0.0; 8], &w, &[0.0; 3], false, &mut y);
 }

@@ -22,20 +22,8 @@ fn check_sigmoid(isa: Isa, xs: &[f32]) -> Result<(), TestCaseError> {
             prop_assert!(s.is_nan(), "sigmoid(NaN) = {} on {}", s, isa);
         } else {
             let err = (s as f64 - sigmoid_f64(x)).abs();
-            prop_assert!(
-                err < 1e-6,
-                "sigmoid({}) = {} on {}, error {:e}",
-                x,
-                s,
-                isa,
-                err
-            );
-            prop_assert!(
-                (0.0..=1.0).contains(&s),
-                "sigmoid({}) = {} out of [0, 1]",
-                x,
-                s
-            );
+            prop_assert!(err < 1e-6, "sigmoid({}) = {} on {}, error {:e}", x, s, isa, err);
+            prop_assert!((0.0..=1.0).contains(&s), "sigmoid({}) = {} out of [0, 1]", x, s);
         }
     }
     Ok(())
@@ -63,14 +51,7 @@ fn check_elementwise(isa: Isa, len: usize, relu: bool, seed: u64) -> Result<(), 
     check_sigmoid(isa, &xs)
 }
 
-fn check_reorder(
-    isa: Isa,
-    batch: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    seed: u64,
-) -> Result<(), TestCaseError> {
+fn check_reorder(isa: Isa, batch: usize, c: usize, h: usize, w: usize, seed: u64) -> Result<(), TestCaseError> {
     let x = values(seed, batch * c * h * w);
     let mut nhwc_ref = vec![0.0; x.len()];
     let mut nhwc = vec![f32::NAN; x.len()];

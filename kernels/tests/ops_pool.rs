@@ -34,32 +34,12 @@ fn pool_case() -> impl Strategy<Value = Case> {
     )
         .prop_filter_map(
             "window does not fit the input",
-            |(
-                (batch, channels, in_h, in_w),
-                (kernel, stride, dilation),
-                (pads, ceil_mode, seed),
-            )| {
+            |((batch, channels, in_h, in_w), (kernel, stride, dilation), (pads, ceil_mode, seed))| {
                 if (0..4).any(|i| pads[i] >= kernel[i % 2]) {
                     return None;
                 }
-                let out_h = pool_out_extent(
-                    in_h,
-                    kernel[0],
-                    stride[0],
-                    dilation[0],
-                    pads[0],
-                    pads[2],
-                    ceil_mode,
-                )?;
-                let out_w = pool_out_extent(
-                    in_w,
-                    kernel[1],
-                    stride[1],
-                    dilation[1],
-                    pads[1],
-                    pads[3],
-                    ceil_mode,
-                )?;
+                let out_h = pool_out_extent(in_h, kernel[0], stride[0], dilation[0], pads[0], pads[2], ceil_mode)?;
+                let out_w = pool_out_extent(in_w, kernel[1], stride[1], dilation[1], pads[1], pads[3], ceil_mode)?;
                 let g = PoolGeometry {
                     batch,
                     in_h,
@@ -88,12 +68,7 @@ fn check_tier(isa: Isa, case: &Case) -> Result<(), TestCaseError> {
     max_pool_nhwc_scalar(g, &x, &mut expected);
     max_pool_nhwc(isa, &Serial, g, &x, &mut got);
     max_pool_nhwc(isa, &ScopedThreads(3), g, &x, &mut got_threaded);
-    prop_assert_eq!(
-        first_mismatch(&got, &expected, 0.0, 0.0),
-        None,
-        "max pool {:?}",
-        isa
-    );
+    prop_assert_eq!(first_mismatch(&got, &expected, 0.0, 0.0), None, "max pool {:?}", isa);
     prop_assert_eq!(
         first_mismatch(&got_threaded, &expected, 0.0, 0.0),
         None,
@@ -104,14 +79,7 @@ fn check_tier(isa: Isa, case: &Case) -> Result<(), TestCaseError> {
     for include_pad in [false, true] {
         avg_pool_nhwc_scalar(g, include_pad, &x, &mut expected);
         avg_pool_nhwc(isa, &Serial, g, include_pad, &x, &mut got);
-        avg_pool_nhwc(
-            isa,
-            &ScopedThreads(3),
-            g,
-            include_pad,
-            &x,
-            &mut got_threaded,
-        );
+        avg_pool_nhwc(isa, &ScopedThreads(3), g, include_pad, &x, &mut got_threaded);
         prop_assert_eq!(
             first_mismatch(&got, &expected, 1e-6, 1e-5),
             None,
@@ -129,13 +97,7 @@ fn check_tier(isa: Isa, case: &Case) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn check_global(
-    isa: Isa,
-    batch: usize,
-    hw: usize,
-    channels: usize,
-    seed: u64,
-) -> Result<(), TestCaseError> {
+fn check_global(isa: Isa, batch: usize, hw: usize, channels: usize, seed: u64) -> Result<(), TestCaseError> {
     let x = values(seed, batch * hw * channels);
     let mut expected = vec![f32::NAN; batch * channels];
     let mut got = vec![f32::NAN; batch * channels];
@@ -173,15 +135,7 @@ tier_tests!(avx512, Isa::Avx512);
 /// ONNX output extent, written from the spec's formula: floor or ceil of
 /// `(in + pads - dilated_kernel) / stride + 1`, and in ceil mode a last window starting
 /// past `in + pad_begin` is dropped.
-fn spec_extent(
-    input: usize,
-    k: usize,
-    s: usize,
-    d: usize,
-    pb: usize,
-    pe: usize,
-    ceil_mode: bool,
-) -> usize {
+fn spec_extent(input: usize, k: usize, s: usize, d: usize, pb: usize, pe: usize, ceil_mode: bool) -> usize {
     let dk = ((k - 1) * d + 1) as f64;
     let q = ((input + pb + pe) as f64 - dk) / s as f64 + 1.0;
     let mut out = if ceil_mode { q.ceil() } else { q.floor() } as usize;
@@ -206,10 +160,7 @@ fn spec_pool_plane(plane: &[f32], g: &PoolGeometry, avg: Option<bool>) -> Vec<f6
     let mut grid = vec![Cell::Beyond; ph * pw];
     for y in 0..g.in_h + g.pads[0] + g.pads[2] {
         for x in 0..g.in_w + g.pads[1] + g.pads[3] {
-            let inside = y >= g.pads[0]
-                && y < g.pads[0] + g.in_h
-                && x >= g.pads[1]
-                && x < g.pads[1] + g.in_w;
+            let inside = y >= g.pads[0] && y < g.pads[0] + g.in_h && x >= g.pads[1] && x < g.pads[1] + g.in_w;
             grid[y * pw + x] = if inside {
                 Cell::Input(plane[(y - g.pads[0]) * g.in_w + (x - g.pads[1])] as f64)
             } else {
@@ -223,10 +174,7 @@ fn spec_pool_plane(plane: &[f32], g: &PoolGeometry, avg: Option<bool>) -> Vec<f6
             let (mut max, mut sum, mut inputs, mut padded) = (f64::NEG_INFINITY, 0.0, 0, 0);
             for ky in 0..g.kernel[0] {
                 for kx in 0..g.kernel[1] {
-                    match grid[(oh * g.stride[0] + ky * g.dilation[0]) * pw
-                        + ow * g.stride[1]
-                        + kx * g.dilation[1]]
-                    {
+                    match grid[(oh * g.stride[0] + ky * g.dilation[0]) * pw + ow * g.stride[1] + kx * g.dilation[1]] {
                         Cell::Input(v) => {
                             max = max.max(v);
                             sum += v;
@@ -294,23 +242,15 @@ fn global_avg_pool_reference_is_the_mean() {
     global_avg_pool_scalar(batch, hw, channels, &x, &mut y);
     for n in 0..batch {
         for c in 0..channels {
-            let mean: f64 = (0..hw)
-                .map(|p| x[(n * hw + p) * channels + c] as f64)
-                .sum::<f64>()
-                / hw as f64;
-            assert!(
-                (y[n * channels + c] as f64 - mean).abs() < 1e-6,
-                "n {n} c {c}"
-            );
+            let mean: f64 = (0..hw).map(|p| x[(n * hw + p) * channels + c] as f64).sum::<f64>() / hw as f64;
+            assert!((y[n * channels + c] as f64 - mean).abs() < 1e-6, "n {n} c {c}");
         }
     }
 }
 
 /// Inputs of the onnxruntime cases: `x[i] = i % 7 - 3 + 0.01 i`, one plane (N = C = 1).
 fn ort_input(len: usize) -> Vec<f32> {
-    (0..len)
-        .map(|i| ((i % 7) as f32 - 3.0) + (i as f32 * 0.01))
-        .collect()
+    (0..len).map(|i| ((i % 7) as f32 - 3.0) + (i as f32 * 0.01)).collect()
 }
 
 /// Outputs computed with onnxruntime 1.x (opset 19, CPU provider) for the same attributes.
@@ -346,9 +286,7 @@ fn matches_onnxruntime_cases() {
             dilation: [1, 1],
             pads: [0, 1, 1, 0],
             ceil_mode: true,
-            expected: &[
-                -1.92, 0.1, 2.12, 3.13, -1.78, 0.24, 2.26, 3.27, -1.64, 0.38, 2.4, 3.41,
-            ],
+            expected: &[-1.92, 0.1, 2.12, 3.13, -1.78, 0.24, 2.26, 3.27, -1.64, 0.38, 2.4, 3.41],
         },
         OrtCase {
             avg: Some(true),
@@ -359,8 +297,8 @@ fn matches_onnxruntime_cases() {
             pads: [1, 1, 1, 1],
             ceil_mode: true,
             expected: &[
-                -0.54, -0.966667, 0.38, 0.526667, 0.972222, -0.526667, -0.84, 0.085, 0.496667,
-                1.482222, -0.386667, -0.855, -0.065, 0.66, 0.503333, -0.6625,
+                -0.54, -0.966667, 0.38, 0.526667, 0.972222, -0.526667, -0.84, 0.085, 0.496667, 1.482222, -0.386667,
+                -0.855, -0.065, 0.66, 0.503333, -0.6625,
             ],
         },
         OrtCase {
@@ -372,8 +310,8 @@ fn matches_onnxruntime_cases() {
             pads: [1, 1, 1, 1],
             ceil_mode: true,
             expected: &[
-                -1.215, -1.45, 0.57, 1.58, 1.458333, -0.526667, -0.84, 0.17, 0.745, 1.482222,
-                -0.386667, -1.71, -0.195, 1.32, 1.006667, -2.65,
+                -1.215, -1.45, 0.57, 1.58, 1.458333, -0.526667, -0.84, 0.17, 0.745, 1.482222, -0.386667, -1.71, -0.195,
+                1.32, 1.006667, -2.65,
             ],
         },
         OrtCase {
@@ -384,9 +322,7 @@ fn matches_onnxruntime_cases() {
             dilation: [1, 1],
             pads: [0, 1, 0, 0],
             ceil_mode: true,
-            expected: &[
-                -0.81, -1.45, 0.57, 1.436667, 0.17, -1.31, 0.496667, 2.26, -0.386667,
-            ],
+            expected: &[-0.81, -1.45, 0.57, 1.436667, 0.17, -1.31, 0.496667, 2.26, -0.386667],
         },
         OrtCase {
             avg: Some(true),
@@ -397,8 +333,8 @@ fn matches_onnxruntime_cases() {
             pads: [1, 1, 1, 1],
             ceil_mode: false,
             expected: &[
-                -0.48, -0.455, 0.555, 0.53, -0.925, -0.84, 1.18, 1.095, -0.855, -0.7, 1.32, 1.165,
-                -0.41, -0.315, 0.695, 0.6,
+                -0.48, -0.455, 0.555, 0.53, -0.925, -0.84, 1.18, 1.095, -0.855, -0.7, 1.32, 1.165, -0.41, -0.315,
+                0.695, 0.6,
             ],
         },
         OrtCase {
@@ -410,8 +346,8 @@ fn matches_onnxruntime_cases() {
             pads: [1, 1, 1, 1],
             ceil_mode: true,
             expected: &[
-                -0.91, 0.1, 1.11, 2.12, 3.13, 1.11, -0.77, 0.24, 1.25, 2.26, 3.27, 1.25, -0.63,
-                0.38, 1.39, 2.4, 3.41, 1.39, -0.63, 0.38, 1.39, 2.4, 3.41, 1.39,
+                -0.91, 0.1, 1.11, 2.12, 3.13, 1.11, -0.77, 0.24, 1.25, 2.26, 3.27, 1.25, -0.63, 0.38, 1.39, 2.4, 3.41,
+                1.39, -0.63, 0.38, 1.39, 2.4, 3.41, 1.39,
             ],
         },
     ];
@@ -504,11 +440,5 @@ fn wrong_input_length_panics_clearly() {
         pads: [0; 4],
     };
     let mut y = vec![0.0; g.output_len()];
-    max_pool_nhwc(
-        Isa::Avx512,
-        &Serial,
-        &g,
-        &vec![0.0; g.input_len() - 1],
-        &mut y,
-    );
+    max_pool_nhwc(Isa::Avx512, &Serial, &g, &vec![0.0; g.input_len() - 1], &mut y);
 }

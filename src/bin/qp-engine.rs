@@ -111,7 +111,13 @@ fn run(model: &Path, inputs: &[String], out: &Path, engine: &EngineArgs) -> Resu
 /// File-name-safe form of an output name: anything outside [A-Za-z0-9._-] becomes '_'.
 fn sanitize(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -128,7 +134,12 @@ fn info(model: &Path, json: bool) -> Result<()> {
         println!("description {}", m.description);
     }
     println!("precision   {}", m.precision);
-    println!("file        {} ({:.1} MB, format v{})", model.display(), file.file_len() as f64 / 1e6, file.header.version);
+    println!(
+        "file        {} ({:.1} MB, format v{})",
+        model.display(),
+        file.file_len() as f64 / 1e6,
+        file.header.version
+    );
     println!(
         "source      {} {} opset {} sha256 {}",
         m.source.producer_name, m.source.producer_version, m.source.opset, m.source.sha256
@@ -136,11 +147,20 @@ fn info(model: &Path, json: bool) -> Result<()> {
     for i in &m.inputs {
         println!("input       {} [N, {}]", i.name, dims(&i.shape));
         if let Some(im) = &i.image {
-            println!("            image {}x{} mean {:?} std {:?}", im.width, im.height, im.mean, im.std);
+            println!(
+                "            image {}x{} mean {:?} std {:?}",
+                im.width, im.height, im.mean, im.std
+            );
         }
         for f in i.features.iter().flatten() {
             let d = f.default.map(|d| format!(" default {d}")).unwrap_or_default();
-            println!("            {:<20} [{}, {}]{d}{}", f.name, f.min, f.max, if f.normalize { " (normalized)" } else { "" });
+            println!(
+                "            {:<20} [{}, {}]{d}{}",
+                f.name,
+                f.min,
+                f.max,
+                if f.normalize { " (normalized)" } else { "" }
+            );
         }
     }
     for o in &m.outputs {
@@ -163,8 +183,12 @@ fn dims(s: &[usize]) -> String {
 }
 
 fn predict(model: &Path, image: Option<&Path>, params: &[String], engine: &EngineArgs) -> Result<()> {
-    let mut engine = Engine::load(model, engine.options())
-        .with_context(|| format!("loading {} (build the default models with the command in README.md)", model.display()))?;
+    let mut engine = Engine::load(model, engine.options()).with_context(|| {
+        format!(
+            "loading {} (build the default models with the command in README.md)",
+            model.display()
+        )
+    })?;
     let meta = engine.meta().clone();
     let mut values: BTreeMap<String, f64> = BTreeMap::new();
     for p in params {
@@ -183,7 +207,10 @@ fn predict(model: &Path, image: Option<&Path>, params: &[String], engine: &Engin
             let data = qp::preprocess::features_to_vec(&values, features)?;
             inputs.push((spec.name.clone(), Tensor::new(vec![1, features.len()], data)));
         } else {
-            bail!("input {:?} has neither image nor feature metadata; use `qp-engine run` with .npy inputs", spec.name);
+            bail!(
+                "input {:?} has neither image nor feature metadata; use `qp-engine run` with .npy inputs",
+                spec.name
+            );
         }
     }
     let named: Vec<(&str, Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
@@ -204,9 +231,19 @@ fn predict(model: &Path, image: Option<&Path>, params: &[String], engine: &Engin
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Run { model, inputs, out, engine } => run(model, inputs, out, engine),
+        Command::Run {
+            model,
+            inputs,
+            out,
+            engine,
+        } => run(model, inputs, out, engine),
         Command::Info { model, json } => info(model, *json),
-        Command::Predict { model, image, params, engine } => predict(model, image.as_deref(), params, engine),
+        Command::Predict {
+            model,
+            image,
+            params,
+            engine,
+        } => predict(model, image.as_deref(), params, engine),
         Command::Serve(args) => qp::serve::run(args.clone()),
         Command::Bench(args) => qp::bench::run(args),
         Command::Healthcheck(args) => qp::healthcheck::run(args),

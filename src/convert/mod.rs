@@ -95,7 +95,8 @@ pub fn convert_bytes(onnx_bytes: &[u8], default_name: &str, options: &ConvertOpt
     }
     // The engine validates every file it loads; refusing here means a model the engine
     // cannot run is never written in the first place.
-    crate::plan::validate::validate(&converted.meta).map_err(|e| anyhow!("the converted model is not runnable: {e}"))?;
+    crate::plan::validate::validate(&converted.meta)
+        .map_err(|e| anyhow!("the converted model is not runnable: {e}"))?;
     Ok(converted)
 }
 
@@ -128,7 +129,10 @@ fn store_weights_as_f16(c: &mut Converted) -> Result<()> {
             let id = node.params[0];
             let spec = &mut c.meta.tensors[id];
             if let Some(v) = c.tensors[id].iter().find(|v| v.abs() > half::f16::MAX.to_f32()) {
-                bail!("weight {} holds {v}, outside the f16 range; convert with fp32", spec.name);
+                bail!(
+                    "weight {} holds {v}, outside the f16 range; convert with fp32",
+                    spec.name
+                );
             }
             spec.dtype = DType::F16;
         }

@@ -63,11 +63,7 @@ pub fn run(
         let out_v = node.outputs[0];
         let in_slots: Vec<_> = node.inputs.iter().map(|&v| &plan.slots[v]).collect();
         let (out, ins) = split_io(arena, &plan.slots[out_v], &in_slots);
-        let params: Vec<&[f32]> = node
-            .params
-            .iter()
-            .map(|&p| weights.get(file, p))
-            .collect();
+        let params: Vec<&[f32]> = node.params.iter().map(|&p| weights.get(file, p)).collect();
         run_node(meta, node, plan.batch, &ins, &params, out, isa, par);
         if let (Some(t), Some(s)) = (timings.as_deref_mut(), start) {
             t.push(s.elapsed().as_secs_f64());

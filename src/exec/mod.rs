@@ -27,11 +27,7 @@ pub fn run_reference(
         let (out, ins) = arena::split_io(arena, &plan.slots[out_v], &in_slots);
         let in_shapes: Vec<&[usize]> = node.inputs.iter().map(|&v| meta.values[v].shape.as_slice()).collect();
         let params = reference::Params {
-            tensors: node
-                .params
-                .iter()
-                .map(|&p| weights.get(file, p))
-                .collect(),
+            tensors: node.params.iter().map(|&p| weights.get(file, p)).collect(),
         };
         reference::run_node(
             node,

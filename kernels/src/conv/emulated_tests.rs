@@ -53,14 +53,7 @@ impl Vector for Lanes16 {
 /// `conv2d_nhwc` with the AVX-512 tiling on `Lanes16`.
 fn conv_emulated(p: &Problem, par: &dyn ParallelFor) -> Vec<f32> {
     let mut out = vec![f32::NAN; p.g.output_len()];
-    check_args(
-        &p.g,
-        &p.input,
-        &p.weights,
-        &p.bias,
-        p.residual.as_deref(),
-        &out,
-    );
+    check_args(&p.g, &p.input, &p.weights, &p.bias, p.residual.as_deref(), &out);
     with_job(
         &p.g,
         &p.input,
@@ -250,8 +243,6 @@ fn avx512_tiling_on_row_ends_and_resnet_shapes() {
         }
     }
     for (i, g) in shapes.into_iter().enumerate() {
-        Problem::new(g, true, Epilogue::Relu, i as u64)
-            .check(&Serial)
-            .unwrap();
+        Problem::new(g, true, Epilogue::Relu, i as u64).check(&Serial).unwrap();
     }
 }

@@ -55,9 +55,7 @@ impl ConvGeometry {
         if k == 0 || s == 0 || d == 0 {
             return None;
         }
-        let padded = input
-            .checked_add(self.pads[axis])?
-            .checked_add(self.pads[axis + 2])?;
+        let padded = input.checked_add(self.pads[axis])?.checked_add(self.pads[axis + 2])?;
         let span = d.checked_mul(k - 1)?.checked_add(1)?;
         Some(padded.checked_sub(span)? / s + 1)
     }
@@ -203,36 +201,27 @@ pub fn conv2d_nhwc(
     if g.pixels() == 0 || g.cout == 0 {
         return;
     }
-    with_job(
-        g,
-        input,
-        weights,
-        bias,
-        residual,
-        act,
-        output,
-        |job| match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => run_tasks(par, job, x86::Avx512Tiles, |px, co| {
-                // safety: `effective_isa` returned Avx512, so `features()` reported AVX-512
-                // F/BW/VL/DQ usable by this process; `job` passed `check_args`; the ranges come
-                // from `run_tasks`, disjoint from every other task's.
-                unsafe { x86::run_avx512(job, px, co) }
-            }),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => run_tasks(par, job, x86::Avx2Tiles, |px, co| {
-                // safety: as above with AVX2+FMA, which `effective_isa` confirmed.
-                unsafe { x86::run_avx2(job, px, co) }
-            }),
-            _ => run_tasks(par, job, reference::ReferenceTiles, |px, co| {
-                debug_assert_eq!(co, 0..1);
-                // safety: the pixel ranges of different tasks are disjoint, and each covers
-                // whole pixels (all `cout` channels), so these output slices never overlap.
-                let out = unsafe { job.output.pixels_mut(g, px.clone()) };
-                reference::conv_pixels(job, px, out);
-            }),
-        },
-    );
+    with_job(g, input, weights, bias, residual, act, output, |job| match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => run_tasks(par, job, x86::Avx512Tiles, |px, co| {
+            // safety: `effective_isa` returned Avx512, so `features()` reported AVX-512
+            // F/BW/VL/DQ usable by this process; `job` passed `check_args`; the ranges come
+            // from `run_tasks`, disjoint from every other task's.
+            unsafe { x86::run_avx512(job, px, co) }
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => run_tasks(par, job, x86::Avx2Tiles, |px, co| {
+            // safety: as above with AVX2+FMA, which `effective_isa` confirmed.
+            unsafe { x86::run_avx2(job, px, co) }
+        }),
+        _ => run_tasks(par, job, reference::ReferenceTiles, |px, co| {
+            debug_assert_eq!(co, 0..1);
+            // safety: the pixel ranges of different tasks are disjoint, and each covers
+            // whole pixels (all `cout` channels), so these output slices never overlap.
+            let out = unsafe { job.output.pixels_mut(g, px.clone()) };
+            reference::conv_pixels(job, px, out);
+        }),
+    });
 }
 
 /// Builds the shared `Job` of one call (arguments already checked) and runs `f` on it.
@@ -271,10 +260,7 @@ impl OutputPtr {
     /// not outlive the output buffer.
     unsafe fn pixels_mut<'a>(&self, g: &ConvGeometry, px: Range<usize>) -> &'a mut [f32] {
         let (start, end) = (px.start * g.cout, px.end * g.cout);
-        assert!(
-            start <= end && end <= self.len,
-            "output pixel range out of bounds"
-        );
+        assert!(start <= end && end <= self.len, "output pixel range out of bounds");
         // safety: in bounds (checked above); exclusivity is the caller's contract.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), end - start) }
     }
@@ -297,10 +283,7 @@ fn check_args(
         );
     }
     let expect = |what: &str, got: usize, want: usize| {
-        assert_eq!(
-            got, want,
-            "conv2d_nhwc: {what} has {got} floats, geometry needs {want}"
-        );
+        assert_eq!(got, want, "conv2d_nhwc: {what} has {got} floats, geometry needs {want}");
     };
     expect("input", input.len(), g.input_len());
     expect("weights", weights.len(), packed_weight_len(g));
@@ -352,8 +335,7 @@ fn run_tasks<T: Tiling>(
         let px_chunks = px_tiles.min(target).max(1);
         (px_chunks, co_tiles.min(target.div_ceil(px_chunks)).max(1))
     };
-    let chunk =
-        |i: usize, chunks: usize, total: usize| i * total / chunks..(i + 1) * total / chunks;
+    let chunk = |i: usize, chunks: usize, total: usize| i * total / chunks..(i + 1) * total / chunks;
     let pixels = job.g.pixels();
     let run_one = |t: usize| {
         let tiles = chunk(t / co_chunks, px_chunks, px_tiles);

@@ -65,12 +65,7 @@ pub(super) use remainder_tile;
 /// The ISA of `V` must be enabled; `job` must have passed `check_args`; no other thread may
 /// write the output elements of (`px` x channels of `co`) meanwhile.
 #[inline(always)]
-pub(super) unsafe fn run_range<
-    V: Vector,
-    const MR: usize,
-    const NV: usize,
-    const NV_TAIL: usize,
->(
+pub(super) unsafe fn run_range<V: Vector, const MR: usize, const NV: usize, const NV_TAIL: usize>(
     job: &Job,
     px: Range<usize>,
     co: Range<usize>,
@@ -146,16 +141,8 @@ pub(super) struct Block {
 /// padded channel count, `c0 < c1 <= cin` or `c0 == c1 == cin == 0`, and when `c0 > 0` the
 /// tile's output holds the partial sums of channels `0..c0`.
 #[inline(always)]
-pub(super) unsafe fn tile<V: Vector, const MR: usize, const NV: usize>(
-    job: &Job,
-    q0: usize,
-    block: Block,
-) {
-    let Block {
-        first_panel,
-        c0,
-        c1,
-    } = block;
+pub(super) unsafe fn tile<V: Vector, const MR: usize, const NV: usize>(job: &Job, q0: usize, block: Block) {
+    let Block { first_panel, c0, c1 } = block;
     let g = job.g;
     let (cin, [kh_n, kw_n]) = (g.cin, g.kernel);
     let panel_stride = kh_n * kw_n * cin * PANEL;
@@ -251,15 +238,7 @@ pub(super) unsafe fn tile<V: Vector, const MR: usize, const NV: usize>(
             // safety: every pointer has `kw * cin` readable floats (above; `zeros` has
             // exactly that many); the weight rows kh*kw .. (kh+1)*kw of each panel used
             // are inside the panel.
-            unsafe {
-                accumulate::<V, MR, NV>(
-                    &mut acc,
-                    &ptrs,
-                    wpanel.add(kh * kw_n * cin * PANEL),
-                    &wofs,
-                    kw_n * cin,
-                )
-            };
+            unsafe { accumulate::<V, MR, NV>(&mut acc, &ptrs, wpanel.add(kh * kw_n * cin * PANEL), &wofs, kw_n * cin) };
             continue;
         }
         for kw in 0..kw_n {

@@ -46,12 +46,8 @@ pub fn geometry(
         dilation,
         pads,
     };
-    g.out_h = g
-        .implied_out_extent(0)
-        .expect("window larger than padded input");
-    g.out_w = g
-        .implied_out_extent(1)
-        .expect("window larger than padded input");
+    g.out_h = g.implied_out_extent(0).expect("window larger than padded input");
+    g.out_w = g.implied_out_extent(1).expect("window larger than padded input");
     g
 }
 
@@ -86,21 +82,8 @@ pub fn problem(g: ConvGeometry, with_residual: bool, act: Epilogue, seed: u64) -
 /// kernel would not fit the padded input.
 pub fn arb_problem() -> impl Strategy<Value = Problem> {
     (
-        (
-            1usize..=5,
-            1usize..=20,
-            1usize..=20,
-            1usize..=70,
-            1usize..=70,
-        ),
-        (
-            1usize..=7,
-            1usize..=7,
-            1usize..=3,
-            1usize..=3,
-            1usize..=2,
-            1usize..=2,
-        ),
+        (1usize..=5, 1usize..=20, 1usize..=20, 1usize..=70, 1usize..=70),
+        (1usize..=7, 1usize..=7, 1usize..=3, 1usize..=3, 1usize..=2, 1usize..=2),
         [0usize..=3, 0usize..=3, 0usize..=3, 0usize..=3],
         (any::<bool>(), any::<bool>(), any::<u64>()),
     )
@@ -159,23 +142,14 @@ impl Problem {
                         for ci in 0..g.cin {
                             for ky in 0..kh_n {
                                 for kx in 0..kw_n {
-                                    let y = (oy * g.stride[0] + ky * g.dilation[0]) as isize
-                                        - g.pads[0] as isize;
-                                    let x = (ox * g.stride[1] + kx * g.dilation[1]) as isize
-                                        - g.pads[1] as isize;
-                                    if y < 0
-                                        || x < 0
-                                        || y >= g.in_h as isize
-                                        || x >= g.in_w as isize
-                                    {
+                                    let y = (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.pads[0] as isize;
+                                    let x = (ox * g.stride[1] + kx * g.dilation[1]) as isize - g.pads[1] as isize;
+                                    if y < 0 || x < 0 || y >= g.in_h as isize || x >= g.in_w as isize {
                                         continue;
                                     }
-                                    let a = self.input_nchw[((n * g.cin + ci) * g.in_h
-                                        + y as usize)
-                                        * g.in_w
-                                        + x as usize];
-                                    let b = self.weights_oihw
-                                        [((co * g.cin + ci) * kh_n + ky) * kw_n + kx];
+                                    let a =
+                                        self.input_nchw[((n * g.cin + ci) * g.in_h + y as usize) * g.in_w + x as usize];
+                                    let b = self.weights_oihw[((co * g.cin + ci) * kh_n + ky) * kw_n + kx];
                                     acc += a as f64 * b as f64;
                                     abs += (a as f64 * b as f64).abs();
                                 }
@@ -205,19 +179,13 @@ impl Problem {
 /// orders differ between tiers), reporting the first mismatch.
 pub fn assert_close(got: &[f32], want: &[f32], mag: &[f32], what: &str) -> Result<(), String> {
     if got.len() != want.len() {
-        return Err(format!(
-            "{what}: {} outputs, expected {}",
-            got.len(),
-            want.len()
-        ));
+        return Err(format!("{what}: {} outputs, expected {}", got.len(), want.len()));
     }
     for (i, ((&g, &w), &m)) in got.iter().zip(want).zip(mag).enumerate() {
         let tol = 1e-5 * m + 1e-6;
         let within = (g - w).abs() <= tol; // false for NaN too
         if !within {
-            return Err(format!(
-                "{what}: output {i}: got {g}, expected {w} (tolerance {tol})"
-            ));
+            return Err(format!("{what}: output {i}: got {g}, expected {w} (tolerance {tol})"));
         }
     }
     Ok(())

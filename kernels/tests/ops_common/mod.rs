@@ -43,18 +43,10 @@ impl ParallelFor for ScopedThreads {
 
 /// Index and values of the worst element, or None when every pair is within
 /// `abs + rel * |expected|`.
-pub fn first_mismatch(
-    got: &[f32],
-    expected: &[f32],
-    abs: f32,
-    rel: f32,
-) -> Option<(usize, f32, f32)> {
+pub fn first_mismatch(got: &[f32], expected: &[f32], abs: f32, rel: f32) -> Option<(usize, f32, f32)> {
     assert_eq!(got.len(), expected.len(), "length mismatch");
-    got.iter()
-        .zip(expected)
-        .enumerate()
-        .find_map(|(i, (&g, &e))| {
-            let ok = (g.is_nan() && e.is_nan()) || (g - e).abs() <= abs + rel * e.abs();
-            (!ok).then_some((i, g, e))
-        })
+    got.iter().zip(expected).enumerate().find_map(|(i, (&g, &e))| {
+        let ok = (g.is_nan() && e.is_nan()) || (g - e).abs() <= abs + rel * e.abs();
+        (!ok).then_some((i, g, e))
+    })
 }
