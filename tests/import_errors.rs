@@ -554,3 +554,28 @@ fn bad_attributes_are_errors() {
     m.graph.as_mut().unwrap().node[0].attribute.push(group);
     assert_mentions(&model_err(&m, "float group"), &["group is not an int"], "group");
 }
+
+#[test]
+fn a_dilated_max_pool_window_that_skips_the_input_is_an_error() {
+    // A 1-row input, pads 1 above and below, kernel 2 with dilation 2: the only window taps
+    // rows -1 and 1, both outside row 0, so max pooling would have no value to take.
+    let graph = GraphProto {
+        name: Some("dilated_pool".into()),
+        node: vec![node(
+            "MaxPool",
+            "pool",
+            &["x"],
+            &["y"],
+            vec![
+                attr_ints("kernel_shape", &[2, 1]),
+                attr_ints("dilations", &[2, 1]),
+                attr_ints("pads", &[1, 0, 1, 0]),
+            ],
+        )],
+        input: vec![value_info("x", &[D::Batch, D::Fixed(3), D::Fixed(1), D::Fixed(4)])],
+        output: vec![value_info("y", &[D::Batch, D::Fixed(3), D::Fixed(1), D::Fixed(4)])],
+        ..Default::default()
+    };
+    let msg = model_err(&model(13, graph), "dilated pool");
+    assert_mentions(&msg, &["pool", "padding"], "dilated pool");
+}

@@ -10,8 +10,8 @@ use super::meta::{DType, ModelMeta};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
-    #[error("cannot open {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("cannot open {path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
     #[error("not a qp model file (bad magic {0:?}); convert an ONNX model with qp-convert first")]
     BadMagic([u8; 8]),
     #[error("model file format version {found} is not supported (this build reads version {supported}); re-convert the model")]
@@ -62,12 +62,19 @@ impl std::fmt::Debug for QpwFile {
 impl QpwFile {
     /// Maps the file read-only and validates it.
     pub fn open(path: &Path) -> Result<QpwFile, FormatError> {
-        let io = |source| FormatError::Io {
+        let io = |cause| FormatError::Io {
             path: path.display().to_string(),
-            source,
+            cause,
         };
         let file = std::fs::File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
+        let metadata = file.metadata().map_err(io)?;
+        if !metadata.is_file() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file (a directory?)",
+            )));
+        }
+        let len = metadata.len();
         if (len as usize) < HEADER_SIZE {
             return Err(FormatError::Truncated(format!(
                 "{len} bytes, smaller than the {HEADER_SIZE}-byte header"

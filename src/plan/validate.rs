@@ -180,11 +180,17 @@ pub fn validate(meta: &ModelMeta) -> Result<(), String> {
                 if os != [is[0], oh, ow] {
                     return Err(ctx(format!("output shape {os:?}, expected {:?}", [is[0], oh, ow])));
                 }
-                // Every window must overlap the input, or max pooling has no value to take.
+                // Every window must have a tap inside the input (with dilation, a window can
+                // straddle the input without touching it), or max pooling has no value to take.
                 for (axis, o, size) in [(0, oh, is[1]), (1, ow, is[2])] {
-                    if (o - 1) * window.stride[axis] >= size + window.pads[axis]
-                        || window.pads[axis] > (window.kernel[axis] - 1) * window.dilation[axis]
-                    {
+                    let touches = |out: usize| {
+                        let start = (out * window.stride[axis]) as isize - window.pads[axis] as isize;
+                        (0..window.kernel[axis]).any(|k| {
+                            let i = start + (k * window.dilation[axis]) as isize;
+                            i >= 0 && i < size as isize
+                        })
+                    };
+                    if !(0..o).all(touches) {
                         return Err(ctx("a pooling window lies entirely in the padding".into()));
                     }
                 }
