@@ -18,29 +18,7 @@ const FIXTURES: &[&[u8]] = &[
     include_bytes!("../../tests/fixtures/matmul_add/model.onnx"),
 ];
 
-const OPS: &[&str] = &[
-    "Conv",
-    "BatchNormalization",
-    "Relu",
-    "Sigmoid",
-    "Identity",
-    "Dropout",
-    "MaxPool",
-    "AveragePool",
-    "GlobalAveragePool",
-    "Add",
-    "Flatten",
-    "Reshape",
-    "Concat",
-    "Gemm",
-    "MatMul",
-    "Shape",
-    "Gather",
-    "Unsqueeze",
-    "Squeeze",
-    "Cast",
-    "Constant",
-];
+const OPS: &[&str] = qp::onnx::import::SUPPORTED_OPS;
 
 const ATTRS: &[&str] = &[
     "kernel_shape",

@@ -109,3 +109,6 @@ impl Op {
         }
     }
 }
+
+// The packed layouts belong to the kernels; the op set only names their lane count.
+const _: () = assert!(PACK_LANES == qp_kernels::conv::PANEL && PACK_LANES == qp_kernels::dense::DENSE_LANES);

@@ -201,7 +201,8 @@ fn extra_output_ok(n: &NodeProto) -> bool {
     matches!(n.op_type(), "Dropout" | "BatchNormalization" | "MaxPool")
 }
 
-const SUPPORTED: &[&str] = &[
+/// Every ONNX op type the importer reads (default domain).
+pub const SUPPORTED_OPS: &[&str] = &[
     "Conv",
     "BatchNormalization",
     "Relu",
@@ -226,7 +227,7 @@ const SUPPORTED: &[&str] = &[
 ];
 
 fn is_supported(n: &NodeProto) -> bool {
-    matches!(n.domain.as_deref(), None | Some("") | Some("ai.onnx")) && SUPPORTED.contains(&n.op_type())
+    matches!(n.domain.as_deref(), None | Some("") | Some("ai.onnx")) && SUPPORTED_OPS.contains(&n.op_type())
 }
 
 fn attr<'a>(n: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
