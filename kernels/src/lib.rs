@@ -15,3 +15,4 @@ pub mod pool;
 pub mod qconv;
 pub mod reorder;
 pub mod simd;
+mod split;

@@ -294,60 +294,22 @@ fn check_args(
     }
 }
 
-/// How a tier tiles the output: pixels per register tile and panels per channel tile.
-trait Tiling {
-    const PIXELS: usize;
-    const PANELS: usize;
-}
+pub(crate) use crate::split::Tiling;
 
-/// Splits the output into (pixel-tile range, channel-tile range) tasks and runs them.
-///
-/// Disjointness: pixel tiles `[t*PIXELS, (t+1)*PIXELS)` partition the output pixels and
-/// channel tiles `[c*PANELS*16, (c+1)*PANELS*16) ∩ [0, cout)` partition the channels; task
-/// `t` gets the product of the `t / co_chunks`-th pixel chunk and the `t % co_chunks`-th
-/// channel chunk, and the chunks partition the tile index ranges. So every output element
-/// belongs to exactly one task, and a task writes only elements it owns.
+/// Runs `task` over disjoint (pixel range, channel-tile range) pieces of `job`'s output
+/// (the split rule and its disjointness argument: `crate::split::run_tasks`).
 fn run_tasks<T: Tiling>(
     par: &dyn ParallelFor,
     job: &Job,
     _tiling: T,
     task: impl Fn(Range<usize>, Range<usize>) + Sync,
 ) {
-    let px_tiles = job.g.pixels().div_ceil(T::PIXELS);
-    let co_tiles = job.g.panels().div_ceil(T::PANELS);
-    let threads = par.threads().max(1);
-    // A few tasks per thread keep threads busy when tiles differ in cost (edges, the
-    // ragged last tile). Every task streams all the weights of its channel range past
-    // each of its pixels, so the larger operand decides the split: where the input is
-    // larger (early layers: 3136 pixels, 64-256 channels) pixels are split and every task
-    // shares the weights; where the weights are larger (late layers: 49 pixels, up to 4 MB
-    // of weights) output channels are split, so each weight is read by one task, not by
-    // every task. Measured on the 7x7 layers of ResNet-50 (Zen 3, 2 threads): splitting
-    // pixels there re-read the weights from L3 once per task and ran at 30% of peak.
-    let target = if threads == 1 { 1 } else { threads * 4 };
-    let taps = job.g.kernel[0] * job.g.kernel[1];
-    let weight_floats = taps * job.g.cin * job.g.panels() * PANEL;
-    let input_floats = job.g.pixels() * job.g.cin;
-    let (px_chunks, co_chunks) = if weight_floats > input_floats {
-        let co_chunks = co_tiles.min(target).max(1);
-        (px_tiles.min(target.div_ceil(co_chunks)).max(1), co_chunks)
-    } else {
-        let px_chunks = px_tiles.min(target).max(1);
-        (px_chunks, co_tiles.min(target.div_ceil(px_chunks)).max(1))
+    let g = job.g;
+    let work = crate::split::Work {
+        pixels: g.pixels(),
+        panels: g.panels(),
+        weights: g.kernel[0] * g.kernel[1] * g.cin * g.panels() * PANEL,
+        input: g.pixels() * g.cin,
     };
-    let chunk = |i: usize, chunks: usize, total: usize| i * total / chunks..(i + 1) * total / chunks;
-    let pixels = job.g.pixels();
-    let run_one = |t: usize| {
-        let tiles = chunk(t / co_chunks, px_chunks, px_tiles);
-        let px = (tiles.start * T::PIXELS).min(pixels)..(tiles.end * T::PIXELS).min(pixels);
-        let co = chunk(t % co_chunks, co_chunks, co_tiles);
-        if !px.is_empty() && !co.is_empty() {
-            task(px, co);
-        }
-    };
-    if px_chunks * co_chunks == 1 {
-        run_one(0);
-    } else {
-        par.run(px_chunks * co_chunks, &run_one);
-    }
+    crate::split::run_tasks::<T>(par, &work, task)
 }

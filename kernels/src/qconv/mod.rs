@@ -466,46 +466,23 @@ fn check_args(
     }
 }
 
-/// How a tier tiles the output: pixels per register tile and panels per channel tile.
-trait Tiling {
-    const PIXELS: usize;
-    const PANELS: usize;
-}
+pub(crate) use crate::split::Tiling;
 
-/// Splits the output into (pixel-tile range, channel-tile range) tasks and runs them.
-///
-/// Disjointness: pixel tiles `[t*PIXELS, (t+1)*PIXELS)` partition the output pixels and
-/// channel tiles `[c*PANELS*16, (c+1)*PANELS*16) ∩ [0, cout)` partition the channels; task
-/// `t` gets the product of the `t / co_chunks`-th pixel chunk and the `t % co_chunks`-th
-/// channel chunk, and the chunks partition the tile index ranges. So every output element
-/// belongs to exactly one task, and a task writes only elements it owns.
+/// Runs `task` over disjoint (pixel range, channel-tile range) pieces of `job`'s output
+/// (the split rule and its disjointness argument: `crate::split::run_tasks`).
 fn run_tasks<T: Tiling>(
     par: &dyn ParallelFor,
     job: &Job,
     _tiling: T,
     task: impl Fn(Range<usize>, Range<usize>) + Sync,
 ) {
-    let pixels = pixels(job.g);
-    let px_tiles = pixels.div_ceil(T::PIXELS);
-    let co_tiles = job.g.cout.div_ceil(PANEL).div_ceil(T::PANELS);
-    let threads = par.threads().max(1);
-    // A few tasks per thread keep threads busy when tiles differ in cost (edges, the
-    // ragged last tile); splitting pixels first keeps each task's weights shared.
-    let target = if threads == 1 { 1 } else { threads * 4 };
-    let px_chunks = px_tiles.min(target).max(1);
-    let co_chunks = co_tiles.min(target.div_ceil(px_chunks)).max(1);
-    let chunk = |i: usize, chunks: usize, total: usize| i * total / chunks..(i + 1) * total / chunks;
-    let run_one = |t: usize| {
-        let tiles = chunk(t / co_chunks, px_chunks, px_tiles);
-        let px = (tiles.start * T::PIXELS).min(pixels)..(tiles.end * T::PIXELS).min(pixels);
-        let co = chunk(t % co_chunks, co_chunks, co_tiles);
-        if !px.is_empty() && !co.is_empty() {
-            task(px, co);
-        }
+    let g = job.g;
+    let panels = g.cout.div_ceil(PANEL);
+    let work = crate::split::Work {
+        pixels: pixels(g),
+        panels,
+        weights: g.kernel[0] * g.kernel[1] * g.cin * panels * PANEL,
+        input: pixels(g) * g.cin,
     };
-    if px_chunks * co_chunks == 1 {
-        run_one(0);
-    } else {
-        par.run(px_chunks * co_chunks, &run_one);
-    }
+    crate::split::run_tasks::<T>(par, &work, task)
 }
