@@ -13,6 +13,7 @@ pub mod parallel;
 pub mod peak;
 pub mod pool;
 pub mod qconv;
+pub mod quantize;
 pub mod reorder;
 pub mod simd;
 mod split;

@@ -1,0 +1,87 @@
+//! The entry of an INT8 region: f32 -> u8 (`quantize_u8`) where an FP32 value feeds an
+//! INT8 layer (the exit is the INT8 convolution's f32 epilogue). Same rounding as the
+//! requantizing epilogue of `qconv`, so a value quantized here and one requantized there
+//! land on the same grid point.
+//!
+//! One portable loop body; the AVX2 and AVX-512 shims only compile it with those
+//! features enabled, which lets the compiler vectorize `round_ties_even` to one
+//! `vroundps` instead of a libm call per element (the baseline x86-64 has no SSE4.1
+//! rounding). These run once or twice per model, on 0.2-0.8 MB tensors.
+
+use crate::cpu::Isa;
+use crate::simd::resolve;
+
+#[inline(always)]
+fn quantize_body(x: &[f32], scale: f32, zero: u8, out: &mut [u8]) {
+    let z = zero as f32;
+    for (o, &v) in out.iter_mut().zip(x) {
+        let t = (v / scale).max(-z).min(255.0 - z);
+        *o = (t.round_ties_even() + z) as u8;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn quantize_avx2(x: &[f32], scale: f32, zero: u8, out: &mut [u8]) {
+    quantize_body(x, scale, zero, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+fn quantize_avx512(x: &[f32], scale: f32, zero: u8, out: &mut [u8]) {
+    quantize_body(x, scale, zero, out)
+}
+
+/// `out[i] = round_half_even(clamp(x[i] / scale, -zero, 255 - zero)) + zero`; NaN
+/// becomes `0` (the engine refuses NaN inputs before any kernel runs).
+pub fn quantize_u8(isa: Isa, x: &[f32], scale: f32, zero: u8, out: &mut [u8]) {
+    assert_eq!(x.len(), out.len(), "quantize_u8: lengths differ");
+    match resolve(isa) {
+        #[cfg(target_arch = "x86_64")]
+        // safety: resolve() confirmed the CPU has AVX-512 F/BW/VL, AVX2 and FMA.
+        Isa::Avx512 => unsafe { quantize_avx512(x, scale, zero, out) },
+        #[cfg(target_arch = "x86_64")]
+        // safety: resolve() confirmed the CPU has AVX2 and FMA.
+        Isa::Avx2 => unsafe { quantize_avx2(x, scale, zero, out) },
+        _ => quantize_body(x, scale, zero, out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::features;
+
+    fn tiers() -> Vec<Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|&i| i <= features().best_isa())
+            .collect()
+    }
+
+    #[test]
+    fn rounds_half_to_even_and_saturates_on_every_tier() {
+        let x = [-10.0, -0.5, 0.0, 0.25, 0.5, 1.5, 2.5, 126.6, 1e9, f32::NAN, -1e9, 127.5];
+        // scale 1, zero 3: grid -3..=252
+        let want = [0u8, 3, 3, 3, 3, 5, 5, 130, 255, 0, 0, 131];
+        for isa in tiers() {
+            let mut out = [0u8; 12];
+            quantize_u8(isa, &x, 1.0, 3, &mut out);
+            assert_eq!(out, want, "{isa:?}");
+        }
+    }
+
+    #[test]
+    fn tiers_agree_on_ragged_lengths() {
+        for n in [0usize, 1, 7, 8, 15, 16, 17, 33, 100, 1023] {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 997) as f32 * 0.37 - 90.0).collect();
+            let mut want = vec![0u8; n];
+            quantize_body(&x, 0.71, 128, &mut want);
+            for isa in tiers() {
+                let mut out = vec![0u8; n];
+                quantize_u8(isa, &x, 0.71, 128, &mut out);
+                assert_eq!(out, want, "{isa:?} n={n}");
+            }
+        }
+    }
+}
