@@ -7,6 +7,7 @@ use std::path::Path;
 use crate::exec::params::Params;
 use crate::exec::pool::PinnedPool;
 use crate::format::{ModelMeta, QpwFile};
+use crate::graph::op::Op;
 use crate::plan::{validate::validate, Plan};
 pub use qp_kernels::cpu::Isa;
 
@@ -97,6 +98,18 @@ impl Engine {
                 _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
             },
         };
+        let int8 = file
+            .meta
+            .nodes
+            .iter()
+            .any(|n| matches!(n.op, Op::QConv { .. } | Op::Quantize));
+        if options.reference && int8 {
+            return Err(EngineError::Config(
+                "the reference executor runs f32 and f16 models; INT8 models run on the kernels \
+                 (QP_MAX_ISA=scalar for the portable integer path)"
+                    .into(),
+            ));
+        }
         let pool = if options.reference {
             None
         } else {
@@ -224,13 +237,28 @@ impl Engine {
     /// Runs one batch. Every model input must be given exactly once, all with the same
     /// batch size; returns every model output, in the model's order.
     pub fn run(&mut self, inputs: &[(&str, Tensor)]) -> Result<Vec<(String, Tensor)>, EngineError> {
-        self.run_inner(inputs, None)
+        self.run_inner(inputs, None, None)
+    }
+
+    /// `run`, calling `observe(node index, output)` after each node with the node's
+    /// output in the executor's layout (calibration reads value distributions this way).
+    pub fn run_observed(
+        &mut self,
+        inputs: &[(&str, Tensor)],
+        observe: crate::exec::fast::Observer<'_>,
+    ) -> Result<NamedTensors, EngineError> {
+        if self.reference {
+            return Err(EngineError::Config(
+                "observing node outputs needs the kernel executor, not the reference one".into(),
+            ));
+        }
+        self.run_inner(inputs, None, Some(observe))
     }
 
     /// `run`, also returning each node's wall time in seconds (in `meta().nodes` order).
     pub fn run_profiled(&mut self, inputs: &[(&str, Tensor)]) -> Result<(NamedTensors, Vec<f64>), EngineError> {
         let mut times = Vec::with_capacity(self.file.meta.nodes.len());
-        let out = self.run_inner(inputs, Some(&mut times))?;
+        let out = self.run_inner(inputs, Some(&mut times), None)?;
         Ok((out, times))
     }
 
@@ -238,6 +266,7 @@ impl Engine {
         &mut self,
         inputs: &[(&str, Tensor)],
         timings: Option<&mut Vec<f64>>,
+        observe: Option<crate::exec::fast::Observer<'_>>,
     ) -> Result<Vec<(String, Tensor)>, EngineError> {
         let batch = self.check_inputs(inputs)?;
         let plan = self.plan(batch).clone();
@@ -256,7 +285,16 @@ impl Engine {
             }
         }
         match &self.pool {
-            Some(pool) => crate::exec::fast::run(&self.file, &self.weights, &plan, &mut self.arena, isa, pool, timings),
+            Some(pool) => crate::exec::fast::run(
+                &self.file,
+                &self.weights,
+                &plan,
+                &mut self.arena,
+                isa,
+                pool,
+                timings,
+                observe,
+            ),
             None => crate::exec::run_reference(&self.file, &self.weights, &plan, &mut self.arena, timings),
         }
         Ok(meta

@@ -515,6 +515,7 @@ fn a_node_reading_a_value_never_written_is_refused() {
     p.meta.values.push(qp::format::meta::ValueSpec {
         name: "orphan".into(),
         shape: p.meta.values[p.meta.nodes[3].inputs[0]].shape.clone(),
+        quant: None,
     });
     p.meta.nodes[3].inputs[0] = unwritten;
     expect(&p, "orphan value", &["node 3", "before anything writes it"]);

@@ -138,6 +138,7 @@ mod tests {
                 .map(|(i, shape)| ValueSpec {
                     name: format!("v{i}"),
                     shape,
+                    quant: None,
                 })
                 .collect(),
             nodes,

@@ -10,7 +10,8 @@ use std::time::Instant;
 use qp_kernels::conv::{conv2d_nhwc, ConvGeometry, Epilogue};
 use qp_kernels::cpu::Isa;
 use qp_kernels::parallel::ParallelFor;
-use qp_kernels::{dense, eltwise, pool, reorder};
+use qp_kernels::qconv::{self, QOutput, QResidual};
+use qp_kernels::{dense, eltwise, pool, quantize, reorder};
 
 use super::arena::split_io;
 use crate::format::meta::{ModelMeta, NodeSpec};
@@ -47,7 +48,13 @@ pub fn store_output(isa: Isa, shape: &[usize], batch: usize, src: &[f32], dst: &
     }
 }
 
+/// Sees each node's output right after the node ran: `(node index, output slot)`. The
+/// slot is in the executor's layout (NHWC for `[C, H, W]` values); calibration only
+/// needs the distribution of its values.
+pub type Observer<'a> = &'a mut dyn FnMut(usize, &[f32]);
+
 /// Runs every node; `timings`, if given, receives each node's wall time in seconds.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     file: &QpwFile,
     weights: &super::params::Params,
@@ -56,17 +63,26 @@ pub fn run(
     isa: Isa,
     par: &dyn ParallelFor,
     mut timings: Option<&mut Vec<f64>>,
+    mut observe: Option<Observer<'_>>,
 ) {
     let meta = &file.meta;
-    for node in &meta.nodes {
+    for (index, node) in meta.nodes.iter().enumerate() {
         let start = timings.as_ref().map(|_| Instant::now());
         let out_v = node.outputs[0];
         let in_slots: Vec<_> = node.inputs.iter().map(|&v| &plan.slots[v]).collect();
         let (out, ins) = split_io(arena, &plan.slots[out_v], &in_slots);
-        let params: Vec<&[f32]> = node.params.iter().map(|&p| weights.get(file, p)).collect();
-        run_node(meta, node, plan.batch, &ins, &params, out, isa, par);
+        if let Op::QConv { .. } | Op::Quantize = node.op {
+            run_int8_node(file, node, plan.batch, &ins, out, isa, par);
+        } else {
+            let params: Vec<&[f32]> = node.params.iter().map(|&p| weights.get(file, p)).collect();
+            run_node(meta, node, plan.batch, &ins, &params, out, isa, par);
+        }
         if let (Some(t), Some(s)) = (timings.as_deref_mut(), start) {
             t.push(s.elapsed().as_secs_f64());
+        }
+        if let Some(f) = observe.as_mut() {
+            let slot = &plan.slots[out_v];
+            f(index, &arena[slot.offset..slot.offset + slot.len]);
         }
     }
 }
@@ -157,10 +173,99 @@ fn run_node(
             eltwise::sigmoid_inplace(isa, out);
         }
         Op::Reshape => reshape(isa, batch, is, os, ins[0], out),
+        Op::QConv { .. } | Op::Quantize => unreachable!("INT8 ops run in run_int8_node"),
         Op::Concat { axis } => {
             let in_shapes: Vec<&[usize]> = node.inputs.iter().map(|&v| shape(v)).collect();
             concat(batch, *axis, &in_shapes, os, ins, out);
         }
+    }
+}
+
+/// A u8 value's bytes in its slot (four to an f32 word; see `plan`).
+fn as_u8(slot: &[f32], elements: usize) -> &[u8] {
+    &bytemuck::cast_slice(slot)[..elements]
+}
+
+fn as_u8_mut(slot: &mut [f32], elements: usize) -> &mut [u8] {
+    &mut bytemuck::cast_slice_mut(slot)[..elements]
+}
+
+/// The INT8 ops: their operands are u8 or f32 as the values' grids say.
+fn run_int8_node(
+    file: &QpwFile,
+    node: &NodeSpec,
+    batch: usize,
+    ins: &[&[f32]],
+    out: &mut [f32],
+    isa: Isa,
+    par: &dyn ParallelFor,
+) {
+    let meta = &file.meta;
+    let value = |v: usize| &meta.values[v];
+    let elements = |v: usize| value(v).shape.iter().product::<usize>() * batch;
+    let (x, y) = (node.inputs[0], node.outputs[0]);
+    match &node.op {
+        Op::Quantize => {
+            let q = value(y).quant.expect("validated: quantize writes u8");
+            quantize::quantize_u8(isa, ins[0], q.scale, q.zero, as_u8_mut(out, elements(y)));
+        }
+        Op::QConv {
+            cin,
+            cout,
+            window,
+            activation,
+        } => {
+            let (is, os) = (&value(x).shape, &value(y).shape);
+            let g = ConvGeometry {
+                batch,
+                in_h: is[1],
+                in_w: is[2],
+                cin: *cin,
+                out_h: os[1],
+                out_w: os[2],
+                cout: *cout,
+                kernel: window.kernel,
+                stride: window.stride,
+                dilation: window.dilation,
+                pads: window.pads,
+            };
+            let xq = value(x).quant.expect("validated: qconv reads u8");
+            let residual = match node.inputs.get(1) {
+                None => QResidual::None,
+                Some(&r) => match value(r).quant {
+                    Some(q) => QResidual::U8 {
+                        data: as_u8(ins[1], elements(r)),
+                        scale: q.scale,
+                        zero: q.zero,
+                    },
+                    None => QResidual::F32(ins[1]),
+                },
+            };
+            let output = match value(y).quant {
+                Some(q) => QOutput::U8 {
+                    data: as_u8_mut(out, elements(y)),
+                    scale: q.scale,
+                    zero: q.zero,
+                },
+                None => QOutput::F32(out),
+            };
+            let [w, b, s] = [0, 1, 2].map(|k| node.params[k]);
+            qconv::qconv2d_nhwc(
+                isa,
+                par,
+                &g,
+                as_u8(ins[0], elements(x)),
+                xq.zero,
+                file.tensor_i8(w).expect("validated: i8 weights"),
+                // Stored padded to whole panels; the kernel takes exactly `cout`.
+                &file.tensor_i32(b).expect("validated: i32 bias")[..*cout],
+                &file.tensor_f32(s).expect("validated: f32 scale")[..*cout],
+                residual,
+                *activation == Activation::Relu,
+                output,
+            );
+        }
+        other => unreachable!("{} is not an INT8 op", other.kind()),
     }
 }
 

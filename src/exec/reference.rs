@@ -54,6 +54,9 @@ pub fn run_node(
             *activation,
             out,
         ),
+        Op::QConv { .. } | Op::Quantize => {
+            unreachable!("the engine refuses INT8 models on the reference executor")
+        }
         Op::MaxPool { window, .. } => pool(batch, in_shapes[0], out_shape, window, PoolKind::Max, inputs[0], out),
         Op::AveragePool {
             window,

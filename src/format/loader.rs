@@ -245,6 +245,22 @@ impl QpwFile {
         bytemuck::try_cast_slice(self.tensor_bytes(id)?).ok()
     }
 
+    /// Tensor `id` viewed in place as i8 (INT8 weights).
+    pub fn tensor_i8(&self, id: usize) -> Option<&[i8]> {
+        if self.meta.tensors.get(id)?.dtype != DType::I8 {
+            return None;
+        }
+        bytemuck::try_cast_slice(self.tensor_bytes(id)?).ok()
+    }
+
+    /// Tensor `id` viewed in place as i32 (INT8 biases).
+    pub fn tensor_i32(&self, id: usize) -> Option<&[i32]> {
+        if self.meta.tensors.get(id)?.dtype != DType::I32 {
+            return None;
+        }
+        bytemuck::try_cast_slice(self.tensor_bytes(id)?).ok()
+    }
+
     /// Address of tensor `id`'s first byte; lets tests prove tensors are read in place.
     pub fn tensor_addr(&self, id: usize) -> Option<usize> {
         self.tensor_bytes(id).map(|b| b.as_ptr() as usize)

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::graph::op::Op;
+pub use crate::graph::op::QuantParams;
 
 /// Element type of a stored tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -97,6 +98,10 @@ pub struct IoSpec {
 pub struct ValueSpec {
     pub name: String,
     pub shape: Vec<usize>,
+    /// Set for a value stored as u8 (inside an INT8 region): its grid, `real = (q - zero)
+    /// * scale`. Unset: the value is f32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quant: Option<QuantParams>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

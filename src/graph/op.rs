@@ -48,6 +48,13 @@ pub enum Activation {
     Relu,
 }
 
+/// The grid of a value stored as u8 (INT8 regions): `real = (q - zero) * scale`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuantParams {
+    pub scale: f32,
+    pub zero: u8,
+}
+
 /// One engine operator. Parameters (weights, biases) are tensor ids into the file's
 /// tensor table, listed in `Node::params` in the order documented on each variant.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -62,6 +69,22 @@ pub enum Op {
         window: Window,
         activation: Activation,
     },
+    /// INT8 convolution, group 1: u8 input (its grid on the input value), s8 weights
+    /// per output channel, i32 accumulation, epilogue in f32. Inputs `[x]` or
+    /// `[x, residual]`; the residual and the output are u8 or f32 as their values say
+    /// (an output is u8 when every reader is INT8). Params: `[weight, bias, scale]`:
+    /// weight i8 packed `[ceil(cout/16)][kh][kw][ceil(cin/4)][16][4]`; bias i32
+    /// `[ceil(cout/16)*16]` with the input zero point folded in; scale f32, same length,
+    /// `input scale * weight scale` per channel (see `qp_kernels::qconv`).
+    QConv {
+        cin: usize,
+        cout: usize,
+        window: Window,
+        activation: Activation,
+    },
+    /// f32 -> u8 on the output value's grid: where an FP32 value feeds an INT8 layer.
+    /// (The other boundary needs no op: an INT8 layer read by FP32 ones writes f32.)
+    Quantize,
     /// `y = act(x · Wᵀ + b)` over the last axis. Input `[in]` per sample. Params:
     /// `[weight, bias]`; weight packed `[ceil(out/16)][in][16]`, bias padded likewise.
     Dense {
@@ -97,6 +120,8 @@ impl Op {
     pub fn kind(&self) -> &'static str {
         match self {
             Op::Conv { .. } => "conv",
+            Op::QConv { .. } => "qconv",
+            Op::Quantize => "quantize",
             Op::Dense { .. } => "dense",
             Op::MaxPool { .. } => "max_pool",
             Op::AveragePool { .. } => "average_pool",
@@ -111,4 +136,10 @@ impl Op {
 }
 
 // The packed layouts belong to the kernels; the op set only names their lane count.
-const _: () = assert!(PACK_LANES == qp_kernels::conv::PANEL && PACK_LANES == qp_kernels::dense::DENSE_LANES);
+const _: () = assert!(
+    PACK_LANES == qp_kernels::conv::PANEL
+        && PACK_LANES == qp_kernels::dense::DENSE_LANES
+        && PACK_LANES == qp_kernels::qconv::PANEL
+);
+/// Input channels per packed INT8 weight group (`vpdpbusd` multiplies 4 bytes a lane).
+pub const QPACK_GROUP: usize = qp_kernels::qconv::GROUP;

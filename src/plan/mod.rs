@@ -12,7 +12,8 @@ const SLOT_ALIGN: usize = 16;
 pub struct Slot {
     /// Offset into the arena, in floats.
     pub offset: usize,
-    /// Length in floats (batch x per-sample elements).
+    /// Length in f32 words: batch x per-sample elements, a quarter of that (rounded up)
+    /// for a u8 value.
     pub len: usize,
 }
 
@@ -35,7 +36,14 @@ impl Plan {
     /// share memory with its inputs; a value's memory is reused after its last reader.
     pub fn new(meta: &ModelMeta, batch: usize) -> Plan {
         let nv = meta.values.len();
-        let exact = |v: usize| -> usize { meta.values[v].shape.iter().product::<usize>() * batch };
+        // Slots are counted in f32 words; a u8 value packs four elements a word.
+        let exact = |v: usize| -> usize {
+            let elements = meta.values[v].shape.iter().product::<usize>() * batch;
+            match meta.values[v].quant {
+                Some(_) => elements.div_ceil(4),
+                None => elements,
+            }
+        };
         let size = |v: usize| -> usize { exact(v).div_ceil(SLOT_ALIGN).max(1) * SLOT_ALIGN };
         // last_use[v]: index of the last node reading v; outputs live to the end.
         let end = meta.nodes.len();

@@ -4,7 +4,7 @@
 //! converter) is rejected here with a message, never a panic later.
 
 use crate::format::meta::{DType, ModelMeta};
-use crate::graph::op::{Op, Window, PACK_LANES};
+use crate::graph::op::{Op, Window, PACK_LANES, QPACK_GROUP};
 
 fn padded(n: usize) -> usize {
     n.div_ceil(PACK_LANES) * PACK_LANES
@@ -44,10 +44,25 @@ pub fn validate(meta: &ModelMeta) -> Result<(), String> {
         }
     }
     for t in &meta.tensors {
-        if !matches!(t.dtype, DType::F32 | DType::F16) {
+        if !matches!(t.dtype, DType::F32 | DType::F16 | DType::I8 | DType::I32) {
             return Err(format!(
-                "tensor {} has dtype {:?}; this engine reads f32 and f16 parameters",
+                "tensor {} has dtype {:?}; this engine reads f32, f16, i8 and i32 parameters",
                 t.name, t.dtype
+            ));
+        }
+    }
+    for (i, v) in meta.values.iter().enumerate() {
+        if let Some(q) = v.quant {
+            if !(q.scale.is_finite() && q.scale > 0.0) {
+                return Err(format!("value {i} ({}) has an invalid u8 grid {q:?}", v.name));
+            }
+        }
+    }
+    for io in meta.inputs.iter().chain(&meta.outputs) {
+        if meta.values.get(io.value).is_some_and(|v| v.quant.is_some()) {
+            return Err(format!(
+                "model input or output {} is stored as u8; the interface is f32",
+                io.name
             ));
         }
     }
@@ -123,7 +138,74 @@ pub fn validate(meta: &ModelMeta) -> Result<(), String> {
                 .map(|&p| meta.tensors[p].dims.as_slice())
                 .ok_or_else(|| ctx(format!("is missing parameter {k}")))
         };
+        let is_u8 = |v: usize| meta.values[v].quant.is_some();
+        let param_dtype = |k: usize| n.params.get(k).map(|&p| meta.tensors[p].dtype);
+        // Which values are u8 and which parameters are which type is fixed by the op.
         match &n.op {
+            Op::QConv { .. } => {
+                if !is_u8(n.inputs[0]) {
+                    return Err(ctx("reads an f32 input; an INT8 convolution reads u8".into()));
+                }
+                if [param_dtype(0), param_dtype(1), param_dtype(2)]
+                    != [Some(DType::I8), Some(DType::I32), Some(DType::F32)]
+                {
+                    return Err(ctx("parameters are not [i8 weight, i32 bias, f32 scale]".into()));
+                }
+            }
+            Op::Quantize => {
+                if is_u8(n.inputs[0]) || !is_u8(out) {
+                    return Err(ctx("must turn an f32 value into a u8 one".into()));
+                }
+            }
+            _ => {
+                if n.inputs.iter().chain(&n.outputs).any(|&v| is_u8(v)) {
+                    return Err(ctx("reads or writes a u8 value; only INT8 ops do".into()));
+                }
+                let float = |d: Option<DType>| matches!(d, Some(DType::F32 | DType::F16));
+                if !n.params.iter().enumerate().all(|(k, _)| float(param_dtype(k))) {
+                    return Err(ctx("has non-float parameters".into()));
+                }
+            }
+        }
+        match &n.op {
+            Op::Quantize => {
+                want_inputs(&[1])?;
+                if shape(n.inputs[0]) != os {
+                    return Err(ctx("shape changes".into()));
+                }
+            }
+            Op::QConv { cin, cout, window, .. } => {
+                want_inputs(&[1, 2])?;
+                if !window_ok(window) || *cin == 0 || *cout == 0 {
+                    return Err(ctx("invalid geometry".into()));
+                }
+                let is = shape(n.inputs[0]);
+                if is.len() != 3 || is[0] != *cin {
+                    return Err(ctx(format!("input shape {is:?} does not have {cin} channels")));
+                }
+                let (oh, ow) =
+                    pool_out(window, is[1], is[2], false).ok_or_else(|| ctx("window does not fit".into()))?;
+                if os != [*cout, oh, ow] {
+                    return Err(ctx(format!("output shape {os:?}, expected {:?}", [*cout, oh, ow])));
+                }
+                if n.inputs.len() == 2 && shape(n.inputs[1]) != os {
+                    return Err(ctx("residual shape differs from the output".into()));
+                }
+                let [kh, kw] = window.kernel;
+                if kh * kw * cin.div_ceil(QPACK_GROUP) * QPACK_GROUP > qp_kernels::qconv::MAX_REDUCTION {
+                    return Err(ctx("reduction too long for exact i32 accumulation".into()));
+                }
+                let groups = cin.div_ceil(QPACK_GROUP);
+                if tensor_dims(0)? != [padded(*cout) / PACK_LANES, kh, kw, groups, PACK_LANES, QPACK_GROUP] {
+                    return Err(ctx(format!(
+                        "weight dims {:?} do not match the packed INT8 layout",
+                        tensor_dims(0)?
+                    )));
+                }
+                if tensor_dims(1)? != [padded(*cout)] || tensor_dims(2)? != [padded(*cout)] {
+                    return Err(ctx("bias or scale dims do not match".into()));
+                }
+            }
             Op::Conv { cin, cout, window, .. } => {
                 want_inputs(&[1, 2])?;
                 if !window_ok(window) || *cin == 0 || *cout == 0 {
