@@ -16,4 +16,5 @@ pub mod npy;
 pub mod onnx;
 pub mod plan;
 pub mod preprocess;
+pub mod quant;
 pub mod serve;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use qp::convert::{convert_file, ConvertOptions, Precision};
+use qp::convert::{convert_file, ConvertOptions, Int8Options, Precision};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -24,15 +24,53 @@ struct Args {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
-    /// Weight storage: fp32, or fp16 (half the file; computed in f32).
+    /// Weight storage: fp32, fp16 (half the file; computed in f32) or int8 (calibrated;
+    /// needs --calibrate).
     #[arg(long, value_enum, default_value = "fp32")]
     precision: PrecisionArg,
+    /// INT8 calibration data: a directory of PNG/JPEG images (preprocessed as the model's
+    /// metadata says) and/or <input>.npy arrays. Repeatable. Every fourth image is held
+    /// out for the accuracy report.
+    #[arg(long, value_name = "DIR")]
+    calibrate: Vec<PathBuf>,
+    /// INT8: which convolutions stay FP32: aggressive (none), balanced (the stem),
+    /// conservative (the stem and the last residual block; skip paths f32 too).
+    #[arg(long, default_value = "balanced", value_parser = parse_profile)]
+    profile: qp::quant::Profile,
+    /// INT8 activation clipping: mse, minmax, percentile (99.99%) or percentileNN.N.
+    #[arg(long, default_value = "mse", value_parser = parse_method)]
+    calibration_method: qp::quant::range::Method,
+    /// INT8: calibration samples (images spread evenly over what --calibrate holds).
+    #[arg(long, default_value_t = 64)]
+    calibration_samples: usize,
+    /// INT8: held-out images for the accuracy report.
+    #[arg(long, default_value_t = 48)]
+    holdout_samples: usize,
+    /// INT8: pseudo-images added to the accuracy report.
+    #[arg(long, default_value_t = 32)]
+    pseudo_samples: usize,
+    /// INT8: also evaluate every profile and clipping method (accuracy, latency).
+    #[arg(long)]
+    compare: bool,
+    /// INT8: also measure how much quantizing each convolution alone moves the outputs.
+    #[arg(long)]
+    sensitivity: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum PrecisionArg {
     Fp32,
     Fp16,
+    Int8,
+}
+
+fn parse_profile(s: &str) -> Result<qp::quant::Profile, String> {
+    qp::quant::Profile::parse(s).ok_or_else(|| format!("{s:?}: expected aggressive, balanced or conservative"))
+}
+
+fn parse_method(s: &str) -> Result<qp::quant::range::Method, String> {
+    qp::quant::range::Method::parse(s)
+        .ok_or_else(|| format!("{s:?}: expected mse, minmax, percentile or percentileNN.N (50 <= NN < 100)"))
 }
 
 fn main() -> ExitCode {
@@ -43,8 +81,23 @@ fn main() -> ExitCode {
         precision: match args.precision {
             PrecisionArg::Fp32 => Precision::Fp32,
             PrecisionArg::Fp16 => Precision::Fp16,
+            PrecisionArg::Int8 => Precision::Int8,
+        },
+        int8: Int8Options {
+            profile: args.profile,
+            method: args.calibration_method,
+            calibrate: args.calibrate.clone(),
+            calibration_samples: args.calibration_samples,
+            holdout_samples: args.holdout_samples,
+            pseudo_samples: args.pseudo_samples,
+            compare: args.compare,
+            sensitivity: args.sensitivity,
         },
     };
+    if !matches!(args.precision, PrecisionArg::Int8) && !args.calibrate.is_empty() {
+        eprintln!("qp-convert: error: --calibrate applies to --precision int8 only");
+        return ExitCode::FAILURE;
+    }
     let start = std::time::Instant::now();
     match convert_file(&args.model, &output, &options) {
         Ok((converted, size)) => {
@@ -59,6 +112,8 @@ fn main() -> ExitCode {
                     "parameters": meta.stats.parameters,
                     "flops_per_sample": meta.stats.flops_per_sample,
                     "file_bytes": size,
+                    "precision": meta.precision,
+                    "reports": meta.reports,
                     "seconds": secs,
                 });
                 println!("{summary}");
@@ -81,6 +136,9 @@ fn main() -> ExitCode {
                     "FLOPs      {:.3} G per sample",
                     meta.stats.flops_per_sample as f64 / 1e9
                 );
+                if let Some(report) = meta.reports.get("quantization") {
+                    print!("{}", qp::quant::report_text(report));
+                }
             }
             ExitCode::SUCCESS
         }

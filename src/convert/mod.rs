@@ -16,12 +16,48 @@ use crate::graph::ir::{Dim, Graph, IrOp, ValueId};
 use crate::graph::op::Op;
 use crate::graph::passes;
 use crate::onnx;
+use crate::quant;
 
 #[derive(Clone, Debug, Default)]
 pub struct ConvertOptions {
     /// Model name stored in the file; default: the ONNX graph name or the file stem.
     pub name: Option<String>,
     pub precision: Precision,
+    /// Used with `Precision::Int8`.
+    pub int8: Int8Options,
+}
+
+/// How `Precision::Int8` calibrates and what it reports.
+#[derive(Clone, Debug)]
+pub struct Int8Options {
+    pub profile: quant::Profile,
+    pub method: quant::range::Method,
+    /// Directories of PNG/JPEG images and/or `<input>.npy` arrays.
+    pub calibrate: Vec<std::path::PathBuf>,
+    pub calibration_samples: usize,
+    /// Held-out images (or rows) for the accuracy report.
+    pub holdout_samples: usize,
+    /// Pseudo-images added to the held-out samples.
+    pub pseudo_samples: usize,
+    /// Evaluate every profile x clipping method (accuracy and latency) for the report.
+    pub compare: bool,
+    /// Measure each convolution's effect alone.
+    pub sensitivity: bool,
+}
+
+impl Default for Int8Options {
+    fn default() -> Self {
+        Int8Options {
+            profile: quant::DEFAULT_PROFILE,
+            method: quant::DEFAULT_METHOD,
+            calibrate: Vec::new(),
+            calibration_samples: 64,
+            holdout_samples: 48,
+            pseudo_samples: 32,
+            compare: false,
+            sensitivity: false,
+        }
+    }
 }
 
 /// How weights are stored.
@@ -32,12 +68,46 @@ pub enum Precision {
     /// Conv and dense weights as IEEE half (half the file); the engine widens them to f32
     /// once at load and computes in f32. Biases stay f32.
     Fp16,
+    /// Convolutions in INT8 (u8 activations, s8 per-channel weights) as the profile in
+    /// `Int8Options` selects, calibrated on real samples; the rest FP32.
+    Int8,
+}
+
+/// The values of one tensor as the converter holds them. An f16 tensor is held as f32
+/// (its spec says F16) and rounded when written.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorData {
+    F32(Vec<f32>),
+    I8(Vec<i8>),
+    I32(Vec<i32>),
+}
+
+impl TensorData {
+    pub fn len(&self) -> usize {
+        match self {
+            TensorData::F32(v) => v.len(),
+            TensorData::I8(v) => v.len(),
+            TensorData::I32(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match self {
+            TensorData::F32(v) => Some(v),
+            _ => None,
+        }
+    }
 }
 
 /// A converted model ready to write.
+#[derive(Clone)]
 pub struct Converted {
     pub meta: ModelMeta,
-    pub tensors: Vec<Vec<f32>>,
+    pub tensors: Vec<TensorData>,
 }
 
 impl Converted {
@@ -50,12 +120,14 @@ impl Converted {
             .iter()
             .zip(&self.meta.tensors)
             .map(|(t, spec)| TensorBytes {
-                bytes: match spec.dtype {
-                    DType::F16 => {
+                bytes: match (spec.dtype, t) {
+                    (DType::F16, TensorData::F32(t)) => {
                         let bits: Vec<u16> = t.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
                         std::borrow::Cow::Owned(bytemuck::cast_slice(&bits).to_vec())
                     }
-                    _ => std::borrow::Cow::Borrowed(bytemuck::cast_slice(t)),
+                    (_, TensorData::F32(t)) => std::borrow::Cow::Borrowed(bytemuck::cast_slice(t)),
+                    (_, TensorData::I8(t)) => std::borrow::Cow::Borrowed(bytemuck::cast_slice(t)),
+                    (_, TensorData::I32(t)) => std::borrow::Cow::Borrowed(bytemuck::cast_slice(t)),
                 },
             })
             .collect()
@@ -90,8 +162,31 @@ pub fn convert_bytes(onnx_bytes: &[u8], default_name: &str, options: &ConvertOpt
     let description = imported.metadata.get("qp.description").cloned().unwrap_or_default();
     let mut converted = lower_to_file(&graph, &imported.metadata, name, description, source)?;
     converted.meta.stats.onnx_ops = imported.onnx_ops.clone();
-    if options.precision == Precision::Fp16 {
-        store_weights_as_f16(&mut converted)?;
+    match options.precision {
+        Precision::Fp32 => {}
+        Precision::Fp16 => store_weights_as_f16(&mut converted)?,
+        Precision::Int8 => {
+            let o = &options.int8;
+            let (calibration, holdout) = quant::dataset::load_sets(
+                &converted.meta,
+                &o.calibrate,
+                o.calibration_samples,
+                o.holdout_samples,
+                o.pseudo_samples,
+                0x5eed,
+            )?;
+            converted = quant::quantize(
+                &converted,
+                &quant::QuantizeOptions {
+                    profile: o.profile,
+                    method: o.method,
+                    calibration,
+                    holdout,
+                    compare: o.compare,
+                    sensitivity: o.sensitivity,
+                },
+            )?;
+        }
     }
     // The engine validates every file it loads; refusing here means a model the engine
     // cannot run is never written in the first place.
@@ -128,7 +223,8 @@ fn store_weights_as_f16(c: &mut Converted) -> Result<()> {
         if matches!(node.op, Op::Conv { .. } | Op::Dense { .. }) {
             let id = node.params[0];
             let spec = &mut c.meta.tensors[id];
-            if let Some(v) = c.tensors[id].iter().find(|v| v.abs() > half::f16::MAX.to_f32()) {
+            let values = c.tensors[id].as_f32().unwrap_or_default();
+            if let Some(v) = values.iter().find(|v| v.abs() > half::f16::MAX.to_f32()) {
                 bail!(
                     "weight {} holds {v}, outside the f16 range; convert with fp32",
                     spec.name
@@ -190,6 +286,7 @@ fn lower_to_file(
         values.push(ValueSpec {
             name: g.values[v].name.clone(),
             shape: per_sample(g, v)?,
+            quant: None,
         });
         value_index.insert(v, values.len() - 1);
         Ok(values.len() - 1)
@@ -231,14 +328,14 @@ fn lower_to_file(
     }
 
     let mut tensors: Vec<TensorSpec> = Vec::new();
-    let mut data: Vec<Vec<f32>> = Vec::new();
+    let mut data: Vec<TensorData> = Vec::new();
     let mut add_tensor = |name: String, dims: Vec<usize>, d: Vec<f32>| -> usize {
         tensors.push(TensorSpec {
             name,
             dtype: DType::F32,
             dims,
         });
-        data.push(d);
+        data.push(TensorData::F32(d));
         tensors.len() - 1
     };
     let mut nodes = Vec::new();

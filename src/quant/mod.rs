@@ -1,0 +1,371 @@
+//! INT8 post-training quantization, run by `qp-convert --precision int8`: calibrate
+//! activation ranges on real samples, quantize the convolutions a profile selects, and
+//! measure what that costs against the FP32 model on held-out samples. The figures go
+//! into the file's metadata (`reports.quantization`), shown by `qp-engine info` and the
+//! server's `/model`.
+
+pub mod accuracy;
+pub mod calibrate;
+pub mod dataset;
+pub mod range;
+pub mod rewrite;
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+use self::accuracy::{compare, run_model, Accuracy, Outputs};
+use self::dataset::Sample;
+use self::range::{Histogram, Method, QuantParams};
+use crate::convert::Converted;
+use crate::engine::{Engine, EngineOptions};
+use crate::format::{ModelMeta, QpwFile};
+use crate::graph::op::Op;
+
+/// Which convolutions stay FP32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    /// Every convolution INT8, the stem too.
+    Aggressive,
+    /// The stem (convolutions reading a model input: 3 channels, little work, the
+    /// largest rounding error relative to its signal) stays FP32.
+    Balanced,
+    /// The stem and the last residual block (the convolutions that shape the pooled
+    /// features directly) stay FP32, and residual skip paths stay f32 between INT8
+    /// layers (an exact skip sum; one more quantize pass per block).
+    Conservative,
+}
+
+impl Profile {
+    pub const ALL: [Profile; 3] = [Profile::Aggressive, Profile::Balanced, Profile::Conservative];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Aggressive => "aggressive",
+            Profile::Balanced => "balanced",
+            Profile::Conservative => "conservative",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Profile> {
+        Profile::ALL.into_iter().find(|p| p.name() == s)
+    }
+}
+
+/// The default clipping method: on the reference model, MSE-optimal clipping moved the
+/// predicted SSIM least (docs/PERFORMANCE.md, "INT8 accuracy").
+pub const DEFAULT_METHOD: Method = Method::Mse;
+pub const DEFAULT_PROFILE: Profile = Profile::Balanced;
+
+pub struct QuantizeOptions {
+    pub profile: Profile,
+    pub method: Method,
+    /// Samples the activation ranges are measured on.
+    pub calibration: Vec<Sample>,
+    /// Named held-out sets the accuracy report is measured on (never calibrated on).
+    pub holdout: Vec<(String, Vec<Sample>)>,
+    /// Also measure every profile x method, with batch-1 latency, for the report.
+    pub compare: bool,
+    /// Also measure how much quantizing each convolution alone moves the outputs.
+    pub sensitivity: bool,
+}
+
+/// One profile x method evaluated on all held-out samples.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Candidate {
+    pub profile: Profile,
+    pub method: String,
+    pub int8_convolutions: usize,
+    pub accuracy: Accuracy,
+    /// Median batch-1 latency at conversion time, and the FP32 model's beside it.
+    pub latency_ms: f64,
+    pub fp32_latency_ms: f64,
+}
+
+/// What quantizing one convolution alone (everything else FP32) does to each output.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Sensitivity {
+    pub node: String,
+    /// Mean |delta| per model output, in output order.
+    pub mean_abs_delta: Vec<f64>,
+}
+
+/// The `reports.quantization` entry of an INT8 file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QuantizationReport {
+    pub profile: Profile,
+    pub method: String,
+    pub calibration_samples: usize,
+    pub int8_convolutions: usize,
+    pub fp32_convolutions: Vec<String>,
+    /// Against the FP32 model, per held-out set and over all of them (`all`).
+    pub accuracy: Vec<Accuracy>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<Candidate>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sensitivity: Vec<Sensitivity>,
+}
+
+/// Convolution node indices of `meta`.
+fn convolutions(meta: &ModelMeta) -> Vec<usize> {
+    (0..meta.nodes.len())
+        .filter(|&i| matches!(meta.nodes[i].op, Op::Conv { .. }))
+        .collect()
+}
+
+/// Convolutions reading a model input directly.
+fn stem(meta: &ModelMeta) -> BTreeSet<usize> {
+    let inputs: Vec<usize> = meta.inputs.iter().map(|i| i.value).collect();
+    convolutions(meta)
+        .into_iter()
+        .filter(|&i| meta.nodes[i].inputs.iter().any(|v| inputs.contains(v)))
+        .collect()
+}
+
+/// The convolutions of the last residual block: walking back from the last convolution
+/// to its residual input (the block's input). Without a residual, the last convolution.
+fn last_block(meta: &ModelMeta) -> BTreeSet<usize> {
+    let Some(&last) = convolutions(meta).last() else {
+        return BTreeSet::new();
+    };
+    let producer = |v: usize| meta.nodes.iter().position(|n| n.outputs[0] == v);
+    let stop = meta.nodes[last].inputs.get(1).copied();
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![last];
+    while let Some(n) = todo.pop() {
+        if !seen.insert(n) {
+            continue;
+        }
+        for &v in &meta.nodes[n].inputs {
+            if Some(v) != stop {
+                todo.extend(producer(v));
+            }
+        }
+    }
+    if stop.is_none() {
+        return BTreeSet::from([last]);
+    }
+    seen.into_iter()
+        .filter(|&n| matches!(meta.nodes[n].op, Op::Conv { .. }))
+        .collect()
+}
+
+/// The convolutions `profile` quantizes.
+pub fn int8_convolutions(meta: &ModelMeta, profile: Profile) -> BTreeSet<usize> {
+    let keep: BTreeSet<usize> = match profile {
+        Profile::Aggressive => BTreeSet::new(),
+        Profile::Balanced => stem(meta),
+        Profile::Conservative => stem(meta).union(&last_block(meta)).copied().collect(),
+    };
+    convolutions(meta).into_iter().filter(|n| !keep.contains(n)).collect()
+}
+
+/// Calibrated grids, for one method.
+struct Grids<'a> {
+    hists: &'a std::collections::BTreeMap<usize, Histogram>,
+    method: Method,
+}
+
+impl Grids<'_> {
+    fn grid(&self, v: usize) -> QuantParams {
+        let (lo, hi) = self.hists[&v].clip(self.method);
+        QuantParams::from_interval(lo, hi)
+    }
+}
+
+/// The INT8 model of `fp32` under `options`, with its report in the metadata.
+pub fn quantize(fp32: &Converted, options: &QuantizeOptions) -> Result<Converted> {
+    if fp32.meta.precision != "fp32" {
+        bail!("INT8 quantization starts from an FP32 model");
+    }
+    let meta = &fp32.meta;
+    let convs = convolutions(meta);
+    if convs.is_empty() {
+        bail!("the model has no convolutions to quantize");
+    }
+    let fp32_bytes = fp32.to_bytes()?;
+    // Every value a convolution reads or writes: the grids any profile may need.
+    let wanted: Vec<usize> = convs
+        .iter()
+        .flat_map(|&n| [meta.nodes[n].inputs[0], meta.nodes[n].outputs[0]])
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let hists = calibrate::histograms(&fp32_bytes, &options.calibration, &wanted)?;
+
+    let build = |profile: Profile, method: Method, only: Option<usize>| -> Result<Converted> {
+        let grids = Grids { hists: &hists, method };
+        let set = match only {
+            Some(n) => BTreeSet::from([n]),
+            None => int8_convolutions(meta, profile),
+        };
+        let f32_skips = profile == Profile::Conservative;
+        let model = rewrite::quantize_model(fp32, &set, &|v| grids.grid(v), f32_skips)?;
+        crate::plan::validate::validate(&model.meta).map_err(|e| anyhow::anyhow!("quantized model: {e}"))?;
+        Ok(model)
+    };
+
+    let all: Vec<Sample> = options.holdout.iter().flat_map(|(_, s)| s.iter().cloned()).collect();
+    if all.is_empty() {
+        bail!("the accuracy report needs held-out samples");
+    }
+    let reference_sets: Vec<(String, Outputs)> = options
+        .holdout
+        .iter()
+        .map(|(name, s)| Ok((name.clone(), run_model(&fp32_bytes, s)?)))
+        .collect::<Result<_>>()?;
+    let reference_all = run_model(&fp32_bytes, &all)?;
+
+    let mut model = build(options.profile, options.method, None)?;
+    let bytes = model.to_bytes()?;
+    let mut report_accuracy = Vec::new();
+    for ((name, s), (_, reference)) in options.holdout.iter().zip(&reference_sets) {
+        report_accuracy.push(compare(name, reference, &run_model(&bytes, s)?));
+    }
+    report_accuracy.push(compare("all", &reference_all, &run_model(&bytes, &all)?));
+
+    let mut candidates = Vec::new();
+    if options.compare {
+        let fp32_latency_ms = latency_ms(&fp32_bytes, &all[0])?;
+        for profile in Profile::ALL {
+            for method in [Method::MinMax, Method::Percentile(1e-4), Method::Mse] {
+                let m = build(profile, method, None)?.to_bytes()?;
+                candidates.push(Candidate {
+                    profile,
+                    method: method.name(),
+                    int8_convolutions: int8_convolutions(meta, profile).len(),
+                    accuracy: compare("all", &reference_all, &run_model(&m, &all)?),
+                    latency_ms: latency_ms(&m, &all[0])?,
+                    fp32_latency_ms,
+                });
+            }
+        }
+    }
+
+    let mut sensitivity = Vec::new();
+    if options.sensitivity {
+        let subset: Vec<Sample> = dataset::spread(&all, 16);
+        let reference = run_model(&fp32_bytes, &subset)?;
+        for &n in &convs {
+            let m = build(options.profile, options.method, Some(n))?.to_bytes()?;
+            let acc = compare("sensitivity", &reference, &run_model(&m, &subset)?);
+            sensitivity.push(Sensitivity {
+                node: meta.nodes[n].name.clone(),
+                mean_abs_delta: acc.outputs.iter().map(|o| o.mean_abs_delta).collect(),
+            });
+        }
+    }
+
+    let int8 = int8_convolutions(meta, options.profile);
+    let report = QuantizationReport {
+        profile: options.profile,
+        method: options.method.name(),
+        calibration_samples: options.calibration.len(),
+        int8_convolutions: int8.len(),
+        fp32_convolutions: convs
+            .iter()
+            .filter(|n| !int8.contains(n))
+            .map(|&n| meta.nodes[n].name.clone())
+            .collect(),
+        accuracy: report_accuracy,
+        candidates,
+        sensitivity,
+    };
+    model
+        .meta
+        .reports
+        .insert("quantization".into(), serde_json::to_value(&report)?);
+    Ok(model)
+}
+
+/// Median batch-1 latency over 15 runs after 3 warm-ups, in milliseconds.
+fn latency_ms(model: &[u8], sample: &Sample) -> Result<f64> {
+    let file = QpwFile::from_bytes(model)?;
+    let meta = file.meta.clone();
+    let mut engine = Engine::from_file(file, EngineOptions::default())?;
+    let inputs = dataset::batch(&meta, std::slice::from_ref(sample));
+    for _ in 0..3 {
+        engine.run(&inputs)?;
+    }
+    let mut times: Vec<f64> = (0..15)
+        .map(|_| {
+            let t = Instant::now();
+            engine.run(&inputs).map(|_| t.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect::<Result<_, _>>()?;
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// The quantization report as text, for `qp-convert` and `qp-engine info`.
+pub fn report_text(value: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let Ok(r) = serde_json::from_value::<QuantizationReport>(value.clone()) else {
+        return format!("quantization {value}\n");
+    };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "int8        profile {}, clipping {}, {} calibration samples; {} convolutions INT8, FP32: {}",
+        r.profile.name(),
+        r.method,
+        r.calibration_samples,
+        r.int8_convolutions,
+        if r.fp32_convolutions.is_empty() {
+            "none".to_string()
+        } else {
+            r.fp32_convolutions.join(", ")
+        }
+    );
+    let line = |s: &mut String, label: &str, a: &Accuracy| {
+        for o in &a.outputs {
+            let _ = write!(
+                s,
+                "{label:<28} {:<10} mean |d| {:.4}  p99 {:.4}  max {:.4}  r {:.4}",
+                o.output, o.mean_abs_delta, o.p99_abs_delta, o.max_abs_delta, o.pearson_r
+            );
+            if let Some(f) = &a.pooled_features {
+                let _ = write!(s, "  features cos {:.4} (min {:.4})", f.mean, f.min);
+            }
+            s.push('\n');
+        }
+    };
+    let _ = writeln!(s, "accuracy vs FP32 (held out):");
+    for a in &r.accuracy {
+        line(&mut s, &format!("  {} ({})", a.set, a.samples), a);
+    }
+    if !r.candidates.is_empty() {
+        let _ = writeln!(
+            s,
+            "profiles x clipping (all held-out samples; batch-1 ms at conversion):"
+        );
+        for c in &r.candidates {
+            line(
+                &mut s,
+                &format!(
+                    "  {} {} {:.1}/{:.1} ms",
+                    c.profile.name(),
+                    c.method,
+                    c.latency_ms,
+                    c.fp32_latency_ms
+                ),
+                &c.accuracy,
+            );
+        }
+    }
+    if !r.sensitivity.is_empty() {
+        let mut sens = r.sensitivity.clone();
+        sens.sort_by(|a, b| b.mean_abs_delta[0].total_cmp(&a.mean_abs_delta[0]));
+        let _ = writeln!(
+            s,
+            "sensitivity (one convolution INT8, mean |d| of the first output), most first:"
+        );
+        for x in &sens {
+            let _ = writeln!(s, "  {:<24} {:.5}", x.node, x.mean_abs_delta[0]);
+        }
+    }
+    s
+}

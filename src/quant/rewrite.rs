@@ -1,0 +1,284 @@
+//! Turns a converted FP32 model into an INT8 one: the chosen convolutions become `QConv`
+//! (per-channel symmetric s8 weights, the input zero point folded into an i32 bias), a
+//! value is stored as u8 exactly when every reader is INT8, and a `Quantize` node
+//! appears only where an f32 value first feeds an INT8 layer. An INT8 layer whose
+//! output any FP32 layer reads writes f32 directly from its epilogue, so there is no
+//! separate dequantize step, and no quantize/dequantize pair between two INT8 layers.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{bail, Result};
+
+use super::range::QuantParams;
+use crate::convert::{Converted, TensorData};
+use crate::format::meta::{DType, NodeSpec, TensorSpec, ValueSpec};
+use crate::graph::op::{Op, PACK_LANES, QPACK_GROUP};
+
+/// Largest |i32 bias| accepted: leaves headroom for the accumulator (see
+/// `qp_kernels::qconv::MAX_REDUCTION`).
+const MAX_BIAS: f64 = (1u64 << 30) as f64;
+
+/// `fp32` with the conv nodes `int8` (node indices) quantized; `grid(value)` gives the u8
+/// grid of every value an INT8 layer reads or writes.
+///
+/// With `f32_skips`, values read as a residual (the skip path of a residual block)
+/// stay f32 even between INT8 layers: the skip sum is then exact, and only the branch
+/// inputs are rounded to u8.
+pub fn quantize_model(
+    fp32: &Converted,
+    int8: &BTreeSet<usize>,
+    grid: &dyn Fn(usize) -> QuantParams,
+    f32_skips: bool,
+) -> Result<Converted> {
+    let meta = &fp32.meta;
+    for &n in int8 {
+        if !matches!(meta.nodes.get(n).map(|n| &n.op), Some(Op::Conv { .. })) {
+            bail!("node {n} is not a convolution; only convolutions are quantized");
+        }
+    }
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); meta.values.len()];
+    for (i, n) in meta.nodes.iter().enumerate() {
+        for &v in &n.inputs {
+            readers[v].push(i);
+        }
+    }
+    let model_outputs: BTreeSet<usize> = meta.outputs.iter().map(|o| o.value).collect();
+    let skip: BTreeSet<usize> = meta.nodes.iter().filter_map(|n| n.inputs.get(1).copied()).collect();
+    let stored_u8 = |v: usize, producer: usize| -> bool {
+        int8.contains(&producer)
+            && !model_outputs.contains(&v)
+            && readers[v].iter().all(|r| int8.contains(r))
+            && !(f32_skips && skip.contains(&v))
+    };
+
+    let mut values = meta.values.clone();
+    let mut nodes: Vec<NodeSpec> = Vec::new();
+    let mut tensors: Vec<TensorSpec> = Vec::new();
+    let mut data: Vec<TensorData> = Vec::new();
+    let mut add_tensor = |spec: TensorSpec, d: TensorData, tensors: &mut Vec<TensorSpec>| -> usize {
+        tensors.push(spec);
+        data.push(d);
+        tensors.len() - 1
+    };
+    // f32 value -> its u8 copy, made by one Quantize node shared by every INT8 reader.
+    let mut quantized: BTreeMap<usize, usize> = BTreeMap::new();
+
+    for (i, node) in meta.nodes.iter().enumerate() {
+        let out = node.outputs[0];
+        if !int8.contains(&i) {
+            let params = node
+                .params
+                .iter()
+                .map(|&p| add_tensor(meta.tensors[p].clone(), fp32.tensors[p].clone(), &mut tensors))
+                .collect();
+            nodes.push(NodeSpec { params, ..node.clone() });
+            continue;
+        }
+        let Op::Conv {
+            cin,
+            cout,
+            window,
+            activation,
+        } = node.op
+        else {
+            unreachable!("checked above")
+        };
+        let x = node.inputs[0];
+        let xq = if values[x].quant.is_some() {
+            x
+        } else {
+            *quantized.entry(x).or_insert_with(|| {
+                let q = values.len();
+                values.push(ValueSpec {
+                    name: format!("{}.u8", values[x].name),
+                    shape: values[x].shape.clone(),
+                    quant: Some(grid(x)),
+                });
+                nodes.push(NodeSpec {
+                    name: format!("{}.quantize", values[x].name),
+                    op: Op::Quantize,
+                    inputs: vec![x],
+                    outputs: vec![q],
+                    params: vec![],
+                });
+                q
+            })
+        };
+        if stored_u8(out, i) {
+            values[out].quant = Some(grid(out));
+        }
+        let input_grid = values[xq].quant.expect("u8 input");
+        let [kh, kw] = window.kernel;
+        let weights = fp32.tensors[node.params[0]].as_f32().expect("fp32 model: f32 weights");
+        let bias = fp32.tensors[node.params[1]].as_f32().expect("fp32 model: f32 bias");
+        let q = quantize_conv(weights, bias, cout, cin, kh, kw, input_grid)
+            .map_err(|e| anyhow::anyhow!("node {:?}: {e}", node.name))?;
+        let lanes = cout.div_ceil(PACK_LANES) * PACK_LANES;
+        let w = add_tensor(
+            TensorSpec {
+                name: format!("{}.weight", node.name),
+                dtype: DType::I8,
+                dims: vec![
+                    lanes / PACK_LANES,
+                    kh,
+                    kw,
+                    cin.div_ceil(QPACK_GROUP),
+                    PACK_LANES,
+                    QPACK_GROUP,
+                ],
+            },
+            TensorData::I8(q.weights),
+            &mut tensors,
+        );
+        let b = add_tensor(
+            TensorSpec {
+                name: format!("{}.bias", node.name),
+                dtype: DType::I32,
+                dims: vec![lanes],
+            },
+            TensorData::I32(q.bias),
+            &mut tensors,
+        );
+        let s = add_tensor(
+            TensorSpec {
+                name: format!("{}.scale", node.name),
+                dtype: DType::F32,
+                dims: vec![lanes],
+            },
+            TensorData::F32(q.scale),
+            &mut tensors,
+        );
+        let mut inputs = vec![xq];
+        inputs.extend(node.inputs.get(1));
+        nodes.push(NodeSpec {
+            name: node.name.clone(),
+            op: Op::QConv {
+                cin,
+                cout,
+                window,
+                activation,
+            },
+            inputs,
+            outputs: vec![out],
+            params: vec![w, b, s],
+        });
+    }
+
+    let mut out_meta = meta.clone();
+    out_meta.values = values;
+    out_meta.nodes = nodes;
+    out_meta.tensors = tensors;
+    out_meta.precision = "int8".into();
+    out_meta.stats.engine_ops.clear();
+    for n in &out_meta.nodes {
+        *out_meta.stats.engine_ops.entry(n.op.kind().to_string()).or_default() += 1;
+    }
+    Ok(Converted {
+        meta: out_meta,
+        tensors: data,
+    })
+}
+
+/// One convolution's INT8 parameters, padded to whole 16-channel panels.
+pub struct QuantizedConv {
+    pub weights: Vec<i8>,
+    pub bias: Vec<i32>,
+    pub scale: Vec<f32>,
+}
+
+/// Per-output-channel symmetric weights (`w ≈ q * max|w| / 127`, q in [-127, 127]),
+/// `scale = input scale * weight scale`, and the bias in accumulator units with the
+/// input zero point folded in: `round(b / scale) - zero * Σ q`.
+/// `packed` is the FP32 packed layout `[ceil(cout/16)][kh][kw][cin][16]`.
+pub fn quantize_conv(
+    packed: &[f32],
+    bias: &[f32],
+    cout: usize,
+    cin: usize,
+    kh: usize,
+    kw: usize,
+    input: QuantParams,
+) -> Result<QuantizedConv, String> {
+    let at = |co: usize, ci: usize, y: usize, x: usize| -> f32 {
+        packed[((((co / PACK_LANES) * kh + y) * kw + x) * cin + ci) * PACK_LANES + co % PACK_LANES]
+    };
+    let lanes = cout.div_ceil(PACK_LANES) * PACK_LANES;
+    let mut oihw = vec![0i8; cout * cin * kh * kw];
+    let mut bias_q = vec![0i32; lanes];
+    let mut scale = vec![0f32; lanes];
+    for co in 0..cout {
+        let mut max = 0f32;
+        for ci in 0..cin {
+            for y in 0..kh {
+                for x in 0..kw {
+                    max = max.max(at(co, ci, y, x).abs());
+                }
+            }
+        }
+        if !max.is_finite() {
+            return Err(format!("output channel {co} has non-finite weights"));
+        }
+        let w_scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+        let mut sum = 0i64;
+        for ci in 0..cin {
+            for y in 0..kh {
+                for x in 0..kw {
+                    let q = (at(co, ci, y, x) / w_scale).round().clamp(-127.0, 127.0) as i8;
+                    oihw[((co * cin + ci) * kh + y) * kw + x] = q;
+                    sum += q as i64;
+                }
+            }
+        }
+        scale[co] = input.scale * w_scale;
+        let b = (bias[co] as f64 / scale[co] as f64).round() - input.zero as f64 * sum as f64;
+        if b.is_nan() || b.abs() > MAX_BIAS {
+            return Err(format!(
+                "output channel {co}: bias {} is {b:.3e} accumulator units, too large for exact INT8 arithmetic; \
+                 keep this layer FP32 (--profile conservative) or recalibrate",
+                bias[co]
+            ));
+        }
+        bias_q[co] = b as i32;
+    }
+    Ok(QuantizedConv {
+        weights: qp_kernels::qconv::pack_weights_s8(&oihw, cout, cin, kh, kw),
+        bias: bias_q,
+        scale,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_are_symmetric_per_channel_and_the_zero_point_is_folded() {
+        // 2 output channels, 1 input channel, 1x1: channel 0 weight 0.5, channel 1 -2.0.
+        let mut packed = vec![0f32; PACK_LANES];
+        packed[0] = 0.5;
+        packed[1] = -2.0;
+        let input = QuantParams { scale: 0.1, zero: 10 };
+        let q = quantize_conv(&packed, &[1.0, 0.0], 2, 1, 1, 1, input).unwrap();
+        // Each channel's largest weight maps to +-127.
+        // Packed [panel][kh][kw][ci/4][16 lanes][4]: channel 1, input 0 is byte 4.
+        assert_eq!(q.weights[0], 127);
+        assert_eq!(q.weights[4], -127);
+        let s0 = 0.1 * 0.5 / 127.0;
+        assert!((q.scale[0] - s0).abs() < 1e-9);
+        // bias 1.0 in accumulator units, minus zero point * sum(q).
+        assert_eq!(q.bias[0], (1.0 / s0 as f64).round() as i32 - 10 * 127);
+        assert_eq!(q.bias[1], 10 * 127);
+        // Real check: x = 2.0 -> q = 30; y = (30 * 127 + bias) * scale = 0.5 * 2 + 1.
+        let y = (30 * 127 + q.bias[0]) as f32 * q.scale[0];
+        assert!((y - 2.0).abs() < 1e-3, "{y}");
+    }
+
+    #[test]
+    fn a_bias_too_large_for_the_accumulator_is_refused() {
+        let mut packed = vec![0f32; PACK_LANES];
+        packed[0] = 1e-6;
+        let input = QuantParams { scale: 1e-3, zero: 0 };
+        let err = quantize_conv(&packed, &[1e6], 1, 1, 1, 1, input).err().unwrap();
+        assert!(err.contains("too large"), "{err}");
+    }
+}
