@@ -7,12 +7,13 @@ use crate::format::meta::{ModelMeta, NodeSpec};
 use crate::graph::op::Op;
 
 /// Floating-point operations of one node over `batch` samples (a multiply-add counts 2),
-/// for the ops whose cost is arithmetic: conv `2*cout*cin*kh*kw*oh*ow`, dense `2*in*out`.
+/// for the ops whose cost is arithmetic: conv `2*cout*cin*kh*kw*oh*ow` (integer
+/// operations for an INT8 conv), dense `2*in*out`.
 /// `None` for the memory-bound ops (pooling, elementwise, reshapes), whose time is not
 /// measured against the FMA peak.
 pub fn node_flops(meta: &ModelMeta, node: &NodeSpec, batch: usize) -> Option<u64> {
     let per_sample = match &node.op {
-        Op::Conv { cin, cout, window, .. } => {
+        Op::Conv { cin, cout, window, .. } | Op::QConv { cin, cout, window, .. } => {
             let out = &meta.values.get(*node.outputs.first()?)?.shape;
             let (oh, ow) = match out.as_slice() {
                 [_, oh, ow] => (*oh, *ow),
@@ -29,7 +30,10 @@ pub fn node_flops(meta: &ModelMeta, node: &NodeSpec, batch: usize) -> Option<u64
 /// The op kind with its window, e.g. `conv 3x3/2` or `max_pool 3x3/2`.
 pub fn node_label(node: &NodeSpec) -> String {
     let window = match &node.op {
-        Op::Conv { window, .. } | Op::MaxPool { window, .. } | Op::AveragePool { window, .. } => window,
+        Op::Conv { window, .. }
+        | Op::QConv { window, .. }
+        | Op::MaxPool { window, .. }
+        | Op::AveragePool { window, .. } => window,
         _ => return node.op.kind().to_string(),
     };
     let mut label = format!("{} {}x{}", node.op.kind(), window.kernel[0], window.kernel[1]);

@@ -388,6 +388,10 @@ fn cpu_profile(args: &BenchArgs, meta: &ModelMeta) -> Result<()> {
             "not pinned"
         }
     );
+    if probe.meta().nodes.iter().any(|n| n.op.kind() == "qconv") {
+        let tier = qp_kernels::qconv::int8_tier(chosen, qp_kernels::cpu::features());
+        println!("INT8 convolutions: tier {}", tier.name());
+    }
     drop(probe);
 
     println!();
@@ -433,7 +437,7 @@ fn cpu_profile(args: &BenchArgs, meta: &ModelMeta) -> Result<()> {
     let (layers, end_to_end) = profile_layers(&args.model, meta, chosen, batch, threads, args)?;
     println!();
     println!(
-        "== Per layer: tier {chosen}, batch {batch}, {thread_count} threads, median of {} runs; % of peak = of {thread_count} x 1-core FMA peak ({peak:.1} GFLOP/s)",
+        "== Per layer: tier {chosen}, batch {batch}, {thread_count} threads, median of {} runs; % of peak = of {thread_count} x 1-core FMA peak ({peak:.1} GFLOP/s); qconv rows count integer ops",
         args.iterations
     );
     print_layers(&layers, peak);
@@ -499,7 +503,7 @@ fn print_layers(layers: &[LayerTime], peak: f64) {
             l.shape,
             l.seconds * 1e3,
             gf.map_or("-".into(), |g| format!("{g:.1}")),
-            percent_of(gf, peak)
+            percent_of(gf.filter(|_| l.kind != "qconv"), peak)
         );
     }
 }
@@ -527,9 +531,10 @@ fn print_kind_totals(layers: &[LayerTime], peak: f64, end_to_end: f64) {
                 "-".into()
             },
             gf.map_or("-".into(), |g| format!("{g:.1}")),
-            percent_of(gf, peak)
+            percent_of(gf.filter(|_| *kind != "qconv"), peak)
         );
     }
+    let int8 = totals.contains_key("qconv");
     let flops: u64 = totals.values().map(|t| t.flops).sum();
     let gf = (sum > 0.0).then(|| flops as f64 / sum / 1e9);
     println!(
@@ -540,7 +545,7 @@ fn print_kind_totals(layers: &[LayerTime], peak: f64, end_to_end: f64) {
         100.0,
         flops as f64 / 1e9,
         gf.map_or("-".into(), |g| format!("{g:.1}")),
-        percent_of(gf, peak)
+        percent_of(gf.filter(|_| !int8), peak)
     );
     println!(
         "(sum of node times {:.3} ms; end-to-end median of the profiled runs {:.3} ms)",

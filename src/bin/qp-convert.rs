@@ -34,7 +34,7 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     calibrate: Vec<PathBuf>,
     /// INT8: which convolutions stay FP32: aggressive (none), balanced (the stem),
-    /// conservative (the stem and the last residual block; skip paths f32 too).
+    /// conservative (the stem and the last residual block).
     #[arg(long, default_value = "balanced", value_parser = parse_profile)]
     profile: qp::quant::Profile,
     /// INT8 activation clipping: mse, minmax, percentile (99.99%) or percentileNN.N.

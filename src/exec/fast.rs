@@ -207,7 +207,7 @@ fn run_int8_node(
     match &node.op {
         Op::Quantize => {
             let q = value(y).quant.expect("validated: quantize writes u8");
-            quantize::quantize_u8(isa, ins[0], q.scale, q.zero, as_u8_mut(out, elements(y)));
+            quantize::quantize_u8(isa, par, ins[0], q.scale, q.zero, as_u8_mut(out, elements(y)));
         }
         Op::QConv {
             cin,

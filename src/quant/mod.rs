@@ -34,8 +34,7 @@ pub enum Profile {
     /// largest rounding error relative to its signal) stays FP32.
     Balanced,
     /// The stem and the last residual block (the convolutions that shape the pooled
-    /// features directly) stay FP32, and residual skip paths stay f32 between INT8
-    /// layers (an exact skip sum; one more quantize pass per block).
+    /// features directly) stay FP32.
     Conservative,
 }
 
@@ -202,8 +201,7 @@ pub fn quantize(fp32: &Converted, options: &QuantizeOptions) -> Result<Converted
             Some(n) => BTreeSet::from([n]),
             None => int8_convolutions(meta, profile),
         };
-        let f32_skips = profile == Profile::Conservative;
-        let model = rewrite::quantize_model(fp32, &set, &|v| grids.grid(v), f32_skips)?;
+        let model = rewrite::quantize_model(fp32, &set, &|v| grids.grid(v))?;
         crate::plan::validate::validate(&model.meta).map_err(|e| anyhow::anyhow!("quantized model: {e}"))?;
         Ok(model)
     };

@@ -20,15 +20,10 @@ const MAX_BIAS: f64 = (1u64 << 30) as f64;
 
 /// `fp32` with the conv nodes `int8` (node indices) quantized; `grid(value)` gives the u8
 /// grid of every value an INT8 layer reads or writes.
-///
-/// With `f32_skips`, values read as a residual (the skip path of a residual block)
-/// stay f32 even between INT8 layers: the skip sum is then exact, and only the branch
-/// inputs are rounded to u8.
 pub fn quantize_model(
     fp32: &Converted,
     int8: &BTreeSet<usize>,
     grid: &dyn Fn(usize) -> QuantParams,
-    f32_skips: bool,
 ) -> Result<Converted> {
     let meta = &fp32.meta;
     for &n in int8 {
@@ -43,12 +38,8 @@ pub fn quantize_model(
         }
     }
     let model_outputs: BTreeSet<usize> = meta.outputs.iter().map(|o| o.value).collect();
-    let skip: BTreeSet<usize> = meta.nodes.iter().filter_map(|n| n.inputs.get(1).copied()).collect();
     let stored_u8 = |v: usize, producer: usize| -> bool {
-        int8.contains(&producer)
-            && !model_outputs.contains(&v)
-            && readers[v].iter().all(|r| int8.contains(r))
-            && !(f32_skips && skip.contains(&v))
+        int8.contains(&producer) && !model_outputs.contains(&v) && readers[v].iter().all(|r| int8.contains(r))
     };
 
     let mut values = meta.values.clone();
