@@ -108,19 +108,7 @@ fn run_node(
             window,
             activation,
         } => {
-            let g = ConvGeometry {
-                batch,
-                in_h: is[1],
-                in_w: is[2],
-                cin: *cin,
-                out_h: os[1],
-                out_w: os[2],
-                cout: *cout,
-                kernel: window.kernel,
-                stride: window.stride,
-                dilation: window.dilation,
-                pads: window.pads,
-            };
+            let g = conv_geometry(batch, is, os, *cin, *cout, window);
             conv2d_nhwc(
                 isa,
                 par,
@@ -215,20 +203,7 @@ fn run_int8_node(
             window,
             activation,
         } => {
-            let (is, os) = (&value(x).shape, &value(y).shape);
-            let g = ConvGeometry {
-                batch,
-                in_h: is[1],
-                in_w: is[2],
-                cin: *cin,
-                out_h: os[1],
-                out_w: os[2],
-                cout: *cout,
-                kernel: window.kernel,
-                stride: window.stride,
-                dilation: window.dilation,
-                pads: window.pads,
-            };
+            let g = conv_geometry(batch, &value(x).shape, &value(y).shape, *cin, *cout, window);
             let xq = value(x).quant.expect("validated: qconv reads u8");
             let residual = match node.inputs.get(1) {
                 None => QResidual::None,
@@ -266,6 +241,23 @@ fn run_int8_node(
             );
         }
         other => unreachable!("{} is not an INT8 op", other.kind()),
+    }
+}
+
+/// Per-sample shapes `[C, H, W]` in and out.
+fn conv_geometry(batch: usize, is: &[usize], os: &[usize], cin: usize, cout: usize, w: &Window) -> ConvGeometry {
+    ConvGeometry {
+        batch,
+        in_h: is[1],
+        in_w: is[2],
+        cin,
+        out_h: os[1],
+        out_w: os[2],
+        cout,
+        kernel: w.kernel,
+        stride: w.stride,
+        dilation: w.dilation,
+        pads: w.pads,
     }
 }
 

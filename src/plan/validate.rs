@@ -174,7 +174,7 @@ pub fn validate(meta: &ModelMeta) -> Result<(), String> {
                     return Err(ctx("shape changes".into()));
                 }
             }
-            Op::QConv { cin, cout, window, .. } => {
+            Op::Conv { cin, cout, window, .. } | Op::QConv { cin, cout, window, .. } => {
                 want_inputs(&[1, 2])?;
                 if !window_ok(window) || *cin == 0 || *cout == 0 {
                     return Err(ctx("invalid geometry".into()));
@@ -192,39 +192,21 @@ pub fn validate(meta: &ModelMeta) -> Result<(), String> {
                     return Err(ctx("residual shape differs from the output".into()));
                 }
                 let [kh, kw] = window.kernel;
-                if kh * kw * cin.div_ceil(QPACK_GROUP) * QPACK_GROUP > qp_kernels::qconv::MAX_REDUCTION {
-                    return Err(ctx("reduction too long for exact i32 accumulation".into()));
-                }
-                let groups = cin.div_ceil(QPACK_GROUP);
-                if tensor_dims(0)? != [padded(*cout) / PACK_LANES, kh, kw, groups, PACK_LANES, QPACK_GROUP] {
-                    return Err(ctx(format!(
-                        "weight dims {:?} do not match the packed INT8 layout",
-                        tensor_dims(0)?
-                    )));
-                }
-                if tensor_dims(1)? != [padded(*cout)] || tensor_dims(2)? != [padded(*cout)] {
-                    return Err(ctx("bias or scale dims do not match".into()));
-                }
-            }
-            Op::Conv { cin, cout, window, .. } => {
-                want_inputs(&[1, 2])?;
-                if !window_ok(window) || *cin == 0 || *cout == 0 {
-                    return Err(ctx("invalid geometry".into()));
-                }
-                let is = shape(n.inputs[0]);
-                if is.len() != 3 || is[0] != *cin {
-                    return Err(ctx(format!("input shape {is:?} does not have {cin} channels")));
-                }
-                let (oh, ow) =
-                    pool_out(window, is[1], is[2], false).ok_or_else(|| ctx("window does not fit".into()))?;
-                if os != [*cout, oh, ow] {
-                    return Err(ctx(format!("output shape {os:?}, expected {:?}", [*cout, oh, ow])));
-                }
-                if n.inputs.len() == 2 && shape(n.inputs[1]) != os {
-                    return Err(ctx("residual shape differs from the output".into()));
-                }
-                let [kh, kw] = window.kernel;
-                if tensor_dims(0)? != [padded(*cout) / PACK_LANES, kh, kw, *cin, PACK_LANES] {
+                if let Op::QConv { .. } = n.op {
+                    let groups = cin.div_ceil(QPACK_GROUP);
+                    if kh * kw * groups * QPACK_GROUP > qp_kernels::qconv::MAX_REDUCTION {
+                        return Err(ctx("reduction too long for exact i32 accumulation".into()));
+                    }
+                    if tensor_dims(0)? != [padded(*cout) / PACK_LANES, kh, kw, groups, PACK_LANES, QPACK_GROUP] {
+                        return Err(ctx(format!(
+                            "weight dims {:?} do not match the packed INT8 layout",
+                            tensor_dims(0)?
+                        )));
+                    }
+                    if tensor_dims(1)? != [padded(*cout)] || tensor_dims(2)? != [padded(*cout)] {
+                        return Err(ctx("bias or scale dims do not match".into()));
+                    }
+                } else if tensor_dims(0)? != [padded(*cout) / PACK_LANES, kh, kw, *cin, PACK_LANES] {
                     return Err(ctx(format!(
                         "weight dims {:?} do not match the packed layout",
                         tensor_dims(0)?

@@ -38,20 +38,26 @@ pub fn histograms(fp32: &[u8], samples: &[Sample], wanted: &[usize]) -> Result<B
         .map(|(k, io)| (k, io.value))
         .collect();
 
+    // Feeds every wanted value of every sample to `see`.
+    let mut each_value = |see: &mut dyn FnMut(usize, &[f32])| -> Result<()> {
+        for chunk in samples.chunks(BATCH) {
+            for &(k, v) in &input_of {
+                for s in chunk {
+                    see(v, &s.inputs[k]);
+                }
+            }
+            engine.run_observed(&batch(&meta, chunk), &mut |node, out| {
+                if let Some(&v) = node_of.get(&node) {
+                    see(v, out);
+                }
+            })?;
+        }
+        Ok(())
+    };
+
     // Pass one: extents.
     let mut extents: BTreeMap<usize, Extent> = wanted.iter().map(|&v| (v, Extent::default())).collect();
-    for chunk in samples.chunks(BATCH) {
-        for &(k, v) in &input_of {
-            for s in chunk {
-                extents.get_mut(&v).expect("wanted").observe(&s.inputs[k]);
-            }
-        }
-        engine.run_observed(&batch(&meta, chunk), &mut |node, out| {
-            if let Some(v) = node_of.get(&node) {
-                extents.get_mut(v).expect("wanted").observe(out);
-            }
-        })?;
-    }
+    each_value(&mut |v, data| extents.get_mut(&v).expect("wanted").observe(data))?;
     for (v, e) in &extents {
         if e.non_finite > 0 {
             bail!(
@@ -64,17 +70,6 @@ pub fn histograms(fp32: &[u8], samples: &[Sample], wanted: &[usize]) -> Result<B
 
     // Pass two: histograms over the extents.
     let mut hists: BTreeMap<usize, Histogram> = extents.iter().map(|(&v, e)| (v, Histogram::new(e))).collect();
-    for chunk in samples.chunks(BATCH) {
-        for &(k, v) in &input_of {
-            for s in chunk {
-                hists.get_mut(&v).expect("wanted").observe(&s.inputs[k]);
-            }
-        }
-        engine.run_observed(&batch(&meta, chunk), &mut |node, out| {
-            if let Some(v) = node_of.get(&node) {
-                hists.get_mut(v).expect("wanted").observe(out);
-            }
-        })?;
-    }
+    each_value(&mut |v, data| hists.get_mut(&v).expect("wanted").observe(data))?;
     Ok(hists)
 }

@@ -69,6 +69,19 @@ fn sampled_input(spec: &IoSpec, seed: u64) -> Result<Vec<f32>> {
         .collect())
 }
 
+/// One sample's inputs: `image` for input `k`, the others sampled from their features.
+fn with_sampled_rest(meta: &ModelMeta, k: usize, image: Vec<f32>, seed: u64) -> Result<Vec<Vec<f32>>> {
+    let mut image = Some(image);
+    meta.inputs
+        .iter()
+        .enumerate()
+        .map(|(j, spec)| match image.take_if(|_| j == k) {
+            Some(im) => Ok(im),
+            None => sampled_input(spec, seed),
+        })
+        .collect()
+}
+
 /// Image files under `dir` (PNG and JPEG, any depth), sorted by path.
 pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut found = Vec::new();
@@ -115,21 +128,9 @@ pub fn from_images(meta: &ModelMeta, files: &[PathBuf], seed: u64) -> Result<Vec
             let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             let image = crate::preprocess::image_to_tensor(&bytes, spec, MAX_IMAGE_PIXELS)
                 .with_context(|| format!("preprocessing {}", path.display()))?;
-            let inputs = meta
-                .inputs
-                .iter()
-                .enumerate()
-                .map(|(j, s)| {
-                    if j == k {
-                        Ok(image.clone())
-                    } else {
-                        sampled_input(s, seed ^ (n as u64).wrapping_mul(0x9E37_79B9))
-                    }
-                })
-                .collect::<Result<_>>()?;
             Ok(Sample {
                 origin: path.display().to_string(),
-                inputs,
+                inputs: with_sampled_rest(meta, k, image, seed ^ (n as u64).wrapping_mul(0x9E37_79B9))?,
             })
         })
         .collect()
@@ -221,21 +222,14 @@ pub fn pseudo_images(meta: &ModelMeta, n: usize, seed: u64) -> Result<Vec<Sample
                 *v = (*v - mean) / std.max(1e-12) * gain + shift;
             }
             let image: Vec<f32> = img.into_iter().map(|v| v as f32).collect();
-            let inputs = meta
-                .inputs
-                .iter()
-                .enumerate()
-                .map(|(j, s)| {
-                    if j == k {
-                        Ok(image.clone())
-                    } else {
-                        sampled_input(s, seed ^ (i as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03))
-                    }
-                })
-                .collect::<Result<_>>()?;
             Ok(Sample {
                 origin: format!("pseudo:{i}"),
-                inputs,
+                inputs: with_sampled_rest(
+                    meta,
+                    k,
+                    image,
+                    seed ^ (i as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
+                )?,
             })
         })
         .collect()
