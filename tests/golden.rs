@@ -226,6 +226,7 @@ fn tiny_int8(profile: qp::quant::Profile) -> (Vec<u8>, Vec<u8>) {
         holdout: vec![("pseudo-images".into(), pseudo_images(&fp32.meta, 24, 2).unwrap())],
         compare: false,
         sensitivity: false,
+        keep_fp32: vec![],
     };
     let int8 = qp::quant::quantize(&fp32, &options).unwrap();
     (fp32.to_bytes().unwrap(), int8.to_bytes().unwrap())

@@ -57,6 +57,17 @@ pub struct BenchArgs {
     /// Milliseconds each FMA peak measurement runs (--cpu-profile).
     #[arg(long, default_value_t = 500)]
     pub peak_ms: u64,
+    /// Instead of timing: compare the model's outputs with this reference model's (e.g.
+    /// an INT8 or FP16 file against its FP32 original): mean, p99 and max |delta|,
+    /// Pearson r, pooled-feature cosine, on pseudo-images and --accuracy-images.
+    #[arg(long, value_name = "REFERENCE.qpw")]
+    pub accuracy: Option<PathBuf>,
+    /// Folder of PNG/JPEG images for --accuracy (preprocessed as the model says).
+    #[arg(long, value_name = "DIR")]
+    pub accuracy_images: Option<PathBuf>,
+    /// Samples of each kind for --accuracy.
+    #[arg(long, default_value_t = 32)]
+    pub accuracy_samples: usize,
 }
 
 /// Which kernel tiers a bench measures.
@@ -164,6 +175,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!("--iterations and --scalar-iterations must be at least 1");
     }
     let meta = open_meta(&args.model)?;
+    if let Some(reference) = &args.accuracy {
+        return accuracy(args, &meta, reference);
+    }
     if args.cpu_profile {
         return cpu_profile(args, &meta);
     }
@@ -363,6 +377,56 @@ fn measure_peak(tier: Isa, threads: usize, ms: u64) -> Peak {
         single,
         all_threads,
     }
+}
+
+/// `--accuracy`: the model against a reference model on the same samples.
+fn accuracy(args: &BenchArgs, meta: &ModelMeta, reference: &Path) -> Result<()> {
+    use crate::quant::{accuracy, dataset};
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let (model, reference_bytes) = (read(&args.model)?, read(reference)?);
+    let mut sets = vec![(
+        "pseudo-images".to_string(),
+        dataset::pseudo_images(meta, args.accuracy_samples, INPUT_SEED)?,
+    )];
+    if let Some(dir) = &args.accuracy_images {
+        let files = dataset::spread(&dataset::image_files(dir)?, args.accuracy_samples);
+        if files.is_empty() {
+            bail!("--accuracy-images {}: no PNG or JPEG files", dir.display());
+        }
+        sets.push(("images".to_string(), dataset::from_images(meta, &files, INPUT_SEED)?));
+    }
+    let mut results = Vec::new();
+    for (name, samples) in &sets {
+        let want = accuracy::run_model(&reference_bytes, samples)?;
+        let got = accuracy::run_model(&model, samples)?;
+        if want.names != got.names {
+            bail!("the models have different outputs: {:?} vs {:?}", got.names, want.names);
+        }
+        results.push(accuracy::compare(name, &want, &got));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&results)?);
+        return Ok(());
+    }
+    println!(
+        "{} ({}) against {}:",
+        args.model.display(),
+        meta.precision,
+        reference.display()
+    );
+    for a in &results {
+        for o in &a.outputs {
+            print!(
+                "  {:<14} ({:>3}) {:<10} mean |d| {:.5}  p99 {:.5}  max {:.5}  r {:.5}",
+                a.set, a.samples, o.output, o.mean_abs_delta, o.p99_abs_delta, o.max_abs_delta, o.pearson_r
+            );
+            if let Some(f) = &a.pooled_features {
+                print!("  features cos {:.5} (min {:.5})", f.mean, f.min);
+            }
+            println!();
+        }
+    }
+    Ok(())
 }
 
 /// `--cpu-profile`.

@@ -34,7 +34,7 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     calibrate: Vec<PathBuf>,
     /// INT8: which convolutions stay FP32: aggressive (none), balanced (the stem),
-    /// conservative (the stem and the last residual block).
+    /// conservative (the stem, the projection shortcuts and the last residual block).
     #[arg(long, default_value = "balanced", value_parser = parse_profile)]
     profile: qp::quant::Profile,
     /// INT8 activation clipping: mse, minmax, percentile (99.99%) or percentileNN.N.
@@ -55,6 +55,9 @@ struct Args {
     /// INT8: also measure how much quantizing each convolution alone moves the outputs.
     #[arg(long)]
     sensitivity: bool,
+    /// INT8: convolutions (node names, comma-separated) kept FP32 beyond the profile's.
+    #[arg(long, value_delimiter = ',', value_name = "NODES")]
+    keep_fp32: Vec<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
             pseudo_samples: args.pseudo_samples,
             compare: args.compare,
             sensitivity: args.sensitivity,
+            keep_fp32: args.keep_fp32.clone(),
         },
     };
     if !matches!(args.precision, PrecisionArg::Int8) && !args.calibrate.is_empty() {

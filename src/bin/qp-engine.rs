@@ -172,7 +172,6 @@ fn info(model: &Path, json: bool) -> Result<()> {
     println!("FLOPs       {:.3} G per sample", m.stats.flops_per_sample as f64 / 1e9);
     let plan = qp::plan::Plan::new(m, 1);
     println!("activations {:.2} MB at batch 1", plan.arena_bytes() as f64 / 1e6);
-    println!("precision   {}", m.precision);
     for (k, v) in &m.reports {
         if k == "quantization" {
             print!("{}", qp::quant::report_text(v));

@@ -43,6 +43,8 @@ pub struct Int8Options {
     pub compare: bool,
     /// Measure each convolution's effect alone.
     pub sensitivity: bool,
+    /// Convolutions kept FP32 beyond the profile's choice.
+    pub keep_fp32: Vec<String>,
 }
 
 impl Default for Int8Options {
@@ -56,6 +58,7 @@ impl Default for Int8Options {
             pseudo_samples: 32,
             compare: false,
             sensitivity: false,
+            keep_fp32: Vec::new(),
         }
     }
 }
@@ -184,6 +187,7 @@ pub fn convert_bytes(onnx_bytes: &[u8], default_name: &str, options: &ConvertOpt
                     holdout,
                     compare: o.compare,
                     sensitivity: o.sensitivity,
+                    keep_fp32: o.keep_fp32.clone(),
                 },
             )?;
         }

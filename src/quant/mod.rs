@@ -33,8 +33,10 @@ pub enum Profile {
     /// The stem (convolutions reading a model input: 3 channels, little work, the
     /// largest rounding error relative to its signal) stays FP32.
     Balanced,
-    /// The stem and the last residual block (the convolutions that shape the pooled
-    /// features directly) stay FP32.
+    /// The stem, the projection shortcuts (the convolutions on a residual block's skip
+    /// path, which the sensitivity report ranks right after the stem) and the last
+    /// residual block (the convolutions that shape the pooled features directly) stay
+    /// FP32.
     Conservative,
 }
 
@@ -70,6 +72,9 @@ pub struct QuantizeOptions {
     pub compare: bool,
     /// Also measure how much quantizing each convolution alone moves the outputs.
     pub sensitivity: bool,
+    /// Convolutions (node names) kept FP32 beyond what the profile keeps, e.g. the most
+    /// sensitive ones from a sensitivity report.
+    pub keep_fp32: Vec<String>,
 }
 
 /// One profile x method evaluated on all held-out samples.
@@ -152,14 +157,33 @@ fn last_block(meta: &ModelMeta) -> BTreeSet<usize> {
         .collect()
 }
 
-/// The convolutions `profile` quantizes.
-pub fn int8_convolutions(meta: &ModelMeta, profile: Profile) -> BTreeSet<usize> {
+/// Convolutions whose output is read only as a residual: projection shortcuts.
+fn projections(meta: &ModelMeta) -> BTreeSet<usize> {
+    convolutions(meta)
+        .into_iter()
+        .filter(|&c| {
+            let v = meta.nodes[c].outputs[0];
+            let mut readers = meta.nodes.iter().filter(|n| n.inputs.contains(&v)).peekable();
+            readers.peek().is_some() && readers.all(|n| n.inputs.get(1) == Some(&v) && n.inputs[0] != v)
+        })
+        .collect()
+}
+
+/// The convolutions `profile` quantizes, less those named in `keep_fp32`.
+pub fn int8_convolutions(meta: &ModelMeta, profile: Profile, keep_fp32: &[String]) -> BTreeSet<usize> {
     let keep: BTreeSet<usize> = match profile {
         Profile::Aggressive => BTreeSet::new(),
         Profile::Balanced => stem(meta),
-        Profile::Conservative => stem(meta).union(&last_block(meta)).copied().collect(),
+        Profile::Conservative => stem(meta)
+            .into_iter()
+            .chain(projections(meta))
+            .chain(last_block(meta))
+            .collect(),
     };
-    convolutions(meta).into_iter().filter(|n| !keep.contains(n)).collect()
+    convolutions(meta)
+        .into_iter()
+        .filter(|&n| !keep.contains(&n) && !keep_fp32.contains(&meta.nodes[n].name))
+        .collect()
 }
 
 /// Calibrated grids, for one method.
@@ -185,6 +209,15 @@ pub fn quantize(fp32: &Converted, options: &QuantizeOptions) -> Result<Converted
     if convs.is_empty() {
         bail!("the model has no convolutions to quantize");
     }
+    for name in &options.keep_fp32 {
+        if !convs.iter().any(|&n| &meta.nodes[n].name == name) {
+            let names: Vec<&str> = convs.iter().map(|&n| meta.nodes[n].name.as_str()).collect();
+            bail!(
+                "--keep-fp32 {name:?}: no convolution has that name; the convolutions are: {}",
+                names.join(", ")
+            );
+        }
+    }
     let fp32_bytes = fp32.to_bytes()?;
     // Every value a convolution reads or writes: the grids any profile may need.
     let wanted: Vec<usize> = convs
@@ -199,7 +232,7 @@ pub fn quantize(fp32: &Converted, options: &QuantizeOptions) -> Result<Converted
         let grids = Grids { hists: &hists, method };
         let set = match only {
             Some(n) => BTreeSet::from([n]),
-            None => int8_convolutions(meta, profile),
+            None => int8_convolutions(meta, profile, &options.keep_fp32),
         };
         let model = rewrite::quantize_model(fp32, &set, &|v| grids.grid(v))?;
         crate::plan::validate::validate(&model.meta).map_err(|e| anyhow::anyhow!("quantized model: {e}"))?;
@@ -234,7 +267,7 @@ pub fn quantize(fp32: &Converted, options: &QuantizeOptions) -> Result<Converted
                 candidates.push(Candidate {
                     profile,
                     method: method.name(),
-                    int8_convolutions: int8_convolutions(meta, profile).len(),
+                    int8_convolutions: int8_convolutions(meta, profile, &options.keep_fp32).len(),
                     accuracy: compare("all", &reference_all, &run_model(&m, &all)?),
                     latency_ms: latency_ms(&m, &all[0])?,
                     fp32_latency_ms,
@@ -257,7 +290,7 @@ pub fn quantize(fp32: &Converted, options: &QuantizeOptions) -> Result<Converted
         }
     }
 
-    let int8 = int8_convolutions(meta, options.profile);
+    let int8 = int8_convolutions(meta, options.profile, &options.keep_fp32);
     let report = QuantizationReport {
         profile: options.profile,
         method: options.method.name(),

@@ -1,0 +1,227 @@
+//! `qp-convert --precision int8` from the command line: calibration from a folder of
+//! images or `.npy` arrays, the report it prints and stores, and clear errors for every
+//! way to hold it wrong.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn convert(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qp-convert"))
+        .args(args)
+        .output()
+        .expect("run qp-convert")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("qp-int8-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Logo-like test images: flat shapes on white, each different.
+fn write_images(dir: &Path, n: u32) {
+    for i in 0..n {
+        let img = image::RgbImage::from_fn(40 + i, 32 + 2 * i, |x, y| {
+            let inside = (x as i64 - 20).pow(2) + (y as i64 - 16).pow(2) < (60 + 40 * i as i64);
+            if inside {
+                image::Rgb([(37 * i % 256) as u8, (91 * i % 256) as u8, 200])
+            } else {
+                image::Rgb([255, 255, 255])
+            }
+        });
+        img.save(dir.join(format!("logo{i:02}.png"))).unwrap();
+    }
+}
+
+#[test]
+fn images_calibrate_and_the_report_is_printed_and_stored() {
+    let dir = scratch("images");
+    std::fs::create_dir_all(dir.join("icons")).unwrap();
+    write_images(&dir.join("icons"), 12);
+    let out = dir.join("tiny.int8.qpw");
+    let model = fixture("tiny_bn/model.onnx");
+    let o = convert(&[
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--precision",
+        "int8",
+        "--calibrate",
+        dir.join("icons").to_str().unwrap(),
+        "--pseudo-samples",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let printed = text(&o);
+    assert!(
+        printed.contains("profile balanced, clipping mse, 9 calibration samples"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("images (3)") && printed.contains("pseudo-images (8)"),
+        "{printed}"
+    );
+
+    let info = Command::new(env!("CARGO_BIN_EXE_qp-engine"))
+        .args(["info", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let shown = text(&info);
+    assert!(info.status.success(), "{shown}");
+    assert!(shown.contains("precision   int8"), "{shown}");
+    assert!(shown.contains("accuracy vs FP32 (held out)"), "{shown}");
+
+    // bench --accuracy measures the same thing against the FP32 file.
+    let fp32 = dir.join("tiny.qpw");
+    assert!(convert(&[model.to_str().unwrap(), "-o", fp32.to_str().unwrap()])
+        .status
+        .success());
+    let bench = Command::new(env!("CARGO_BIN_EXE_qp-engine"))
+        .args([
+            "bench",
+            "--model",
+            out.to_str().unwrap(),
+            "--accuracy",
+            fp32.to_str().unwrap(),
+        ])
+        .args([
+            "--accuracy-images",
+            dir.join("icons").to_str().unwrap(),
+            "--accuracy-samples",
+            "4",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(bench.status.success(), "{}", text(&bench));
+    let sets: serde_json::Value = serde_json::from_slice(&bench.stdout).unwrap();
+    assert_eq!(sets[0]["set"], "pseudo-images");
+    assert_eq!(sets[1]["samples"], 4);
+    let cosine = sets[1]["pooled_features"]["mean"].as_f64().unwrap();
+    assert!(cosine > 0.9 && cosine <= 1.0 + 1e-9, "{cosine}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn npy_arrays_calibrate_too() {
+    let dir = scratch("npy");
+    for name in ["image", "params"] {
+        std::fs::copy(
+            fixture(&format!("tiny_bn/inputs/{name}.npy")),
+            dir.join(format!("{name}.npy")),
+        )
+        .unwrap();
+    }
+    let out = dir.join("tiny.int8.qpw");
+    let o = convert(&[
+        fixture("tiny_bn/model.onnx").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--precision",
+        "int8",
+        "--calibrate",
+        dir.to_str().unwrap(),
+        "--profile",
+        "aggressive",
+        "--calibration-method",
+        "percentile99.9",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("profile aggressive, clipping percentile(99.9), 3 calibration samples"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn misuse_is_a_clear_error() {
+    let model = fixture("tiny_bn/model.onnx");
+    let model = model.to_str().unwrap();
+    let empty = scratch("empty");
+    let out = empty.join("x.qpw");
+    let out = out.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec![model, "-o", out, "--precision", "int8"], "--calibrate DIR"),
+        (
+            vec![
+                model,
+                "-o",
+                out,
+                "--precision",
+                "int8",
+                "--calibrate",
+                empty.to_str().unwrap(),
+            ],
+            "no calibration data",
+        ),
+        (
+            vec![
+                model,
+                "-o",
+                out,
+                "--precision",
+                "int8",
+                "--calibrate",
+                "/nonexistent/dir",
+            ],
+            "not a directory",
+        ),
+        (
+            vec![model, "-o", out, "--calibrate", empty.to_str().unwrap()],
+            "applies to --precision int8 only",
+        ),
+        (
+            vec![
+                model,
+                "-o",
+                out,
+                "--precision",
+                "int8",
+                "--calibration-method",
+                "median",
+            ],
+            "expected mse, minmax, percentile",
+        ),
+        (
+            vec![model, "-o", out, "--precision", "int8", "--profile", "fast"],
+            "expected aggressive, balanced or conservative",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = convert(&args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
+        assert!(!text(&o).contains("panicked"), "{args:?}: {}", text(&o));
+    }
+    // A layer to keep FP32 that does not exist is named, with the ones that do.
+    let images = scratch("keep");
+    write_images(&images, 4);
+    let o = convert(&[
+        model,
+        "-o",
+        out,
+        "--precision",
+        "int8",
+        "--calibrate",
+        images.to_str().unwrap(),
+        "--keep-fp32",
+        "layer9.conv1",
+    ]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("\"layer9.conv1\"") && t.contains("layer1.0.conv1"), "{t}");
+    assert!(!Path::new(out).exists(), "nothing is written on error");
+    let _ = std::fs::remove_dir_all(&empty);
+    let _ = std::fs::remove_dir_all(&images);
+}
