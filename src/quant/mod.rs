@@ -157,16 +157,26 @@ fn last_block(meta: &ModelMeta) -> BTreeSet<usize> {
         .collect()
 }
 
-/// Convolutions whose output is read only as a residual: projection shortcuts.
+/// Projection shortcuts: in a residual block whose two sides both end in a convolution
+/// (one of them carries the fused add, the other's output is its residual), the side
+/// that reads the block's input directly, a value other convolutions read too.
 fn projections(meta: &ModelMeta) -> BTreeSet<usize> {
-    convolutions(meta)
-        .into_iter()
-        .filter(|&c| {
-            let v = meta.nodes[c].outputs[0];
-            let mut readers = meta.nodes.iter().filter(|n| n.inputs.contains(&v)).peekable();
-            readers.peek().is_some() && readers.all(|n| n.inputs.get(1) == Some(&v) && n.inputs[0] != v)
-        })
-        .collect()
+    let producer = |v: usize| meta.nodes.iter().position(|n| n.outputs[0] == v);
+    let shared_input = |c: usize| {
+        let x = meta.nodes[c].inputs[0];
+        meta.nodes.iter().filter(|n| n.inputs.first() == Some(&x)).count() > 1
+    };
+    let mut found = BTreeSet::new();
+    for fused in convolutions(meta) {
+        let Some(&residual) = meta.nodes[fused].inputs.get(1) else {
+            continue;
+        };
+        let Some(other) = producer(residual).filter(|&p| matches!(meta.nodes[p].op, Op::Conv { .. })) else {
+            continue;
+        };
+        found.extend([fused, other].into_iter().filter(|&c| shared_input(c)));
+    }
+    found
 }
 
 /// The convolutions `profile` quantizes, less those named in `keep_fp32`.
