@@ -140,3 +140,73 @@ fn real_models_through_every_route() {
     assert!(m["isa"].is_string() && m["threads"].as_u64().unwrap() >= 1, "{m}");
     server.shutdown().unwrap();
 }
+
+#[test]
+fn an_int8_model_serves_and_shows_its_quantization_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_bn/model.onnx");
+    let calibration = dir.path().join("calibration");
+    std::fs::create_dir_all(&calibration).unwrap();
+    for name in ["image", "params"] {
+        let from = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/tiny_bn/inputs/{name}.npy"));
+        std::fs::copy(from, calibration.join(format!("{name}.npy"))).unwrap();
+    }
+    let path = dir.path().join("qualitynet.qpw");
+    let options = ConvertOptions {
+        precision: qp::convert::Precision::Int8,
+        int8: qp::convert::Int8Options {
+            calibrate: vec![calibration],
+            pseudo_samples: 4,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    convert_file(&src, &path, &options).expect("converts to INT8");
+    let a = args(&["--model", path.to_str().unwrap()]);
+    let specs: Vec<ModelSpec> = qp::serve::resolve_models(&a)
+        .unwrap()
+        .into_iter()
+        .map(|(name, path)| ModelSpec::from_file(name, path, EngineOptions::default()))
+        .collect();
+    let server = qp::serve::start(&a, specs, false).expect("serves the INT8 model");
+    let addr = server.local_addr();
+
+    let m = get(addr, "/model?model=qualitynet").json();
+    assert_eq!(m["precision"], "int8", "{m}");
+    let report = &m["reports"]["quantization"];
+    assert_eq!(report["profile"], "balanced", "{m}");
+    assert!(report["accuracy"][0]["outputs"][0]["mean_abs_delta"].is_number(), "{m}");
+
+    // Served answers equal the engine's on the same inputs.
+    let params = feature_values(&m["inputs"][1]["features"], 0.3);
+    let param_features: Vec<qp::format::meta::Feature> =
+        serde_json::from_value(m["inputs"][1]["features"].clone()).unwrap();
+    let image_spec: qp::format::meta::ImagePreprocess =
+        serde_json::from_value(m["inputs"][0]["image"].clone()).unwrap();
+    let png = {
+        let img = image::RgbImage::from_fn(20, 30, |x, y| image::Rgb([(x * 9) as u8, (y * 7) as u8, 40]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    };
+    let mut body = json!(params);
+    body["image"] = json!(base64(&png));
+    let r = post_json(addr, "/predict", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let served = r.json()["predicted_ssim"].as_f64().unwrap() as f32;
+    let (h, w) = (image_spec.height, image_spec.width);
+    let direct = run_engine(
+        &path,
+        vec![
+            (
+                "image",
+                Tensor::new(vec![1, 3, h, w], image_to_tensor(&png, &image_spec, 1 << 20).unwrap()),
+            ),
+            (
+                "params",
+                Tensor::new(vec![1, 8], features_to_vec(&params, &param_features).unwrap()),
+            ),
+        ],
+    );
+    assert_eq!(served, direct[0]);
+}
