@@ -2,8 +2,9 @@
 //! against the scalar tier (bit-identical outputs), saturation-prone extremes, packing,
 //! tier choice and argument checks.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod conv_support;
 
+use conv_support::{geometry, Threads};
 use proptest::prelude::*;
 use qp_kernels::cpu::{features, Features, Isa};
 use qp_kernels::parallel::{ParallelFor, Serial};
@@ -37,35 +38,6 @@ struct Problem {
     residual: ResidualKind,
     relu: bool,
     u8_output: bool,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn geometry(
-    batch: usize,
-    hw: [usize; 2],
-    cin: usize,
-    cout: usize,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    dilation: [usize; 2],
-    pads: [usize; 4],
-) -> QConvGeometry {
-    let mut g = QConvGeometry {
-        batch,
-        in_h: hw[0],
-        in_w: hw[1],
-        cin,
-        out_h: 0,
-        out_w: 0,
-        cout,
-        kernel,
-        stride,
-        dilation,
-        pads,
-    };
-    g.out_h = g.implied_out_extent(0).expect("window larger than input");
-    g.out_w = g.implied_out_extent(1).expect("window larger than input");
-    g
 }
 
 impl Problem {
@@ -223,35 +195,6 @@ fn first_difference(got: &[u32], want: &[u32], what: &str) -> Result<(), String>
             "{what}: output {i}: got {:#x}, expected {:#x}",
             got[i], want[i]
         )),
-    }
-}
-
-/// Runs tasks on scoped threads, counting tasks.
-struct Threads {
-    threads: usize,
-    tasks_seen: AtomicUsize,
-}
-
-impl Threads {
-    fn new(threads: usize) -> Threads {
-        Threads {
-            threads,
-            tasks_seen: AtomicUsize::new(0),
-        }
-    }
-}
-
-impl ParallelFor for Threads {
-    fn threads(&self) -> usize {
-        self.threads
-    }
-    fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-        self.tasks_seen.fetch_add(tasks, Ordering::Relaxed);
-        std::thread::scope(|s| {
-            for t0 in 0..self.threads {
-                s.spawn(move || (t0..tasks).step_by(self.threads).for_each(f));
-            }
-        });
     }
 }
 
