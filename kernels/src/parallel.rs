@@ -20,3 +20,22 @@ impl ParallelFor for Serial {
         (0..tasks).for_each(f)
     }
 }
+
+/// Splits tasks over three scoped threads, strided: the unit tests' concurrent
+/// `ParallelFor`, so task splits are exercised off the calling thread.
+#[cfg(test)]
+pub(crate) struct ThreeThreads;
+
+#[cfg(test)]
+impl ParallelFor for ThreeThreads {
+    fn threads(&self) -> usize {
+        3
+    }
+    fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+        std::thread::scope(|s| {
+            for t0 in 0..3 {
+                s.spawn(move || (t0..tasks).step_by(3).for_each(f));
+            }
+        });
+    }
+}

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 
 use super::tile::{remainder_tile, run_range, Block, Vector};
 use super::*;
-use crate::parallel::Serial;
+use crate::parallel::{Serial, ThreeThreads};
 
 /// 16 lanes in plain Rust, with the same fused multiply-add as the hardware.
 struct Lanes16;
@@ -164,6 +164,7 @@ impl Problem {
     }
 }
 
+/// Geometry with the output extents the window implies.
 #[allow(clippy::too_many_arguments)]
 fn geometry(
     batch: usize,
@@ -175,38 +176,7 @@ fn geometry(
     dilation: [usize; 2],
     pads: [usize; 4],
 ) -> ConvGeometry {
-    let mut g = ConvGeometry {
-        batch,
-        in_h: hw[0],
-        in_w: hw[1],
-        cin,
-        out_h: 0,
-        out_w: 0,
-        cout,
-        kernel,
-        stride,
-        dilation,
-        pads,
-    };
-    g.out_h = g.implied_out_extent(0).unwrap();
-    g.out_w = g.implied_out_extent(1).unwrap();
-    g
-}
-
-/// Splits tasks over three scoped threads.
-struct ThreeThreads;
-
-impl ParallelFor for ThreeThreads {
-    fn threads(&self) -> usize {
-        3
-    }
-    fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-        std::thread::scope(|s| {
-            for t0 in 0..3 {
-                s.spawn(move || (t0..tasks).step_by(3).for_each(f));
-            }
-        });
-    }
+    ConvGeometry::with_implied_output(batch, hw, cin, cout, kernel, stride, dilation, pads).unwrap()
 }
 
 proptest! {

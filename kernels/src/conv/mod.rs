@@ -43,6 +43,37 @@ pub struct ConvGeometry {
 }
 
 impl ConvGeometry {
+    /// The geometry whose output extents the window implies (floor mode); `None` when the
+    /// window does not fit the padded input.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_implied_output(
+        batch: usize,
+        in_hw: [usize; 2],
+        cin: usize,
+        cout: usize,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        dilation: [usize; 2],
+        pads: [usize; 4],
+    ) -> Option<ConvGeometry> {
+        let mut g = ConvGeometry {
+            batch,
+            in_h: in_hw[0],
+            in_w: in_hw[1],
+            cin,
+            out_h: 0,
+            out_w: 0,
+            cout,
+            kernel,
+            stride,
+            dilation,
+            pads,
+        };
+        g.out_h = g.implied_out_extent(0)?;
+        g.out_w = g.implied_out_extent(1)?;
+        Some(g)
+    }
+
     /// Output extent of one spatial axis (0 = H, 1 = W) implied by the window, floor mode;
     /// `None` when the padded input is shorter than the dilated kernel or a factor is zero.
     pub fn implied_out_extent(&self, axis: usize) -> Option<usize> {

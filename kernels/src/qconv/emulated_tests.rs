@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use super::reference::{max_f32, min_f32};
 use super::tile::{remainder_tile, run_range, QVector};
 use super::*;
-use crate::parallel::Serial;
+use crate::parallel::{Serial, ThreeThreads};
 
 /// N lanes in plain Rust: `dot` is `vpdpbusd` (u8 x s8, groups of 4, wrapping i32), the
 /// f32 operations those of `reference`.
@@ -247,6 +247,7 @@ impl Problem {
     }
 }
 
+/// Geometry with the output extents the window implies.
 #[allow(clippy::too_many_arguments)]
 fn geometry(
     batch: usize,
@@ -258,38 +259,7 @@ fn geometry(
     dilation: [usize; 2],
     pads: [usize; 4],
 ) -> QConvGeometry {
-    let mut g = QConvGeometry {
-        batch,
-        in_h: hw[0],
-        in_w: hw[1],
-        cin,
-        out_h: 0,
-        out_w: 0,
-        cout,
-        kernel,
-        stride,
-        dilation,
-        pads,
-    };
-    g.out_h = g.implied_out_extent(0).unwrap();
-    g.out_w = g.implied_out_extent(1).unwrap();
-    g
-}
-
-/// Splits tasks over three scoped threads.
-struct ThreeThreads;
-
-impl ParallelFor for ThreeThreads {
-    fn threads(&self) -> usize {
-        3
-    }
-    fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-        std::thread::scope(|s| {
-            for t0 in 0..3 {
-                s.spawn(move || (t0..tasks).step_by(3).for_each(f));
-            }
-        });
-    }
+    QConvGeometry::with_implied_output(batch, hw, cin, cout, kernel, stride, dilation, pads).unwrap()
 }
 
 fn residual_kind() -> impl Strategy<Value = ResidualKind> {

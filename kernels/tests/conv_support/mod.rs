@@ -33,22 +33,8 @@ pub fn geometry(
     dilation: [usize; 2],
     pads: [usize; 4],
 ) -> ConvGeometry {
-    let mut g = ConvGeometry {
-        batch,
-        in_h: in_hw[0],
-        in_w: in_hw[1],
-        cin,
-        out_h: 0,
-        out_w: 0,
-        cout,
-        kernel,
-        stride,
-        dilation,
-        pads,
-    };
-    g.out_h = g.implied_out_extent(0).expect("window larger than padded input");
-    g.out_w = g.implied_out_extent(1).expect("window larger than padded input");
-    g
+    ConvGeometry::with_implied_output(batch, in_hw, cin, cout, kernel, stride, dilation, pads)
+        .expect("window larger than padded input")
 }
 
 /// Deterministic values in [-1, 1) from a seed (xorshift), so failures reproduce.
