@@ -417,8 +417,15 @@ fn accuracy(args: &BenchArgs, meta: &ModelMeta, reference: &Path) -> Result<()> 
     for a in &results {
         for o in &a.outputs {
             print!(
-                "  {:<14} ({:>3}) {:<10} mean |d| {:.5}  p99 {:.5}  max {:.5}  r {:.5}",
-                a.set, a.samples, o.output, o.mean_abs_delta, o.p99_abs_delta, o.max_abs_delta, o.pearson_r
+                "  {:<14} ({:>3}) {:<10} mean |d| {:.5} (bias {:+.5})  p99 {:.5}  max {:.5}  r {:.5}",
+                a.set,
+                a.samples,
+                o.output,
+                o.mean_abs_delta,
+                o.mean_delta,
+                o.p99_abs_delta,
+                o.max_abs_delta,
+                o.pearson_r
             );
             if let Some(f) = &a.pooled_features {
                 print!("  features cos {:.5} (min {:.5})", f.mean, f.min);

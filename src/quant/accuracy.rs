@@ -15,6 +15,9 @@ const BATCH: usize = 8;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OutputAccuracy {
     pub output: String,
+    /// Mean of (test - reference): the systematic part of the error.
+    #[serde(default)]
+    pub mean_delta: f64,
     pub mean_abs_delta: f64,
     pub p99_abs_delta: f64,
     pub max_abs_delta: f64,
@@ -109,6 +112,7 @@ pub fn compare(set: &str, reference: &Outputs, test: &Outputs) -> Accuracy {
 }
 
 fn output_accuracy(name: &str, r: &[f32], t: &[f32]) -> OutputAccuracy {
+    let signed: f64 = r.iter().zip(t).map(|(a, b)| *b as f64 - *a as f64).sum();
     let mut deltas: Vec<f64> = r.iter().zip(t).map(|(a, b)| (*a as f64 - *b as f64).abs()).collect();
     deltas.sort_by(f64::total_cmp);
     let n = deltas.len().max(1);
@@ -118,6 +122,7 @@ fn output_accuracy(name: &str, r: &[f32], t: &[f32]) -> OutputAccuracy {
         .unwrap_or(0.0);
     OutputAccuracy {
         output: name.into(),
+        mean_delta: signed / n as f64,
         mean_abs_delta: deltas.iter().sum::<f64>() / n as f64,
         p99_abs_delta: p99,
         max_abs_delta: deltas.last().copied().unwrap_or(0.0),
@@ -173,6 +178,7 @@ mod tests {
         t[10] += 0.5;
         let a = output_accuracy("y", &r, &t);
         assert!((a.mean_abs_delta - 0.005).abs() < 1e-6);
+        assert!((a.mean_delta - 0.005).abs() < 1e-6);
         assert!((a.max_abs_delta - 0.5).abs() < 1e-6);
         assert!(a.p99_abs_delta < 1e-6);
         assert!(a.pearson_r < 0.99 && a.pearson_r > 0.5);
