@@ -237,7 +237,7 @@ impl Engine {
     /// Runs one batch. Every model input must be given exactly once, all with the same
     /// batch size; returns every model output, in the model's order.
     pub fn run(&mut self, inputs: &[(&str, Tensor)]) -> Result<Vec<(String, Tensor)>, EngineError> {
-        self.run_inner(inputs, None, None)
+        self.run_inner(inputs, None, None, None)
     }
 
     /// `run`, calling `observe(node index, output)` after each node with the node's
@@ -252,13 +252,35 @@ impl Engine {
                 "observing node outputs needs the kernel executor, not the reference one".into(),
             ));
         }
-        self.run_inner(inputs, None, Some(observe))
+        self.run_inner(inputs, None, Some(observe), None)
+    }
+
+    /// Runs the nodes up to and including node `last` only, calling `observe` after each;
+    /// for measurements that need one node's output and nothing after it.
+    pub fn run_through(
+        &mut self,
+        inputs: &[(&str, Tensor)],
+        last: usize,
+        observe: crate::exec::fast::Observer<'_>,
+    ) -> Result<(), EngineError> {
+        if self.reference {
+            return Err(EngineError::Config(
+                "observing node outputs needs the kernel executor, not the reference one".into(),
+            ));
+        }
+        if last >= self.file.meta.nodes.len() {
+            return Err(EngineError::Config(format!(
+                "node {last} does not exist; the model has {} nodes",
+                self.file.meta.nodes.len()
+            )));
+        }
+        self.run_inner(inputs, None, Some(observe), Some(last)).map(|_| ())
     }
 
     /// `run`, also returning each node's wall time in seconds (in `meta().nodes` order).
     pub fn run_profiled(&mut self, inputs: &[(&str, Tensor)]) -> Result<(NamedTensors, Vec<f64>), EngineError> {
         let mut times = Vec::with_capacity(self.file.meta.nodes.len());
-        let out = self.run_inner(inputs, Some(&mut times), None)?;
+        let out = self.run_inner(inputs, Some(&mut times), None, None)?;
         Ok((out, times))
     }
 
@@ -267,6 +289,7 @@ impl Engine {
         inputs: &[(&str, Tensor)],
         timings: Option<&mut Vec<f64>>,
         observe: Option<crate::exec::fast::Observer<'_>>,
+        last: Option<usize>,
     ) -> Result<Vec<(String, Tensor)>, EngineError> {
         let batch = self.check_inputs(inputs)?;
         let plan = self.plan(batch).clone();
@@ -294,8 +317,12 @@ impl Engine {
                 pool,
                 timings,
                 observe,
+                last,
             ),
             None => crate::exec::run_reference(&self.file, &self.weights, &plan, &mut self.arena, timings),
+        }
+        if last.is_some() {
+            return Ok(Vec::new());
         }
         Ok(meta
             .outputs

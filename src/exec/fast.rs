@@ -53,7 +53,8 @@ pub fn store_output(isa: Isa, shape: &[usize], batch: usize, src: &[f32], dst: &
 /// needs the distribution of its values.
 pub type Observer<'a> = &'a mut dyn FnMut(usize, &[f32]);
 
-/// Runs every node; `timings`, if given, receives each node's wall time in seconds.
+/// Runs the nodes up to and including `last` (every node when `None`); `timings`, if
+/// given, receives each node's wall time in seconds.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     file: &QpwFile,
@@ -64,9 +65,11 @@ pub fn run(
     par: &dyn ParallelFor,
     mut timings: Option<&mut Vec<f64>>,
     mut observe: Option<Observer<'_>>,
+    last: Option<usize>,
 ) {
     let meta = &file.meta;
-    for (index, node) in meta.nodes.iter().enumerate() {
+    let end = last.map_or(meta.nodes.len(), |l| (l + 1).min(meta.nodes.len()));
+    for (index, node) in meta.nodes[..end].iter().enumerate() {
         let start = timings.as_ref().map(|_| Instant::now());
         let out_v = node.outputs[0];
         let in_slots: Vec<_> = node.inputs.iter().map(|&v| &plan.slots[v]).collect();
