@@ -227,6 +227,7 @@ fn tiny_int8(profile: qp::quant::Profile) -> (Vec<u8>, Vec<u8>) {
         compare: false,
         sensitivity: false,
         keep_fp32: vec![],
+        bias_correction_samples: qp::quant::DEFAULT_BIAS_CORRECTION_SAMPLES,
     };
     let int8 = qp::quant::quantize(&fp32, &options).unwrap();
     (fp32.to_bytes().unwrap(), int8.to_bytes().unwrap())

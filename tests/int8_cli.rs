@@ -67,7 +67,7 @@ fn images_calibrate_and_the_report_is_printed_and_stored() {
     assert!(o.status.success(), "{}", text(&o));
     let printed = text(&o);
     assert!(
-        printed.contains("profile balanced, clipping mse, 9 calibration samples"),
+        printed.contains("profile balanced, clipping mse, 9 calibration samples, biases corrected on 9"),
         "{printed}"
     );
     assert!(
@@ -138,9 +138,15 @@ fn npy_arrays_calibrate_too() {
         "aggressive",
         "--calibration-method",
         "percentile99.9",
+        "--bias-correction-samples",
+        "0",
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("profile aggressive, clipping percentile(99.9), 3 calibration samples"));
+    assert!(
+        text(&o).contains("profile aggressive, clipping percentile(99.9), 3 calibration samples, biases not corrected"),
+        "{}",
+        text(&o)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -58,6 +58,10 @@ struct Args {
     /// INT8: convolutions (node names, comma-separated) kept FP32 beyond the profile's.
     #[arg(long, value_delimiter = ',', value_name = "NODES")]
     keep_fp32: Vec<String>,
+    /// INT8: calibration samples the bias correction measures on (each INT8 convolution's
+    /// per-channel output mean is matched to FP32's); 0 turns it off.
+    #[arg(long, default_value_t = qp::quant::DEFAULT_BIAS_CORRECTION_SAMPLES)]
+    bias_correction_samples: usize,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -96,6 +100,7 @@ fn main() -> ExitCode {
             compare: args.compare,
             sensitivity: args.sensitivity,
             keep_fp32: args.keep_fp32.clone(),
+            bias_correction_samples: args.bias_correction_samples,
         },
     };
     if !matches!(args.precision, PrecisionArg::Int8) && !args.calibrate.is_empty() {

@@ -45,6 +45,8 @@ pub struct Int8Options {
     pub sensitivity: bool,
     /// Convolutions kept FP32 beyond the profile's choice.
     pub keep_fp32: Vec<String>,
+    /// Calibration samples the bias correction measures on; 0 turns it off.
+    pub bias_correction_samples: usize,
 }
 
 impl Default for Int8Options {
@@ -59,6 +61,7 @@ impl Default for Int8Options {
             compare: false,
             sensitivity: false,
             keep_fp32: Vec::new(),
+            bias_correction_samples: quant::DEFAULT_BIAS_CORRECTION_SAMPLES,
         }
     }
 }
@@ -188,6 +191,7 @@ pub fn convert_bytes(onnx_bytes: &[u8], default_name: &str, options: &ConvertOpt
                     compare: o.compare,
                     sensitivity: o.sensitivity,
                     keep_fp32: o.keep_fp32.clone(),
+                    bias_correction_samples: o.bias_correction_samples,
                 },
             )?;
         }
