@@ -119,7 +119,15 @@ pub fn correct_biases(
     let qconvs: Vec<usize> = (0..model.meta.nodes.len())
         .filter(|&i| matches!(model.meta.nodes[i].op, Op::QConv { .. }))
         .collect();
-    for n in qconvs {
+    tracing::info!(
+        "correcting the biases of {} INT8 convolutions on {} samples",
+        qconvs.len(),
+        samples.len()
+    );
+    for (done, &n) in qconvs.iter().enumerate() {
+        if done > 0 && done % 10 == 0 {
+            tracing::info!("bias correction: {done}/{} convolutions", qconvs.len());
+        }
         let node = &model.meta.nodes[n];
         let Some(want) = reference.get(&node.outputs[0]) else {
             continue;

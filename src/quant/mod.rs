@@ -247,6 +247,11 @@ pub fn quantize(fp32: &Converted, options: &QuantizeOptions) -> Result<Converted
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
+    tracing::info!(
+        "calibrating {} values on {} samples",
+        wanted.len(),
+        options.calibration.len()
+    );
     let hists = calibrate::histograms(&fp32_bytes, &options.calibration, &wanted)?;
     let correction_samples = dataset::spread(&options.calibration, options.bias_correction_samples);
     let correction_reference = if correction_samples.is_empty() {
@@ -273,6 +278,7 @@ pub fn quantize(fp32: &Converted, options: &QuantizeOptions) -> Result<Converted
     if all.is_empty() {
         bail!("the accuracy report needs held-out samples");
     }
+    tracing::info!("FP32 outputs of {} held-out samples", all.len());
     let reference_sets: Vec<(String, Outputs)> = options
         .holdout
         .iter()
@@ -290,6 +296,7 @@ pub fn quantize(fp32: &Converted, options: &QuantizeOptions) -> Result<Converted
 
     let mut candidates = Vec::new();
     if options.compare {
+        tracing::info!("comparing every profile x clipping method");
         let fp32_latency_ms = latency_ms(&fp32_bytes, &all[0])?;
         for profile in Profile::ALL {
             for method in [Method::MinMax, Method::Percentile(1e-4), Method::Mse] {
@@ -308,6 +315,7 @@ pub fn quantize(fp32: &Converted, options: &QuantizeOptions) -> Result<Converted
 
     let mut sensitivity = Vec::new();
     if options.sensitivity {
+        tracing::info!("measuring each convolution's sensitivity");
         let subset: Vec<Sample> = dataset::spread(&all, 16);
         let reference = run_model(&fp32_bytes, &subset)?;
         for &n in &convs {
