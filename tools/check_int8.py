@@ -14,8 +14,9 @@ Checks, each a regression budget set from measurements on this model (docs/PERFO
   - the converter's held-out report (all sets): mean |delta ssim| <= 0.05, Pearson r >= 0.97,
     pooled-feature cosine >= 0.998 (measured with bias correction and the icons: 0.028,
     0.991 and 0.9995; 0.067, 0.958 and 0.9994 without);
-  - on the batch-3 pseudo-inputs, every tier's ssim is within 0.35 of ORT FP32 and the
-    tiers agree with each other within 2e-3, the pooled features within cosine 0.998.
+  - on the batch-3 pseudo-inputs, every tier's ssim is within 0.15 of ORT FP32 (measured:
+    0.078) and the tiers agree with each other within 2e-3, the pooled features within
+    cosine 0.998.
 Exit status: 0 on success, 1 on a failed check, 2 on a usage or tool error.
 """
 import argparse
@@ -112,8 +113,8 @@ def main(argv=None):
         delta = float(np.abs(got["ssim"] - ort["ssim"]).max())
         cos = cosine(got["features"], ort["features"])
         print(f"tier {tier:7s}: max |ssim - ort fp32| {delta:.4f}, min feature cosine {cos:.5f}")
-        if delta > 0.35 or cos < 0.998:
-            failures.append(f"tier {tier}: |delta ssim| {delta:.4f} (budget 0.35), cosine {cos:.5f} (>= 0.998)")
+        if delta > 0.15 or cos < 0.998:
+            failures.append(f"tier {tier}: |delta ssim| {delta:.4f} (budget 0.15), cosine {cos:.5f} (>= 0.998)")
         if first is None:
             first = got
         elif float(np.abs(got["ssim"] - first["ssim"]).max()) > 2e-3:
