@@ -318,3 +318,28 @@ fn int8_model_runs_on_every_tier_close_to_onnx_runtime() {
         }
     }
 }
+
+#[test]
+fn run_through_stops_after_the_given_node() {
+    let dir = fixtures().join("tiny_bn");
+    let image = qp::npy::read(&dir.join("inputs/image.npy")).unwrap();
+    let params = qp::npy::read(&dir.join("inputs/params.npy")).unwrap();
+    let inputs = [("image", image), ("params", params)];
+    let file = convert_case(&dir).unwrap();
+    let nodes = file.meta.nodes.len();
+    let mut engine = Engine::from_file(file, EngineOptions::default()).unwrap();
+    let last = nodes / 2;
+    let mut seen = Vec::new();
+    engine
+        .run_through(&inputs, last, &mut |node, _| seen.push(node))
+        .unwrap();
+    assert_eq!(seen, (0..=last).collect::<Vec<_>>());
+    let past = engine.run_through(&inputs, nodes, &mut |_, _| {});
+    assert!(matches!(past, Err(e) if e.to_string().contains("does not exist")));
+    // A full run afterwards is unaffected by the partial one.
+    let mut all = 0;
+    let out = engine.run_observed(&inputs, &mut |_, _| all += 1).unwrap();
+    assert_eq!(all, nodes);
+    let mut fresh = Engine::from_file(convert_case(&dir).unwrap(), EngineOptions::default()).unwrap();
+    assert_eq!(out[0].1.data, fresh.run(&inputs).unwrap()[0].1.data);
+}
