@@ -5,9 +5,10 @@
 //! ones already applied) compares the per-channel mean of its output on the calibration
 //! samples against the FP32 model's and moves its i32 bias by the difference.
 //!
-//! The outputs compared are after the fused ReLU (and residual add): a bias shift `d`
-//! moves the mean of `relu(y + d)` by about `d * P(y > 0)`, so the measured shift is
-//! divided by the channel's share of positive outputs.
+//! The outputs compared are after the fused residual add and ReLU: a bias shift `d`
+//! moves the mean of `relu(y + d)` by about `d * P(y > 0)`, so behind a ReLU the measured
+//! shift is divided by the channel's share of positive outputs (without one, `d` moves
+//! the mean by exactly `d`).
 
 use std::collections::BTreeMap;
 
@@ -18,7 +19,7 @@ use crate::convert::{Converted, TensorData};
 use crate::engine::{Engine, EngineOptions};
 use crate::format::meta::ValueSpec;
 use crate::format::QpwFile;
-use crate::graph::op::Op;
+use crate::graph::op::{Activation, Op};
 
 /// Samples per engine run.
 const BATCH: usize = 8;
@@ -132,6 +133,13 @@ pub fn correct_biases(
         let Some(want) = reference.get(&node.outputs[0]) else {
             continue;
         };
+        let relu = matches!(
+            node.op,
+            Op::QConv {
+                activation: Activation::Relu,
+                ..
+            }
+        );
         let (bias_t, scale_t) = (node.params[1], node.params[2]);
         let got = output_stats(&model.to_bytes()?, samples, &[n])?
             .remove(&n)
@@ -141,13 +149,14 @@ pub fn correct_biases(
             unreachable!("qconv bias is i32")
         };
         for c in 0..want.sum.len() {
-            let active = want.active(c);
+            let active = if relu { want.active(c) } else { 1.0 };
             if active < MIN_ACTIVE || scale[c] <= 0.0 {
                 continue;
             }
             let shift = (got.mean(c) - want.mean(c)) / active;
             let steps = (shift / scale[c] as f64).round();
-            bias[c] = (bias[c] as f64 - steps).clamp(i32::MIN as f64 / 4.0, i32::MAX as f64 / 4.0) as i32;
+            // Within the accumulator headroom the rewrite keeps (|bias| <= 2^30).
+            bias[c] = (bias[c] as f64 - steps).clamp(-(1i64 << 29) as f64, (1i64 << 29) as f64) as i32;
         }
     }
     Ok(())
