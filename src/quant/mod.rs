@@ -62,8 +62,9 @@ impl Profile {
 pub const DEFAULT_METHOD: Method = Method::Mse;
 pub const DEFAULT_PROFILE: Profile = Profile::Balanced;
 /// Bias correction on 32 calibration samples: on the reference model it took the mean
-/// |delta ssim| from 0.067 to 0.028 (8 samples: 0.037, 16: 0.031, 64: 0.028), about
-/// one full-model pass over those samples per INT8 convolution at conversion time.
+/// |delta ssim| from 0.067 to 0.027 (docs/PERFORMANCE.md; fewer samples measured worse,
+/// 64 no better), at about one full-model pass over those samples per INT8 convolution
+/// at conversion time.
 pub const DEFAULT_BIAS_CORRECTION_SAMPLES: usize = 32;
 
 pub struct QuantizeOptions {
