@@ -247,11 +247,7 @@ impl Engine {
         inputs: &[(&str, Tensor)],
         observe: crate::exec::fast::Observer<'_>,
     ) -> Result<NamedTensors, EngineError> {
-        if self.reference {
-            return Err(EngineError::Config(
-                "observing node outputs needs the kernel executor, not the reference one".into(),
-            ));
-        }
+        self.check_observable()?;
         self.run_inner(inputs, None, Some(observe), None)
     }
 
@@ -263,11 +259,7 @@ impl Engine {
         last: usize,
         observe: crate::exec::fast::Observer<'_>,
     ) -> Result<(), EngineError> {
-        if self.reference {
-            return Err(EngineError::Config(
-                "observing node outputs needs the kernel executor, not the reference one".into(),
-            ));
-        }
+        self.check_observable()?;
         if last >= self.file.meta.nodes.len() {
             return Err(EngineError::Config(format!(
                 "node {last} does not exist; the model has {} nodes",
@@ -275,6 +267,16 @@ impl Engine {
             )));
         }
         self.run_inner(inputs, None, Some(observe), Some(last)).map(|_| ())
+    }
+
+    /// Observers see the kernel executor's slots; the reference executor has none to show.
+    fn check_observable(&self) -> Result<(), EngineError> {
+        if self.reference {
+            return Err(EngineError::Config(
+                "observing node outputs needs the kernel executor, not the reference one".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// `run`, also returning each node's wall time in seconds (in `meta().nodes` order).
