@@ -5,12 +5,10 @@
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::dataset::{batch, Sample};
+use super::dataset::{batch, Sample, RUN_BATCH};
 use crate::engine::{Engine, EngineOptions};
 use crate::format::QpwFile;
 use crate::graph::op::Op;
-
-const BATCH: usize = 8;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OutputAccuracy {
@@ -60,7 +58,7 @@ pub fn run_model(model: &[u8], samples: &[Sample]) -> Result<Outputs> {
     let pool = meta.nodes.iter().rposition(|n| matches!(n.op, Op::GlobalAveragePool));
     let mut values = vec![Vec::new(); meta.outputs.len()];
     let mut features = Vec::new();
-    for chunk in samples.chunks(BATCH) {
+    for chunk in samples.chunks(RUN_BATCH) {
         let mut pooled: Vec<f32> = Vec::new();
         let outs = engine.run_observed(&batch(&meta, chunk), &mut |node, out| {
             if Some(node) == pool {

@@ -6,13 +6,10 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
 
-use super::dataset::{batch, Sample};
+use super::dataset::{batch, Sample, RUN_BATCH};
 use super::range::{Extent, Histogram};
 use crate::engine::{Engine, EngineOptions};
 use crate::format::QpwFile;
-
-/// Samples per engine run.
-const BATCH: usize = 8;
 
 /// Histograms of the values `wanted` (value ids of `fp32`'s metadata) over `samples`.
 pub fn histograms(fp32: &[u8], samples: &[Sample], wanted: &[usize]) -> Result<BTreeMap<usize, Histogram>> {
@@ -40,7 +37,7 @@ pub fn histograms(fp32: &[u8], samples: &[Sample], wanted: &[usize]) -> Result<B
 
     // Feeds every wanted value of every sample to `see`.
     let mut each_value = |see: &mut dyn FnMut(usize, &[f32])| -> Result<()> {
-        for chunk in samples.chunks(BATCH) {
+        for chunk in samples.chunks(RUN_BATCH) {
             for &(k, v) in &input_of {
                 for s in chunk {
                     see(v, &s.inputs[k]);

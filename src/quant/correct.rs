@@ -14,15 +14,12 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 
-use super::dataset::{batch, Sample};
+use super::dataset::{batch, Sample, RUN_BATCH};
 use crate::convert::{Converted, TensorData};
 use crate::engine::{Engine, EngineOptions};
 use crate::format::meta::ValueSpec;
 use crate::format::QpwFile;
 use crate::graph::op::{Activation, Op};
-
-/// Samples per engine run.
-const BATCH: usize = 8;
 
 /// Below this share of positive outputs a channel is left alone: its mean says little
 /// about its bias, and dividing by the share would amplify noise.
@@ -80,34 +77,37 @@ impl ChannelStats {
     }
 }
 
-/// Statistics of the outputs of `nodes` (node indices of `model`) over `samples`.
-fn output_stats(model: &[u8], samples: &[Sample], nodes: &[usize]) -> Result<BTreeMap<usize, ChannelStats>> {
+/// Statistics over `samples` of the outputs of the nodes of `model` that `select(node
+/// index, op)` picks, keyed by output value id.
+fn output_stats(
+    model: &[u8],
+    samples: &[Sample],
+    select: impl Fn(usize, &Op) -> bool,
+) -> Result<BTreeMap<usize, ChannelStats>> {
     let file = QpwFile::from_bytes(model).context("loading a model for bias correction")?;
     let meta = file.meta.clone();
     let mut engine = Engine::from_file(file, EngineOptions::default())?;
+    let nodes: Vec<usize> = (0..meta.nodes.len())
+        .filter(|&n| select(n, &meta.nodes[n].op))
+        .collect();
     let mut stats: BTreeMap<usize, ChannelStats> = nodes
         .iter()
         .map(|&n| (n, ChannelStats::new(meta.values[meta.nodes[n].outputs[0]].shape[0])))
         .collect();
-    let last = nodes.iter().copied().max().context("no node to observe")?;
-    for chunk in samples.chunks(BATCH) {
+    let last = nodes.last().copied().context("no node to observe")?;
+    for chunk in samples.chunks(RUN_BATCH) {
         engine.run_through(&batch(&meta, chunk), last, &mut |node, out| {
             if let Some(s) = stats.get_mut(&node) {
                 s.observe(&meta.values[meta.nodes[node].outputs[0]], out, chunk.len());
             }
         })?;
     }
-    Ok(stats)
+    Ok(stats.into_iter().map(|(n, s)| (meta.nodes[n].outputs[0], s)).collect())
 }
 
 /// Output statistics of every convolution of the FP32 model `fp32`, keyed by output value.
 pub fn reference_stats(fp32: &[u8], samples: &[Sample]) -> Result<BTreeMap<usize, ChannelStats>> {
-    let meta = QpwFile::from_bytes(fp32)?.meta;
-    let convs: Vec<usize> = (0..meta.nodes.len())
-        .filter(|&i| matches!(meta.nodes[i].op, Op::Conv { .. }))
-        .collect();
-    let stats = output_stats(fp32, samples, &convs)?;
-    Ok(stats.into_iter().map(|(n, s)| (meta.nodes[n].outputs[0], s)).collect())
+    output_stats(fp32, samples, |_, op| matches!(op, Op::Conv { .. }))
 }
 
 /// Corrects the biases of the INT8 convolutions of `model` in execution order against
@@ -141,8 +141,8 @@ pub fn correct_biases(
             }
         );
         let (bias_t, scale_t) = (node.params[1], node.params[2]);
-        let got = output_stats(&model.to_bytes()?, samples, &[n])?
-            .remove(&n)
+        let got = output_stats(&model.to_bytes()?, samples, |i, _| i == n)?
+            .remove(&node.outputs[0])
             .expect("observed");
         let scale = model.tensors[scale_t].as_f32().expect("f32 scale").to_vec();
         let TensorData::I32(bias) = &mut model.tensors[bias_t] else {

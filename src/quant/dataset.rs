@@ -105,6 +105,10 @@ pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
+/// Samples per engine run when the converter runs a model over many samples
+/// (calibration, bias correction, accuracy).
+pub const RUN_BATCH: usize = 8;
+
 /// `count` of `items`, spread evenly over the whole list (icon themes list the same
 /// icon at many sizes side by side; a prefix would see few distinct images).
 pub fn spread<T: Clone>(items: &[T], count: usize) -> Vec<T> {
