@@ -158,6 +158,13 @@ pub fn features_to_vec(values: &BTreeMap<String, f64>, features: &[Feature]) -> 
             expected: features.iter().map(|f| f.name.clone()).collect(),
         });
     }
+    select_features(values, features)
+}
+
+/// [`features_to_vec`] without the unknown-name check: names in `values` that are not among
+/// `features` are ignored, for callers that split one request over several inputs and have
+/// checked the names against all of them.
+pub fn select_features(values: &BTreeMap<String, f64>, features: &[Feature]) -> Result<Vec<f32>, PreprocessError> {
     let missing: Vec<String> = features
         .iter()
         .filter(|f| f.default.is_none() && !values.contains_key(&f.name))

@@ -83,7 +83,7 @@ pub struct PredictInput {
 
 /// A number from a JSON value; strings spelling non-finite values get their own error
 /// because JSON has no way to carry NaN or infinity.
-pub fn json_number(value: &Value, what: &str) -> Result<f64, ApiError> {
+pub fn json_number(value: &Value, what: impl std::fmt::Display) -> Result<f64, ApiError> {
     match value {
         Value::Number(n) => n
             .as_f64()
@@ -133,37 +133,40 @@ pub fn decode_base64_image(text: &str) -> Result<Vec<u8>, ApiError> {
 
 /// Parses one flat `/predict` object: `model` (string), `image` (base64 string) and
 /// numeric feature fields.
-pub fn parse_predict_object(value: &Value) -> Result<PredictInput, ApiError> {
-    let Value::Object(map) = value else {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            format!("expected a JSON object, got {}", json_kind(value)),
-        ));
+pub fn parse_predict_object(value: Value) -> Result<PredictInput, ApiError> {
+    let map = match value {
+        Value::Object(map) => map,
+        other => {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                format!("expected a JSON object, got {}", json_kind(&other)),
+            ))
+        }
     };
     let mut input = PredictInput::default();
     for (key, v) in map {
         match key.as_str() {
             "model" => match v {
-                Value::String(s) => input.model = Some(s.clone()),
+                Value::String(s) => input.model = Some(s),
                 other => {
                     return Err(ApiError::bad_request(
                         "invalid_type",
-                        format!("`model` must be a string, not {}", json_kind(other)),
+                        format!("`model` must be a string, not {}", json_kind(&other)),
                     ))
                 }
             },
             "image" => match v {
-                Value::String(s) => input.image = Some(decode_base64_image(s)?),
+                Value::String(s) => input.image = Some(decode_base64_image(&s)?),
                 other => {
                     return Err(ApiError::bad_request(
                         "invalid_type",
-                        format!("`image` must be a base64 string, not {}", json_kind(other)),
+                        format!("`image` must be a base64 string, not {}", json_kind(&other)),
                     ))
                 }
             },
-            name => {
-                let number = json_number(v, &format!("field `{name}`"))?;
-                input.fields.insert(name.to_string(), number);
+            _ => {
+                let number = json_number(&v, format_args!("field `{key}`"))?;
+                input.fields.insert(key, number);
             }
         }
     }
@@ -246,17 +249,17 @@ mod tests {
 
     #[test]
     fn predict_object_parses_fields() {
-        let p = parse_predict_object(&json!({"a": 1, "model": "m", "image": "aGk="})).unwrap();
+        let p = parse_predict_object(json!({"a": 1, "model": "m", "image": "aGk="})).unwrap();
         assert_eq!(p.model.as_deref(), Some("m"));
         assert_eq!(p.image.as_deref(), Some(&b"hi"[..]));
         assert_eq!(p.fields.get("a"), Some(&1.0));
-        assert_eq!(parse_predict_object(&json!([1])).unwrap_err().code, "invalid_body");
+        assert_eq!(parse_predict_object(json!([1])).unwrap_err().code, "invalid_body");
         assert_eq!(
-            parse_predict_object(&json!({"model": 3})).unwrap_err().code,
+            parse_predict_object(json!({"model": 3})).unwrap_err().code,
             "invalid_type"
         );
         assert_eq!(
-            parse_predict_object(&json!({"a": "nan"})).unwrap_err().code,
+            parse_predict_object(json!({"a": "nan"})).unwrap_err().code,
             "non_finite"
         );
     }

@@ -9,10 +9,10 @@ use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::preprocess::{feature_box_margin, features_to_vec, image_to_tensor, PreprocessError};
+use crate::preprocess::{feature_box_margin, image_to_tensor, select_features, PreprocessError};
 
 use super::body::{body_kind, parse_predict_object, read_json, read_multipart, BodyKind, PredictInput};
 use super::cache::SampleOutputs;
@@ -112,17 +112,12 @@ async fn build_sample(
             ),
         ));
     }
-    let known: Vec<String> = model
-        .meta
-        .inputs
-        .iter()
-        .flat_map(|i| i.features.iter().flatten().map(|f| f.name.clone()))
-        .collect();
-    let unknown: Vec<String> = input.fields.keys().filter(|k| !known.contains(k)).cloned().collect();
-    if !unknown.is_empty() {
+    let feature_specs = || model.meta.inputs.iter().flat_map(|i| i.features.iter().flatten());
+    let is_known = |name: &&String| feature_specs().any(|f| &f.name == *name);
+    if !input.fields.keys().all(|k| is_known(&k)) {
         return Err(PreprocessError::UnknownFeatures {
-            unknown,
-            expected: known,
+            unknown: input.fields.keys().filter(|k| !is_known(k)).cloned().collect(),
+            expected: feature_specs().map(|f| f.name.clone()).collect(),
         }
         .into());
     }
@@ -134,7 +129,7 @@ async fn build_sample(
     }
     let mut image = input.image;
     let mut sample = Vec::with_capacity(model.meta.inputs.len());
-    let mut all_features = Vec::new();
+    let mut margin: Option<f64> = None;
     for spec in &model.meta.inputs {
         if let Some(image_spec) = &spec.image {
             let bytes = image.take().ok_or_else(|| {
@@ -151,37 +146,47 @@ async fn build_sample(
                 .map_err(|e| ApiError::internal(format!("image decoding task failed: {e}")))??;
             sample.push(values);
         } else {
-            // Checked above: an input without an image has features.
+            // Checked above: an input without an image has features, and every name in the
+            // request belongs to one of the model's inputs.
             let features = spec.features.as_deref().unwrap_or_default();
-            let mine: BTreeMap<String, f64> = input
-                .fields
-                .iter()
-                .filter(|(k, _)| features.iter().any(|f| &f.name == *k))
-                .map(|(k, v)| (k.clone(), *v))
-                .collect();
-            sample.push(features_to_vec(&mine, features)?);
-            all_features.extend(features.iter().cloned());
+            sample.push(select_features(&input.fields, features)?);
+            if let Some(m) = feature_box_margin(&input.fields, features) {
+                margin = Some(margin.map_or(m, |prev| prev.min(m)));
+            }
         }
     }
-    let margin = feature_box_margin(&input.fields, &all_features);
     Ok((sample, margin))
 }
 
-fn prediction_json(model: &ModelWorker, outputs: &SampleOutputs, cached: bool, margin: Option<f64>) -> Value {
-    let predicted = outputs.first().and_then(|o| o.first()).copied().unwrap_or(f32::NAN);
-    json!({
-        "model": model.name,
-        "predicted_ssim": predicted,
-        "confidence": confidence(margin, predicted),
-        "cached": cached,
-    })
+/// One prediction as the API answers it (serialized directly: this is the hot path).
+#[derive(Serialize)]
+struct Prediction<'a> {
+    model: &'a str,
+    predicted_ssim: f32,
+    confidence: &'static str,
+    cached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_ms: Option<f64>,
 }
 
-async fn read_predict_input(state: &AppState, headers: &HeaderMap, request: Request) -> Result<PredictInput, ApiError> {
-    match body_kind(headers, true)? {
+impl<'a> Prediction<'a> {
+    fn new(model: &'a ModelWorker, outputs: &SampleOutputs, cached: bool, margin: Option<f64>) -> Prediction<'a> {
+        let predicted = outputs.first().and_then(|o| o.first()).copied().unwrap_or(f32::NAN);
+        Prediction {
+            model: &model.name,
+            predicted_ssim: predicted,
+            confidence: confidence(margin, predicted),
+            cached,
+            latency_ms: None,
+        }
+    }
+}
+
+async fn read_predict_input(state: &AppState, request: Request) -> Result<PredictInput, ApiError> {
+    match body_kind(request.headers(), true)? {
         BodyKind::Json => {
             let value = read_json(request.into_body(), state.limits.max_body_bytes).await?;
-            parse_predict_object(&value)
+            parse_predict_object(value)
         }
         BodyKind::Multipart => read_multipart(request, state.limits.max_body_bytes).await,
     }
@@ -200,18 +205,18 @@ fn merge_model_names(query: Option<String>, body: Option<String>) -> Result<Opti
 pub async fn predict(
     State(state): State<Arc<AppState>>,
     Query(query): Query<ModelQuery>,
-    headers: HeaderMap,
     request: Request,
 ) -> AppResult {
     let start = Instant::now();
-    let mut input = read_predict_input(&state, &headers, request).await?;
+    let id = request_id(request.headers());
+    let mut input = read_predict_input(&state, request).await?;
     let named = merge_model_names(query.model, input.model.take())?;
     let model = choose_model(&state, named.as_deref(), input.image.is_some())?;
     let (sample, margin) = build_sample(&state, &model, input).await?;
-    let mut answers = state.infer(&model, vec![sample], &request_id(&headers)).await?;
+    let mut answers = state.infer(&model, vec![sample], &id).await?;
     let (outputs, cached) = answers.pop().ok_or_else(|| ApiError::internal("no answer"))?;
-    let mut body = prediction_json(&model, &outputs, cached, margin);
-    body["latency_ms"] = json!(latency_ms(start));
+    let mut body = Prediction::new(&model, &outputs, cached, margin);
+    body.latency_ms = Some(latency_ms(start));
     Ok(Json(body).into_response())
 }
 
@@ -224,15 +229,15 @@ pub async fn predict_batch(
     let start = Instant::now();
     body_kind(&headers, false)?;
     let value = read_json(request.into_body(), state.limits.max_body_bytes).await?;
-    let items = match &value {
-        Value::Object(map) => {
+    let items = match value {
+        Value::Object(mut map) => {
             if let Some(extra) = map.keys().find(|k| k.as_str() != "items") {
                 return Err(ApiError::bad_request(
                     "unknown_field",
                     format!("unknown field `{extra}`; a batch is {{\"items\": [...]}}"),
                 ));
             }
-            match map.get("items") {
+            match map.remove("items") {
                 Some(Value::Array(items)) => items,
                 Some(_) => return Err(ApiError::bad_request("invalid_type", "`items` must be an array")),
                 None => return Err(ApiError::bad_request("missing_field", "missing `items`")),
@@ -255,8 +260,9 @@ pub async fn predict_batch(
     }
 
     // Validate every item before any work is queued: a batch is answered whole or refused.
-    let mut prepared = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
+    let count = items.len();
+    let mut prepared = Vec::with_capacity(count);
+    for (i, item) in items.into_iter().enumerate() {
         let at = format!("items[{i}]");
         let mut input = parse_predict_object(item).map_err(|e| e.at(&at))?;
         let named = merge_model_names(query.model.clone(), input.model.take()).map_err(|e| e.at(&at))?;
@@ -285,11 +291,11 @@ pub async fn predict_batch(
             Ok::<_, ApiError>((model, indices, answers))
         }
     });
-    let mut results = vec![Value::Null; items.len()];
+    let mut results = vec![Value::Null; count];
     for done in join_all(runs).await {
         let (model, indices, answers) = done?;
         for (i, (outputs, cached)) in indices.into_iter().zip(answers) {
-            results[i] = prediction_json(&model, &outputs, cached, margins[i]);
+            results[i] = json!(Prediction::new(&model, &outputs, cached, margins[i]));
         }
     }
     Ok(Json(json!({"results": results, "latency_ms": latency_ms(start)})).into_response())

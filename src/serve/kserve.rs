@@ -79,7 +79,7 @@ fn flatten_numbers(value: &Value, what: &str, out: &mut Vec<f32>) -> Result<(), 
             Ok(())
         }
         other => {
-            let v = json_number(other, &format!("an element of {what}"))?;
+            let v = json_number(other, format_args!("an element of {what}"))?;
             let narrowed = v as f32;
             if !narrowed.is_finite() {
                 return Err(ApiError::bad_request(

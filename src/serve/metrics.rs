@@ -75,10 +75,16 @@ impl Default for ModelStats {
 
 type HistogramOf = fn(&ModelStats) -> &Histogram;
 
+/// One route's requests: counts by status code and the latency histogram.
+#[derive(Debug)]
+struct RouteStats {
+    by_status: BTreeMap<u16, u64>,
+    seconds: Histogram,
+}
+
 #[derive(Default)]
 pub struct Metrics {
-    http_requests: Mutex<BTreeMap<(String, u16), u64>>,
-    http_seconds: Mutex<BTreeMap<String, Histogram>>,
+    http: Mutex<BTreeMap<String, RouteStats>>,
     models: Mutex<BTreeMap<String, ModelStats>>,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
     pub cache_hits: AtomicU64,
@@ -102,18 +108,18 @@ fn escape(label: &str) -> String {
 
 impl Metrics {
     pub fn record_http(&self, route: &str, status: u16, seconds: f64) {
-        *self
-            .http_requests
-            .lock()
-            .unwrap()
-            .entry((route.to_string(), status))
-            .or_default() += 1;
-        self.http_seconds
-            .lock()
-            .unwrap()
-            .entry(route.to_string())
-            .or_insert_with(|| Histogram::new(SECONDS_BUCKETS))
-            .observe(seconds);
+        let mut http = self.http.lock().unwrap();
+        // Look up before inserting: every request lands here, and the key is only
+        // allocated the first time a route is seen.
+        let stats = match http.get_mut(route) {
+            Some(stats) => stats,
+            None => http.entry(route.to_string()).or_insert_with(|| RouteStats {
+                by_status: BTreeMap::new(),
+                seconds: Histogram::new(SECONDS_BUCKETS),
+            }),
+        };
+        *stats.by_status.entry(status).or_default() += 1;
+        stats.seconds.observe(seconds);
     }
 
     pub fn record_rejection(&self, reason: &'static str) {
@@ -140,27 +146,31 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# HELP qp_http_requests_total HTTP requests by route and status code.\n");
         out.push_str("# TYPE qp_http_requests_total counter\n");
-        for ((route, status), n) in self.http_requests.lock().unwrap().iter() {
-            let outcome = match status {
-                200..=399 => "ok",
-                400..=499 => "client_error",
-                _ => "server_error",
-            };
-            let _ = writeln!(
-                out,
-                "qp_http_requests_total{{route=\"{}\",status=\"{status}\",outcome=\"{outcome}\"}} {n}",
-                escape(route)
-            );
+        let http = self.http.lock().unwrap();
+        for (route, stats) in http.iter() {
+            for (status, n) in &stats.by_status {
+                let outcome = match status {
+                    200..=399 => "ok",
+                    400..=499 => "client_error",
+                    _ => "server_error",
+                };
+                let _ = writeln!(
+                    out,
+                    "qp_http_requests_total{{route=\"{}\",status=\"{status}\",outcome=\"{outcome}\"}} {n}",
+                    escape(route)
+                );
+            }
         }
         out.push_str("# HELP qp_http_request_duration_seconds Time from request to response head.\n");
         out.push_str("# TYPE qp_http_request_duration_seconds histogram\n");
-        for (route, h) in self.http_seconds.lock().unwrap().iter() {
-            h.render(
+        for (route, stats) in http.iter() {
+            stats.seconds.render(
                 &mut out,
                 "qp_http_request_duration_seconds",
                 &format!("route=\"{}\"", escape(route)),
             );
         }
+        drop(http);
 
         let models = self.models.lock().unwrap().clone();
         let per_model = |out: &mut String, name: &str, kind: &str, help: &str, f: &dyn Fn(&ModelStats) -> String| {

@@ -601,15 +601,13 @@ async fn assign_request_id(State(ids): State<Arc<RequestIdSource>>, mut req: Req
 
 async fn record_metrics(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_string();
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let response = next.run(req).await;
-    state
-        .metrics
-        .record_http(&route, response.status().as_u16(), start.elapsed().as_secs_f64());
+    state.metrics.record_http(
+        route.as_ref().map_or("unmatched", |p| p.as_str()),
+        response.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
     response
 }
 

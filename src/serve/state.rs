@@ -58,7 +58,7 @@ impl AppState {
     pub async fn infer(
         &self,
         model: &ModelWorker,
-        samples: Vec<Sample>,
+        mut samples: Vec<Sample>,
         request_id: &str,
     ) -> Result<Vec<(SampleOutputs, bool)>, ApiError> {
         let keys: Vec<u128> = samples.iter().map(|s| cache_key(&model.name, s)).collect();
@@ -79,12 +79,17 @@ impl AppState {
             .fetch_add(missing.len() as u64, Ordering::Relaxed);
 
         if !missing.is_empty() {
-            let mut inputs: Vec<Vec<f32>> = vec![Vec::new(); model.meta.inputs.len()];
-            for &i in &missing {
-                for (input, values) in inputs.iter_mut().zip(&samples[i]) {
-                    input.extend_from_slice(values);
+            let inputs = if let [only] = missing[..] {
+                std::mem::take(&mut samples[only])
+            } else {
+                let mut inputs: Vec<Vec<f32>> = vec![Vec::new(); model.meta.inputs.len()];
+                for &i in &missing {
+                    for (input, values) in inputs.iter_mut().zip(&samples[i]) {
+                        input.extend_from_slice(values);
+                    }
                 }
-            }
+                inputs
+            };
             let (reply, answer) = oneshot::channel();
             let submitted = model.submit(Job {
                 inputs,

@@ -312,12 +312,13 @@ fn run_batch(
     };
     let compute = start.elapsed();
     metrics.record_run(name, samples, &queue_seconds, compute.as_secs_f64(), result.is_ok());
-    let request_ids: Vec<&str> = jobs.iter().map(|j| j.request_id.as_str()).collect();
+    let request_ids = || jobs.iter().map(|j| j.request_id.as_str()).collect::<Vec<_>>();
+    // Field values are only evaluated when the event is enabled.
     tracing::debug!(
         model = name,
         batch_samples = samples,
         jobs = jobs.len(),
-        ?request_ids,
+        request_ids = ?request_ids(),
         compute_ms = compute.as_secs_f64() * 1e3,
         "batch done"
     );
@@ -337,7 +338,7 @@ fn run_batch(
         }
         Err(e) => {
             if e.status.is_server_error() {
-                tracing::error!(model = name, ?request_ids, "{}", e.message);
+                tracing::error!(model = name, request_ids = ?request_ids(), "{}", e.message);
             }
             for job in jobs {
                 let _ = job.reply.send(Err(e.clone()));
