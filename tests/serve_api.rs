@@ -528,6 +528,7 @@ fn rate_limit_per_client() {
     let r = post_json(addr, "/predict", &body);
     assert_eq!((r.status, r.error_code().as_str()), (429, "rate_limited"));
     assert_eq!(r.header("retry-after"), Some("2"));
+    assert!(r.header("x-request-id").is_some(), "refusals carry a request id too");
     assert_eq!(get(addr, "/health").status, 200, "probes are exempt");
     assert!(get(addr, "/metrics")
         .text()

@@ -10,6 +10,7 @@ mod error;
 mod handlers;
 mod kserve;
 mod metrics;
+mod middleware;
 mod ratelimit;
 mod state;
 mod sysinfo;
@@ -17,24 +18,24 @@ mod worker;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use axum::body::Body;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{header, HeaderValue};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
+use tower::util::MapRequestLayer;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::engine::{EngineOptions, Isa};
@@ -44,6 +45,7 @@ pub use worker::{BackendInfo, BackendLoader, InferenceBackend, ModelSpec};
 
 use self::cache::ResponseCache;
 use self::metrics::Metrics;
+use self::middleware::{JsonErrorsLayer, RecordMetricsLayer, RequestIdSource};
 use self::ratelimit::RateLimiter;
 use self::state::{AppState, Limits};
 use self::worker::{BatchConfig, ModelWorker};
@@ -483,9 +485,11 @@ async fn serve_until_shutdown(
 
 fn router(state: Arc<AppState>, args: &ServeArgs) -> anyhow::Result<Router> {
     let cors = cors_layer(&args.cors_origins)?;
-    let request_ids = Arc::new(RequestIdSource::new());
+    let request_id = header::HeaderName::from_static(REQUEST_ID_HEADER);
     let layers = ServiceBuilder::new()
-        .layer(middleware::from_fn_with_state(request_ids, assign_request_id))
+        .layer(MapRequestLayer::new(middleware::drop_unacceptable_request_id))
+        .layer(SetRequestIdLayer::new(request_id.clone(), RequestIdSource::new()))
+        .layer(PropagateRequestIdLayer::new(request_id))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
@@ -508,18 +512,22 @@ fn router(state: Arc<AppState>, args: &ServeArgs) -> anyhow::Result<Router> {
                         .latency_unit(tower_http::LatencyUnit::Micros),
                 ),
         )
-        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(RecordMetricsLayer {
+            metrics: state.metrics.clone(),
+        })
         .layer(CompressionLayer::new())
-        .layer(middleware::from_fn(json_errors))
+        .layer(JsonErrorsLayer)
         .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
             ApiError::internal("the request handler panicked").into_response()
         }))
         .option_layer(cors)
-        .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
+        // CORS answers preflights with an empty body of the inner type, so it needs one
+        // that has a default.
+        .map_response(|r: axum::http::Response<_>| r.map(axum::body::Body::new))
         .layer(RequestBodyLimitLayer::new(args.max_body_bytes))
         .layer(DefaultBodyLimit::max(args.max_body_bytes));
 
-    Ok(Router::new()
+    let mut router = Router::new()
         .route("/predict", post(handlers::predict))
         .route("/predict/batch", post(handlers::predict_batch))
         .route("/model", get(handlers::model_info))
@@ -533,8 +541,12 @@ fn router(state: Arc<AppState>, args: &ServeArgs) -> anyhow::Result<Router> {
         .route("/v2/models/{name}/ready", get(kserve::model_ready))
         .route("/v2/models/{name}/infer", post(kserve::infer))
         .fallback(handlers::not_found)
-        .with_state(state)
-        .layer(layers))
+        .with_state(state.clone());
+    if state.rate_limiter.is_some() {
+        // Innermost, so that answers it refuses still get CORS headers and a request id.
+        router = router.layer(axum::middleware::from_fn_with_state(state, middleware::rate_limit));
+    }
+    Ok(router.layer(layers))
 }
 
 fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
@@ -553,117 +565,4 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<Option<CorsLayer>> {
         .map(|o| HeaderValue::from_str(o).with_context(|| format!("--cors-origin {o:?} is not a valid origin")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(Some(base.allow_origin(AllowOrigin::list(values))))
-}
-
-/// Generates request ids: a per-process prefix and a counter.
-struct RequestIdSource {
-    prefix: u32,
-    next: AtomicU64,
-}
-
-impl RequestIdSource {
-    fn new() -> RequestIdSource {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos() ^ (d.as_secs() as u32));
-        RequestIdSource {
-            prefix: nanos ^ std::process::id().rotate_left(16),
-            next: AtomicU64::new(1),
-        }
-    }
-
-    fn make(&self) -> HeaderValue {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{:08x}-{n:08x}", self.prefix)).expect("hex is a valid header")
-    }
-}
-
-/// A client's id is kept if it is short and plain (it goes into logs); otherwise one is made.
-fn acceptable_request_id(value: &HeaderValue) -> bool {
-    let bytes = value.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 128
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'))
-}
-
-async fn assign_request_id(State(ids): State<Arc<RequestIdSource>>, mut req: Request, next: Next) -> Response {
-    let id = match req.headers().get(REQUEST_ID_HEADER) {
-        Some(v) if acceptable_request_id(v) => v.clone(),
-        _ => ids.make(),
-    };
-    req.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
-    let mut response = next.run(req).await;
-    response.headers_mut().insert(REQUEST_ID_HEADER, id);
-    response
-}
-
-async fn record_metrics(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(req).await;
-    state.metrics.record_http(
-        route.as_ref().map_or("unmatched", |p| p.as_str()),
-        response.status().as_u16(),
-        start.elapsed().as_secs_f64(),
-    );
-    response
-}
-
-/// Probes and scrapes are never rate limited.
-fn exempt_from_rate_limit(path: &str) -> bool {
-    matches!(path, "/health" | "/ready" | "/metrics") || path.starts_with("/v2/health")
-}
-
-async fn rate_limit(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if let Some(limiter) = &state.rate_limiter {
-        if !exempt_from_rate_limit(req.uri().path()) {
-            if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
-                if let Err(retry_after) = limiter.check(peer.ip(), Instant::now()) {
-                    state.metrics.record_rejection("rate_limited");
-                    return ApiError::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "rate_limited",
-                        format!("too many requests from {}; retry in {retry_after} s", peer.ip()),
-                    )
-                    .with_retry_after(retry_after)
-                    .into_response();
-                }
-            }
-        }
-    }
-    next.run(req).await
-}
-
-/// Gives errors produced outside the handlers (unmatched routes, wrong methods, body-limit
-/// and extractor rejections) the same JSON shape as the handlers' own.
-async fn json_errors(req: Request, next: Next) -> Response {
-    let response = next.run(req).await;
-    let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return response;
-    }
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/json"));
-    if is_json {
-        return response;
-    }
-    let (mut parts, body) = response.into_parts();
-    let text = axum::body::to_bytes(body, 64 << 10).await.unwrap_or_default();
-    let text = String::from_utf8_lossy(&text).trim().to_string();
-    let message = if text.is_empty() {
-        status.canonical_reason().unwrap_or("error").to_string()
-    } else {
-        text
-    };
-    let error = ApiError::new(status, ApiError::code_for_status(status), message);
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts
-        .headers
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Response::from_parts(parts, Body::from(error.body().to_string()))
 }
