@@ -565,6 +565,43 @@ fn full_queue_is_503_with_retry_after() {
 }
 
 #[test]
+fn a_batch_does_not_wait_for_requests_that_cannot_come() {
+    // Three clients, a 50 ms engine and a 2 s batching delay. The first request runs
+    // alone; the other two queue behind it and are then the only requests in flight, so
+    // their batch must run at once instead of waiting out the delay for a third.
+    let (server, runs) = start_fakes(
+        &["--max-batch", "8", "--max-delay-us", "2000000", "--cache-entries", "0"],
+        Duration::from_millis(50),
+    );
+    let addr = server.local_addr();
+    let started = std::time::Instant::now();
+    let threads: Vec<_> = (0..3)
+        .map(|i| {
+            std::thread::spawn(move || {
+                // Stagger the arrivals so that the first one finds the engine idle.
+                std::thread::sleep(Duration::from_millis(10 * i));
+                post_json(addr, "/predict", &json!({"a": i, "c": 0.5})).status
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "3 requests took {elapsed:?}: a batch waited for a request that was not coming"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "one run alone, then one batch of two");
+    let text = get(addr, "/metrics").text();
+    assert!(
+        text.contains("qp_http_requests_in_flight 1\n"),
+        "only the scrape itself: {text}"
+    );
+    server.shutdown().unwrap();
+}
+
+#[test]
 fn concurrent_requests_are_batched() {
     let (server, runs) = start_fakes(
         &["--max-batch", "8", "--cache-entries", "0"],

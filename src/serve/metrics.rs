@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Latency buckets (seconds): 50 µs .. 10 s.
@@ -89,6 +89,9 @@ pub struct Metrics {
     rejections: Mutex<BTreeMap<&'static str, u64>>,
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
+    /// HTTP requests between arrival and response head; the model threads read it to tell
+    /// whether more jobs can still come (see `worker`).
+    pub http_in_flight: AtomicUsize,
 }
 
 /// Values sampled at scrape time rather than counted.
@@ -242,6 +245,13 @@ impl Metrics {
             out,
             "qp_cache_misses_total {}",
             self.cache_misses.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP qp_http_requests_in_flight HTTP requests received and not yet answered.\n");
+        out.push_str("# TYPE qp_http_requests_in_flight gauge\n");
+        let _ = writeln!(
+            out,
+            "qp_http_requests_in_flight {}",
+            self.http_in_flight.load(Ordering::Relaxed)
         );
         out.push_str("# HELP qp_cache_entries Entries in the response cache.\n# TYPE qp_cache_entries gauge\n");
         let _ = writeln!(out, "qp_cache_entries {}", gauges.cache_entries);

@@ -112,9 +112,25 @@ where
         RecordMetricsFuture {
             route: req.extensions().get::<MatchedPath>().cloned(),
             start: Instant::now(),
-            metrics: self.metrics.clone(),
+            in_flight: InFlight::enter(&self.metrics),
             inner: self.inner.call(req),
         }
+    }
+}
+
+/// Counts a request in `http_in_flight` for as long as it lives, answered or dropped.
+struct InFlight(Arc<Metrics>);
+
+impl InFlight {
+    fn enter(metrics: &Arc<Metrics>) -> InFlight {
+        metrics.http_in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(metrics.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.http_in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -124,7 +140,7 @@ pin_project! {
         inner: F,
         route: Option<MatchedPath>,
         start: Instant,
-        metrics: Arc<Metrics>,
+        in_flight: InFlight,
     }
 }
 
@@ -138,7 +154,7 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         if let Ok(response) = &result {
-            this.metrics.record_http(
+            this.in_flight.0.record_http(
                 this.route.as_ref().map_or("unmatched", |p| p.as_str()),
                 response.status().as_u16(),
                 this.start.elapsed().as_secs_f64(),

@@ -3,13 +3,16 @@
 //!
 //! Batching favours latency: when the engine is idle, the first job runs at once, alone.
 //! Jobs that queue up while the engine is busy are taken together, up to `max_batch`
-//! samples; when the queue held more than one job (the server is under load) and the
-//! batch is still short, the thread waits at most `max_delay` for it to fill.
+//! samples. When the queue held more than one job (the server is under load), the batch
+//! is still short, and more HTTP requests are in flight than the batch holds (so another
+//! job can still come), the thread waits at most `max_delay` for it to fill. Without that
+//! last check a few clients that are all waiting on this batch would each lose the whole
+//! delay: four connections on the feature model ran at 5.7k req/s with a 0.8 ms median.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -248,19 +251,24 @@ fn serve_queue(
             let next = match rx.try_recv() {
                 Ok(job) => Some(job),
                 Err(TryRecvError::Disconnected) => None,
-                Err(TryRecvError::Empty) => {
-                    if jobs.len() < 2 || config.max_delay.is_zero() {
-                        None
-                    } else {
-                        let until = *deadline.get_or_insert_with(|| Instant::now() + config.max_delay);
-                        let now = Instant::now();
-                        if now >= until {
-                            None
-                        } else {
-                            rx.recv_timeout(until - now).ok()
-                        }
+                Err(TryRecvError::Empty) => loop {
+                    let more_can_come = metrics.http_in_flight.load(Ordering::Relaxed) > jobs.len();
+                    if jobs.len() < 2 || config.max_delay.is_zero() || !more_can_come {
+                        break None;
                     }
-                }
+                    let until = *deadline.get_or_insert_with(|| Instant::now() + config.max_delay);
+                    let now = Instant::now();
+                    if now >= until {
+                        break None;
+                    }
+                    // Look again every quarter of the delay: the requests the previous batch
+                    // answered stay in flight for a moment after their answer.
+                    match rx.recv_timeout((until - now).min(config.max_delay / 4)) {
+                        Ok(job) => break Some(job),
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Err(RecvTimeoutError::Disconnected) => break None,
+                    }
+                },
             };
             let Some(job) = next else { break };
             depth.fetch_sub(1, Ordering::Relaxed);
