@@ -109,6 +109,11 @@ fn escape(label: &str) -> String {
     label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// One metric without labels: its HELP and TYPE lines and its value.
+fn unlabelled(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+}
+
 impl Metrics {
     pub fn record_http(&self, route: &str, status: u16, seconds: f64) {
         let mut http = self.http.lock().unwrap();
@@ -236,27 +241,29 @@ impl Metrics {
             }
         }
 
-        out.push_str("# HELP qp_cache_hits_total Samples answered from the response cache.\n");
-        out.push_str("# TYPE qp_cache_hits_total counter\n");
-        let _ = writeln!(out, "qp_cache_hits_total {}", self.cache_hits.load(Ordering::Relaxed));
-        out.push_str("# HELP qp_cache_misses_total Samples not found in the response cache.\n");
-        out.push_str("# TYPE qp_cache_misses_total counter\n");
-        let _ = writeln!(
-            out,
-            "qp_cache_misses_total {}",
-            self.cache_misses.load(Ordering::Relaxed)
+        let hits = self.cache_hits.load(Ordering::Relaxed);
+        unlabelled(
+            &mut out,
+            "qp_cache_hits_total",
+            "counter",
+            "Samples answered from the response cache.",
+            hits,
         );
-        out.push_str("# HELP qp_http_requests_in_flight HTTP requests received and not yet answered.\n");
-        out.push_str("# TYPE qp_http_requests_in_flight gauge\n");
-        let _ = writeln!(
-            out,
-            "qp_http_requests_in_flight {}",
-            self.http_in_flight.load(Ordering::Relaxed)
+        let misses = self.cache_misses.load(Ordering::Relaxed);
+        unlabelled(
+            &mut out,
+            "qp_cache_misses_total",
+            "counter",
+            "Samples not found in the response cache.",
+            misses,
         );
-        out.push_str("# HELP qp_cache_entries Entries in the response cache.\n# TYPE qp_cache_entries gauge\n");
-        let _ = writeln!(out, "qp_cache_entries {}", gauges.cache_entries);
-        out.push_str("# HELP qp_cache_bytes Bytes accounted to the response cache.\n# TYPE qp_cache_bytes gauge\n");
-        let _ = writeln!(out, "qp_cache_bytes {}", gauges.cache_bytes);
+        let in_flight = self.http_in_flight.load(Ordering::Relaxed);
+        let help = "HTTP requests received and not yet answered.";
+        unlabelled(&mut out, "qp_http_requests_in_flight", "gauge", help, in_flight);
+        let help = "Entries in the response cache.";
+        unlabelled(&mut out, "qp_cache_entries", "gauge", help, gauges.cache_entries);
+        let help = "Bytes accounted to the response cache.";
+        unlabelled(&mut out, "qp_cache_bytes", "gauge", help, gauges.cache_bytes);
 
         out.push_str(
             "# HELP qp_rejections_total Requests refused for capacity: queue_full (503), rate_limited (429).\n",
@@ -272,19 +279,22 @@ impl Metrics {
         for (model, depth) in &gauges.queue_depth {
             let _ = writeln!(out, "qp_queue_depth{{model=\"{}\"}} {depth}", escape(model));
         }
-        out.push_str("# HELP qp_ready 1 while the server accepts work, 0 while draining.\n# TYPE qp_ready gauge\n");
-        let _ = writeln!(out, "qp_ready {}", u8::from(gauges.ready));
-        out.push_str("# HELP qp_uptime_seconds Seconds since the server started.\n# TYPE qp_uptime_seconds gauge\n");
-        let _ = writeln!(out, "qp_uptime_seconds {}", gauges.uptime_seconds);
+        let help = "1 while the server accepts work, 0 while draining.";
+        unlabelled(&mut out, "qp_ready", "gauge", help, u8::from(gauges.ready));
+        let help = "Seconds since the server started.";
+        unlabelled(&mut out, "qp_uptime_seconds", "gauge", help, gauges.uptime_seconds);
         if let Some(rss) = gauges.rss_bytes {
-            out.push_str(
-                "# HELP process_resident_memory_bytes Resident set size.\n# TYPE process_resident_memory_bytes gauge\n",
+            unlabelled(
+                &mut out,
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident set size.",
+                rss,
             );
-            let _ = writeln!(out, "process_resident_memory_bytes {rss}");
         }
         if let Some(cpu) = gauges.cpu_seconds {
-            out.push_str("# HELP process_cpu_seconds_total User and system CPU time.\n# TYPE process_cpu_seconds_total counter\n");
-            let _ = writeln!(out, "process_cpu_seconds_total {cpu}");
+            let help = "User and system CPU time.";
+            unlabelled(&mut out, "process_cpu_seconds_total", "counter", help, cpu);
         }
         out
     }
