@@ -354,6 +354,16 @@ fn tensor_table_lies_are_caught_by_the_structural_checks() {
         assert!(!e.to_string().contains("table checksum"), "{what}: {e}");
         assert_gist(&e, gist, what);
     }
+
+    // Tensor 1 moved onto tensor 0's first bytes with its checksum recomputed there: every
+    // per-tensor check passes, and only the overlap check can refuse it.
+    let first = entries_of(bytes)[0];
+    let damaged = with_entries(bytes, |e| {
+        e[1].offset = first.offset;
+        let start = first.offset as usize;
+        e[1].checksum = checksum(&bytes[start..start + e[1].len as usize]);
+    });
+    assert_gist(&load_err(&damaged), "overlap", "two tensors share bytes");
 }
 
 #[test]

@@ -214,6 +214,20 @@ impl QpwFile {
                 return Err(FormatError::Corrupt(format!("{what}: checksum mismatch")));
             }
         }
+        // The writer lays tensors out one after another; two that share bytes would both
+        // pass their checksums and still not be what the converter wrote.
+        let mut by_offset: Vec<usize> = (0..entries.len()).filter(|&i| entries[i].len > 0).collect();
+        by_offset.sort_by_key(|&i| entries[i].offset);
+        for pair in by_offset.windows(2) {
+            let (a, b) = (&entries[pair[0]], &entries[pair[1]]);
+            // Both ranges were checked to lie inside the file, so the sum cannot overflow.
+            if a.offset + a.len > b.offset {
+                return Err(FormatError::Corrupt(format!(
+                    "tensors {} ({}) and {} ({}) overlap",
+                    pair[0], meta.tensors[pair[0]].name, pair[1], meta.tensors[pair[1]].name
+                )));
+            }
+        }
         Ok(QpwFile {
             backing,
             header,
