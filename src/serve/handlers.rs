@@ -113,8 +113,8 @@ async fn build_sample(
         ));
     }
     let feature_specs = || model.meta.inputs.iter().flat_map(|i| i.features.iter().flatten());
-    let is_known = |name: &&String| feature_specs().any(|f| &f.name == *name);
-    if !input.fields.keys().all(|k| is_known(&k)) {
+    let is_known = |name: &str| feature_specs().any(|f| f.name == name);
+    if !input.fields.keys().all(|k| is_known(k)) {
         return Err(PreprocessError::UnknownFeatures {
             unknown: input.fields.keys().filter(|k| !is_known(k)).cloned().collect(),
             expected: feature_specs().map(|f| f.name.clone()).collect(),
