@@ -96,6 +96,26 @@ macro_rules! tier_tests {
             }
 
             #[test]
+            fn several_channel_groups_in_one_task() {
+                // One task (serial) whose channel tiles' weights exceed the L2 group
+                // budget several times over, with a ragged last group and channel tile:
+                // AVX2 groups of 4 of 10 tiles (1x1) and of 4 of 7 (3x3); AVX-512 groups
+                // of 4 of 10 two-panel tiles, the last one panel.
+                if !supported($isa) {
+                    return;
+                }
+                let shapes = [
+                    geometry(1, [5, 7], 1000, 150, [1, 1], [1, 1], [1, 1], [0; 4]),
+                    geometry(2, [6, 5], 100, 100, [3, 3], [1, 1], [1, 1], [1, 1, 1, 1]),
+                    geometry(1, [6, 5], 50, 300, [3, 3], [1, 1], [1, 1], [1, 1, 1, 1]),
+                ];
+                for (i, g) in shapes.into_iter().enumerate() {
+                    let p = problem(g, true, Epilogue::Relu, 100 + i as u64);
+                    check_tier($isa, &Serial, &p).unwrap_or_else(|e| panic!("{g:?}: {e}"));
+                }
+            }
+
+            #[test]
             fn resnet50_layer_shapes() {
                 if !supported($isa) {
                     return;

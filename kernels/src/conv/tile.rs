@@ -77,55 +77,56 @@ pub(super) unsafe fn run_range<V: Vector, const MR: usize, const NV: usize, cons
     let panels = g.panels();
     let taps_cin = g.kernel[0] * g.kernel[1] * g.cin;
     let cin_blocks = cin_blocks(taps_cin, g.cin, panels_per_tile);
-    let task_weight_bytes = taps_cin * co.len() * panels_per_tile * PANEL * 4;
-    // Pixel tiles outer when the task's weights fit in L2: every channel tile of a pixel
-    // tile runs before the next, so the output and residual are walked in address order
-    // (channels contiguous per pixel). Channel tiles outer stride the output by `cout`
-    // floats per pixel, which no hardware prefetcher follows; they keep one tile's
-    // weights (one input-channel block of them) in cache while the pixels stream past,
-    // which is what large weights need.
-    let pixel_outer = cin_blocks == 1 && task_weight_bytes <= PIXEL_OUTER_WEIGHT_BUDGET;
-    let pixel_tiles = (px.end - px.start).div_ceil(MR);
-    let (outer, inner) = if pixel_outer {
-        (pixel_tiles, co.len())
+    // Channel tiles are taken in groups whose weights fit in half of L2, and within a
+    // group pixel tiles are the outer loop: every channel tile of a pixel tile runs
+    // before the next, so the output and residual are walked in address order (one
+    // group's channels contiguous per pixel) while the group's weights stay in L2.
+    // Channel tiles one at a time over all pixels would stride the output by `cout`
+    // floats per pixel, which no hardware prefetcher follows. Split input channels
+    // (weights too large for one tile) keep one channel tile per group, so one block's
+    // weights stay in cache while the pixels stream past.
+    let group_len = if cin_blocks == 1 {
+        let tile_weight_bytes = taps_cin * panels_per_tile * PANEL * 4;
+        (CHANNEL_GROUP_WEIGHT_BUDGET / tile_weight_bytes).max(1)
     } else {
-        (co.len() * cin_blocks, pixel_tiles)
+        1
     };
-    // Both orders share these loops so each tile shape keeps one call site: the kernel
-    // body is inlined at every call site, and extra copies have made LLVM spill the
-    // accumulators (a third copy once made the whole model 1.6x slower).
-    for a in 0..outer {
-        for b in 0..inner {
-            let (pixel_tile, ct, block_index) = if pixel_outer {
-                (a, co.start + b, 0)
-            } else {
-                (b, co.start + a / cin_blocks, a % cin_blocks)
-            };
-            let q0 = px.start + pixel_tile * MR;
-            let first_panel = ct * panels_per_tile;
-            let one_panel = panels - first_panel < panels_per_tile;
-            let block = Block {
-                first_panel,
-                c0: block_index * g.cin / cin_blocks,
-                c1: (block_index + 1) * g.cin / cin_blocks,
-            };
-            let mr = MR.min(px.end - q0);
-            match (mr == MR, one_panel) {
-                // safety: forwarded from the caller; `first_panel + NV*LANES/16 <= panels`
-                // in the full case, `first_panel + 1 <= panels` in the one-panel case; the
-                // blocks of a tile run in order, so its partial sums are written before
-                // the next block reads them.
-                (true, false) => unsafe { tile::<V, MR, NV>(job, q0, block) },
-                (true, true) => unsafe { tile::<V, MR, NV_TAIL>(job, q0, block) },
-                (false, _) => tile_remainder(q0, mr, block, one_panel),
+    let pixel_tiles = (px.end - px.start).div_ceil(MR);
+    // One call site per tile shape: the kernel body is inlined at every call site, and
+    // extra copies have made LLVM spill the accumulators (a third copy once made the
+    // whole model 1.6x slower).
+    for group_start in co.clone().step_by(group_len) {
+        let group = group_start..co.end.min(group_start + group_len);
+        for block_index in 0..cin_blocks {
+            for pixel_tile in 0..pixel_tiles {
+                for ct in group.clone() {
+                    let q0 = px.start + pixel_tile * MR;
+                    let first_panel = ct * panels_per_tile;
+                    let one_panel = panels - first_panel < panels_per_tile;
+                    let block = Block {
+                        first_panel,
+                        c0: block_index * g.cin / cin_blocks,
+                        c1: (block_index + 1) * g.cin / cin_blocks,
+                    };
+                    let mr = MR.min(px.end - q0);
+                    match (mr == MR, one_panel) {
+                        // safety: forwarded from the caller; `first_panel + NV*LANES/16
+                        // <= panels` in the full case, `first_panel + 1 <= panels` in the
+                        // one-panel case; the blocks of a tile run in order, so its partial
+                        // sums are written before the next block reads them.
+                        (true, false) => unsafe { tile::<V, MR, NV>(job, q0, block) },
+                        (true, true) => unsafe { tile::<V, MR, NV_TAIL>(job, q0, block) },
+                        (false, _) => tile_remainder(q0, mr, block, one_panel),
+                    }
+                }
             }
         }
     }
 }
 
-/// The most weight bytes a task may read per pixel tile for `run_range` to walk pixel
-/// tiles outermost: half of a 512 KiB L2, so the weights stay there between pixel tiles.
-const PIXEL_OUTER_WEIGHT_BUDGET: usize = 256 << 10;
+/// The weight bytes of one channel-tile group in `run_range`: half of a 512 KiB L2, so
+/// the group's weights stay there while its pixel tiles pass.
+const CHANNEL_GROUP_WEIGHT_BUDGET: usize = 256 << 10;
 
 /// Input-channel blocks per channel tile: splits `cin` when one tile's weights would
 /// exceed 64 KiB, into blocks of about 256 channels, so a block's weights stay near
