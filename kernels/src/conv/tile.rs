@@ -99,8 +99,9 @@ pub(super) unsafe fn run_range<V: Vector, const MR: usize, const NV: usize, cons
         let group = group_start..co.end.min(group_start + group_len);
         for block_index in 0..cin_blocks {
             for pixel_tile in 0..pixel_tiles {
+                let q0 = px.start + pixel_tile * MR;
+                let windows = Windows::<MR>::new(g, q0);
                 for ct in group.clone() {
-                    let q0 = px.start + pixel_tile * MR;
                     let first_panel = ct * panels_per_tile;
                     let one_panel = panels - first_panel < panels_per_tile;
                     let block = Block {
@@ -113,9 +114,10 @@ pub(super) unsafe fn run_range<V: Vector, const MR: usize, const NV: usize, cons
                         // safety: forwarded from the caller; `first_panel + NV*LANES/16
                         // <= panels` in the full case, `first_panel + 1 <= panels` in the
                         // one-panel case; the blocks of a tile run in order, so its partial
-                        // sums are written before the next block reads them.
-                        (true, false) => unsafe { tile::<V, MR, NV>(job, q0, block) },
-                        (true, true) => unsafe { tile::<V, MR, NV_TAIL>(job, q0, block) },
+                        // sums are written before the next block reads them; `windows`
+                        // are those of this pixel tile.
+                        (true, false) => unsafe { tile_in::<V, MR, NV>(job, q0, &windows, block) },
+                        (true, true) => unsafe { tile_in::<V, MR, NV_TAIL>(job, q0, &windows, block) },
                         (false, _) => tile_remainder(q0, mr, block, one_panel),
                     }
                 }
@@ -165,33 +167,67 @@ pub(super) struct Block {
 /// tile's output holds the partial sums of channels `0..c0`.
 #[inline(always)]
 pub(super) unsafe fn tile<V: Vector, const MR: usize, const NV: usize>(job: &Job, q0: usize, block: Block) {
+    // safety: forwarded; the windows are those of pixels q0..q0+MR.
+    unsafe { tile_in::<V, MR, NV>(job, q0, &Windows::new(job.g, q0), block) }
+}
+
+/// Where each pixel of a tile reads its input: its image's first input row and the
+/// (possibly negative) top-left input coordinate of its window. The same for every
+/// channel tile of a pixel tile, so `run_range` computes it once per pixel tile.
+#[derive(Clone, Copy)]
+pub(super) struct Windows<const MR: usize> {
+    image_row: [usize; MR],
+    ih0: [isize; MR],
+    iw0: [isize; MR],
+}
+
+impl<const MR: usize> Windows<MR> {
+    /// The windows of pixels `q0..q0 + MR` (walks the flattened index instead of
+    /// dividing per pixel).
+    #[inline(always)]
+    pub(super) fn new(g: &super::ConvGeometry, q0: usize) -> Windows<MR> {
+        let plane = g.out_h * g.out_w;
+        let (mut n, mut oh, mut ow) = (q0 / plane, q0 / g.out_w % g.out_h, q0 % g.out_w);
+        let mut w = Windows {
+            image_row: [0; MR],
+            ih0: [0; MR],
+            iw0: [0; MR],
+        };
+        for i in 0..MR {
+            w.image_row[i] = n * g.in_h;
+            w.ih0[i] = (oh * g.stride[0]) as isize - g.pads[0] as isize;
+            w.iw0[i] = (ow * g.stride[1]) as isize - g.pads[1] as isize;
+            ow += 1;
+            if ow == g.out_w {
+                ow = 0;
+                oh += 1;
+                if oh == g.out_h {
+                    oh = 0;
+                    n += 1;
+                }
+            }
+        }
+        w
+    }
+}
+
+/// `tile` with the pixel windows already computed.
+///
+/// # Safety
+/// As `tile`, and `windows` must be `Windows::new(job.g, q0)`.
+#[inline(always)]
+pub(super) unsafe fn tile_in<V: Vector, const MR: usize, const NV: usize>(
+    job: &Job,
+    q0: usize,
+    windows: &Windows<MR>,
+    block: Block,
+) {
     let Block { first_panel, c0, c1 } = block;
     let g = job.g;
     let (cin, [kh_n, kw_n]) = (g.cin, g.kernel);
     let panel_stride = kh_n * kw_n * cin * PANEL;
 
-    // Where each pixel's window starts: its image's first input row, and the (possibly
-    // negative) top-left input coordinate. Walk the flattened index instead of dividing
-    // per pixel.
-    let plane = g.out_h * g.out_w;
-    let (mut n, mut oh, mut ow) = (q0 / plane, q0 / g.out_w % g.out_h, q0 % g.out_w);
-    let mut image_row = [0usize; MR];
-    let mut ih0 = [0isize; MR];
-    let mut iw0 = [0isize; MR];
-    for i in 0..MR {
-        image_row[i] = n * g.in_h;
-        ih0[i] = (oh * g.stride[0]) as isize - g.pads[0] as isize;
-        iw0[i] = (ow * g.stride[1]) as isize - g.pads[1] as isize;
-        ow += 1;
-        if ow == g.out_w {
-            ow = 0;
-            oh += 1;
-            if oh == g.out_h {
-                oh = 0;
-                n += 1;
-            }
-        }
-    }
+    let Windows { image_row, ih0, iw0 } = *windows;
 
     // Offset of vector v's lanes from a weight row: panel, then lane within the panel.
     let mut wofs = [0usize; NV];
