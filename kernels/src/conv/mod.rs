@@ -122,6 +122,47 @@ impl ConvGeometry {
     }
 }
 
+/// Where each pixel of a register tile reads its input: its image's first input row and
+/// the (possibly negative) top-left input coordinate of its window. The same for every
+/// channel tile of a pixel tile, so the tile loops compute it once per pixel tile. Shared
+/// by the FP32 and INT8 kernels.
+#[derive(Clone, Copy)]
+pub(crate) struct Windows<const MR: usize> {
+    pub image_row: [usize; MR],
+    pub ih0: [isize; MR],
+    pub iw0: [isize; MR],
+}
+
+impl ConvGeometry {
+    /// The windows of output pixels `q0..q0 + MR` (walks the flattened index instead of
+    /// dividing per pixel; pixels past the end get windows past the end, never read).
+    #[inline(always)]
+    pub(crate) fn windows<const MR: usize>(&self, q0: usize) -> Windows<MR> {
+        let plane = self.out_h * self.out_w;
+        let (mut n, mut oh, mut ow) = (q0 / plane, q0 / self.out_w % self.out_h, q0 % self.out_w);
+        let mut w = Windows {
+            image_row: [0; MR],
+            ih0: [0; MR],
+            iw0: [0; MR],
+        };
+        for i in 0..MR {
+            w.image_row[i] = n * self.in_h;
+            w.ih0[i] = (oh * self.stride[0]) as isize - self.pads[0] as isize;
+            w.iw0[i] = (ow * self.stride[1]) as isize - self.pads[1] as isize;
+            ow += 1;
+            if ow == self.out_w {
+                ow = 0;
+                oh += 1;
+                if oh == self.out_h {
+                    oh = 0;
+                    n += 1;
+                }
+            }
+        }
+        w
+    }
+}
+
 /// Multiplies sizes, panicking with a clear message on overflow (a geometry that large
 /// cannot describe real buffers).
 fn product(dims: &[usize]) -> usize {

@@ -13,7 +13,7 @@
 
 use std::ops::Range;
 
-use super::{Job, PANEL};
+use super::{Job, Windows, PANEL};
 
 /// A SIMD vector of `LANES` f32 (`LANES` divides `PANEL`).
 ///
@@ -100,7 +100,7 @@ pub(super) unsafe fn run_range<V: Vector, const MR: usize, const NV: usize, cons
         for block_index in 0..cin_blocks {
             for pixel_tile in 0..pixel_tiles {
                 let q0 = px.start + pixel_tile * MR;
-                let windows = Windows::<MR>::new(g, q0);
+                let windows = g.windows::<MR>(q0);
                 for ct in group.clone() {
                     let first_panel = ct * panels_per_tile;
                     let one_panel = panels - first_panel < panels_per_tile;
@@ -168,53 +168,13 @@ pub(super) struct Block {
 #[inline(always)]
 pub(super) unsafe fn tile<V: Vector, const MR: usize, const NV: usize>(job: &Job, q0: usize, block: Block) {
     // safety: forwarded; the windows are those of pixels q0..q0+MR.
-    unsafe { tile_in::<V, MR, NV>(job, q0, &Windows::new(job.g, q0), block) }
-}
-
-/// Where each pixel of a tile reads its input: its image's first input row and the
-/// (possibly negative) top-left input coordinate of its window. The same for every
-/// channel tile of a pixel tile, so `run_range` computes it once per pixel tile.
-#[derive(Clone, Copy)]
-pub(super) struct Windows<const MR: usize> {
-    image_row: [usize; MR],
-    ih0: [isize; MR],
-    iw0: [isize; MR],
-}
-
-impl<const MR: usize> Windows<MR> {
-    /// The windows of pixels `q0..q0 + MR` (walks the flattened index instead of
-    /// dividing per pixel).
-    #[inline(always)]
-    pub(super) fn new(g: &super::ConvGeometry, q0: usize) -> Windows<MR> {
-        let plane = g.out_h * g.out_w;
-        let (mut n, mut oh, mut ow) = (q0 / plane, q0 / g.out_w % g.out_h, q0 % g.out_w);
-        let mut w = Windows {
-            image_row: [0; MR],
-            ih0: [0; MR],
-            iw0: [0; MR],
-        };
-        for i in 0..MR {
-            w.image_row[i] = n * g.in_h;
-            w.ih0[i] = (oh * g.stride[0]) as isize - g.pads[0] as isize;
-            w.iw0[i] = (ow * g.stride[1]) as isize - g.pads[1] as isize;
-            ow += 1;
-            if ow == g.out_w {
-                ow = 0;
-                oh += 1;
-                if oh == g.out_h {
-                    oh = 0;
-                    n += 1;
-                }
-            }
-        }
-        w
-    }
+    unsafe { tile_in::<V, MR, NV>(job, q0, &job.g.windows(q0), block) }
 }
 
 /// `tile` with the pixel windows already computed.
 ///
 /// # Safety
-/// As `tile`, and `windows` must be `Windows::new(job.g, q0)`.
+/// As `tile`, and `windows` must be `job.g.windows(q0)`.
 #[inline(always)]
 pub(super) unsafe fn tile_in<V: Vector, const MR: usize, const NV: usize>(
     job: &Job,

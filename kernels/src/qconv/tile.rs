@@ -137,28 +137,7 @@ pub(super) unsafe fn tile<V: QVector, const MR: usize, const NV: usize>(job: &Jo
     let row_bytes = PANEL * GROUP;
     let panel_stride = kh_n * kw_n * groups * row_bytes;
 
-    // Where each pixel's window starts: its image's first input row, and the (possibly
-    // negative) top-left input coordinate. Walk the flattened index instead of dividing
-    // per pixel.
-    let plane = g.out_h * g.out_w;
-    let (mut n, mut oh, mut ow) = (q0 / plane, q0 / g.out_w % g.out_h, q0 % g.out_w);
-    let mut image_row = [0usize; MR];
-    let mut ih0 = [0isize; MR];
-    let mut iw0 = [0isize; MR];
-    for i in 0..MR {
-        image_row[i] = n * g.in_h;
-        ih0[i] = (oh * g.stride[0]) as isize - g.pads[0] as isize;
-        iw0[i] = (ow * g.stride[1]) as isize - g.pads[1] as isize;
-        ow += 1;
-        if ow == g.out_w {
-            ow = 0;
-            oh += 1;
-            if oh == g.out_h {
-                oh = 0;
-                n += 1;
-            }
-        }
-    }
+    let crate::conv::Windows { image_row, ih0, iw0 } = g.windows::<MR>(q0);
 
     // Offset of vector v's lanes from a weight row: panel, then lane within the panel.
     let mut wofs = [0usize; NV];
