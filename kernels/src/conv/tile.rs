@@ -100,6 +100,7 @@ pub(super) unsafe fn run_range<V: Vector, const MR: usize, const NV: usize, cons
         for block_index in 0..cin_blocks {
             for pixel_tile in 0..pixel_tiles {
                 let q0 = px.start + pixel_tile * MR;
+                let mr = MR.min(px.end - q0);
                 let windows = g.windows::<MR>(q0);
                 for ct in group.clone() {
                     let first_panel = ct * panels_per_tile;
@@ -109,7 +110,6 @@ pub(super) unsafe fn run_range<V: Vector, const MR: usize, const NV: usize, cons
                         c0: block_index * g.cin / cin_blocks,
                         c1: (block_index + 1) * g.cin / cin_blocks,
                     };
-                    let mr = MR.min(px.end - q0);
                     match (mr == MR, one_panel) {
                         // safety: forwarded from the caller; `first_panel + NV*LANES/16
                         // <= panels` in the full case, `first_panel + 1 <= panels` in the
