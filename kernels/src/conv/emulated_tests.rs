@@ -37,6 +37,9 @@ impl Vector for Lanes16 {
     unsafe fn add(a: [f32; 16], b: [f32; 16]) -> [f32; 16] {
         std::array::from_fn(|i| a[i] + b[i])
     }
+    unsafe fn sub(a: [f32; 16], b: [f32; 16]) -> [f32; 16] {
+        std::array::from_fn(|i| a[i] - b[i])
+    }
     unsafe fn relu(a: [f32; 16]) -> [f32; 16] {
         a.map(|x| x.max(0.0))
     }

@@ -10,11 +10,17 @@
 
 mod reference;
 mod tile;
+mod winograd;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod emulated_tests;
+
+pub use winograd::{
+    conv2d_winograd_nhwc, pack_winograd_weights, supports_winograd, winograd_scratch_len, winograd_weight_len,
+    WINOGRAD_POINTS,
+};
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -346,6 +352,19 @@ fn check_args(
     residual: Option<&[f32]>,
     output: &[f32],
 ) {
+    check_geometry(g, input, bias, residual, output);
+    let len = packed_weight_len(g);
+    assert_eq!(
+        weights.len(),
+        len,
+        "conv2d_nhwc: weights has {} floats, geometry needs {len}",
+        weights.len()
+    );
+}
+
+/// The checks every convolution shares: output extents and the lengths of everything
+/// but the weights.
+fn check_geometry(g: &ConvGeometry, input: &[f32], bias: &[f32], residual: Option<&[f32]>, output: &[f32]) {
     for axis in 0..2 {
         let (name, out) = (["out_h", "out_w"][axis], [g.out_h, g.out_w][axis]);
         assert_eq!(
@@ -358,7 +377,6 @@ fn check_args(
         assert_eq!(got, want, "conv2d_nhwc: {what} has {got} floats, geometry needs {want}");
     };
     expect("input", input.len(), g.input_len());
-    expect("weights", weights.len(), packed_weight_len(g));
     expect("bias", bias.len(), g.bias_len());
     expect("output", output.len(), g.output_len());
     if let Some(r) = residual {

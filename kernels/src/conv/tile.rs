@@ -31,6 +31,8 @@ pub(super) trait Vector {
     /// `a * b + c`
     unsafe fn fma(a: Self::R, b: Self::R, c: Self::R) -> Self::R;
     unsafe fn add(a: Self::R, b: Self::R) -> Self::R;
+    /// `a - b`
+    unsafe fn sub(a: Self::R, b: Self::R) -> Self::R;
     unsafe fn relu(a: Self::R) -> Self::R;
     unsafe fn store(p: *mut f32, a: Self::R);
     /// Lanes `0..n` to `p` (only those are written).
@@ -346,7 +348,7 @@ pub(super) unsafe fn tile_in<V: Vector, const MR: usize, const NV: usize>(
 /// The ISA of `V` is enabled; each `ptrs[i]` has `len` readable floats; `w + wofs[v]` has
 /// `len` rows of 16 readable floats from it, LANES used per row.
 #[inline(always)]
-unsafe fn accumulate<V: Vector, const MR: usize, const NV: usize>(
+pub(super) unsafe fn accumulate<V: Vector, const MR: usize, const NV: usize>(
     acc: &mut [[V::R; NV]; MR],
     ptrs: &[*const f32; MR],
     w: *const f32,

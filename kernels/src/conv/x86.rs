@@ -12,6 +12,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::tile::{remainder_tile, run_range, Block, Vector};
+use super::winograd::{run_phase, Phase, WinogradJob};
 use super::{Job, Tiling};
 
 pub(super) struct Avx512;
@@ -45,6 +46,10 @@ impl Vector for Avx512 {
     #[inline(always)]
     unsafe fn add(a: __m512, b: __m512) -> __m512 {
         _mm512_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m512, b: __m512) -> __m512 {
+        _mm512_sub_ps(a, b)
     }
     #[inline(always)]
     unsafe fn relu(a: __m512) -> __m512 {
@@ -103,6 +108,10 @@ impl Vector for Avx2 {
     #[inline(always)]
     unsafe fn add(a: __m256, b: __m256) -> __m256 {
         _mm256_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m256, b: __m256) -> __m256 {
+        _mm256_sub_ps(a, b)
     }
     #[inline(always)]
     unsafe fn relu(a: __m256) -> __m256 {
@@ -164,4 +173,24 @@ pub(super) unsafe fn run_avx2(job: &Job, px: Range<usize>, co: Range<usize>) {
     let remainder = |q0: usize, mr: usize, block: Block, one_panel: bool| remainder_tile!(Avx2, 2, 2, job, q0, mr, block, one_panel, [1 2 3 4 5]);
     // safety: this function's contract is `run_range`'s, with AVX2+FMA enabled here.
     unsafe { run_range::<Avx2, AVX2_MR, 2, 2>(job, px, co, remainder) }
+}
+
+/// One Winograd task (`winograd::run_phase`) on AVX-512: 14 tiles x 32 channels.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/DQ must be usable; otherwise `run_phase`'s contract.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+pub(super) unsafe fn winograd_avx512(job: &WinogradJob, phase: Phase, r: Range<usize>, co: Range<usize>) {
+    // safety: forwarded, with AVX-512 enabled here.
+    unsafe { run_phase::<Avx512, AVX512_MR, 2, 1>(job, phase, r, co) }
+}
+
+/// One Winograd task on AVX2+FMA: 6 tiles x 16 channels.
+///
+/// # Safety
+/// AVX2 and FMA must be usable; otherwise `run_phase`'s contract.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn winograd_avx2(job: &WinogradJob, phase: Phase, r: Range<usize>, co: Range<usize>) {
+    // safety: forwarded, with AVX2+FMA enabled here.
+    unsafe { run_phase::<Avx2, AVX2_MR, 2, 2>(job, phase, r, co) }
 }
