@@ -623,6 +623,37 @@ fn conv_weight_dims_that_do_not_match_the_op_are_refused() {
 }
 
 #[test]
+fn winograd_convs_that_do_not_match_their_layout_or_window_are_refused() {
+    let winograd = |p: &Parts| first_node(&p.meta, "conv_winograd");
+
+    // Direct weights under a Winograd op (and the reverse): same frame, wrong layout.
+    let mut p = parts(conv_model());
+    let (w, c) = (winograd(&p), first_node(&p.meta, "conv"));
+    let direct = p
+        .meta
+        .nodes
+        .iter()
+        .position(|n| matches!(n.op, Op::Conv { window, .. } if window.kernel == [3, 3]));
+    let direct = direct.expect("a direct 3x3 conv (stride 2) in the fixture");
+    p.meta.nodes[w].params = p.meta.nodes[direct].params.clone();
+    expect(&p, "direct weights", &["conv_winograd", "Winograd layout"]);
+    let mut p = parts(conv_model());
+    p.meta.nodes[c].params = p.meta.nodes[winograd(&p)].params.clone();
+    expect(&p, "Winograd weights", &["packed layout"]);
+
+    // A window the Winograd kernel does not compute.
+    for (stride, dilation) in [([2, 2], [1, 1]), ([1, 1], [2, 2])] {
+        let mut p = parts(conv_model());
+        let w = winograd(&p);
+        if let Op::ConvWinograd { window, .. } = &mut p.meta.nodes[w].op {
+            window.stride = stride;
+            window.dilation = dilation;
+        }
+        expect(&p, "window", &["conv_winograd", "3x3 stride 1"]);
+    }
+}
+
+#[test]
 fn shapes_with_a_zero_or_an_overflow_are_refused() {
     for (what, shape) in [
         ("zero", vec![0, 4]),

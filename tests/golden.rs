@@ -213,12 +213,69 @@ fn fp16_weights_halve_the_file_and_stay_close() {
     }
 }
 
+#[test]
+fn winograd_layers_agree_with_the_direct_ones() {
+    let dir = fixtures().join("tiny_bn");
+    let onnx = std::fs::read(dir.join("model.onnx")).unwrap();
+    let convert = |options: ConvertOptions| convert_bytes(&onnx, "t", &options).unwrap();
+    let kinds =
+        |c: &qp::convert::Converted| -> Vec<&'static str> { c.meta.nodes.iter().map(|n| n.op.kind()).collect() };
+    let winograd = convert(ConvertOptions::default());
+    let direct = convert(ConvertOptions {
+        direct_conv: true,
+        ..Default::default()
+    });
+    let fp16 = convert(ConvertOptions {
+        precision: qp::convert::Precision::Fp16,
+        ..Default::default()
+    });
+    // The fixture's three stride-1 3x3 layers on 8x8 maps; those on smaller maps and the
+    // stride-2 ones stay direct.
+    assert_eq!(kinds(&winograd).iter().filter(|&&k| k == "conv_winograd").count(), 3);
+    assert!(!kinds(&direct).contains(&"conv_winograd"));
+    assert!(!kinds(&fp16).contains(&"conv_winograd"));
+    let options = qp::quant::QuantizeOptions {
+        profile: qp::quant::DEFAULT_PROFILE,
+        method: qp::quant::DEFAULT_METHOD,
+        calibration: vec![],
+        holdout: vec![],
+        compare: false,
+        sensitivity: false,
+        keep_fp32: vec![],
+        bias_correction_samples: 0,
+    };
+    match qp::quant::quantize(&winograd, &options) {
+        Err(e) => assert!(format!("{e:#}").contains("Winograd"), "{e:#}"),
+        Ok(_) => panic!("quantized Winograd weights as if they were direct"),
+    }
+
+    let image = qp::npy::read(&dir.join("inputs/image.npy")).unwrap();
+    let params = qp::npy::read(&dir.join("inputs/params.npy")).unwrap();
+    let direct = QpwFile::from_bytes(&direct.to_bytes().unwrap()).unwrap();
+    let mut want = Engine::from_file(direct, EngineOptions::default()).unwrap();
+    let want = want
+        .run(&[("image", image.clone()), ("params", params.clone())])
+        .unwrap();
+    for (exec, options) in executors() {
+        let file = QpwFile::from_bytes(&winograd.to_bytes().unwrap()).unwrap();
+        let got = Engine::from_file(file, options)
+            .unwrap()
+            .run(&[("image", image.clone()), ("params", params.clone())])
+            .unwrap();
+        assert_close(&format!("{exec} winograd vs direct"), &got[0].1, &want[0].1, 1e-5, 1e-3);
+    }
+}
+
 /// Converts the tiny QualityNet to INT8, calibrated on pseudo-images, with the report's
 /// held-out set.
 fn tiny_int8(profile: qp::quant::Profile) -> (Vec<u8>, Vec<u8>) {
     use qp::quant::dataset::pseudo_images;
     let onnx = std::fs::read(fixtures().join("tiny_bn/model.onnx")).unwrap();
-    let fp32 = convert_bytes(&onnx, "t", &ConvertOptions::default()).unwrap();
+    let direct = ConvertOptions {
+        direct_conv: true,
+        ..Default::default()
+    };
+    let fp32 = convert_bytes(&onnx, "t", &direct).unwrap();
     let options = qp::quant::QuantizeOptions {
         profile,
         method: qp::quant::DEFAULT_METHOD,

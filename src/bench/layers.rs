@@ -8,12 +8,15 @@ use crate::graph::op::Op;
 
 /// Floating-point operations of one node over `batch` samples (a multiply-add counts 2),
 /// for the ops whose cost is arithmetic: conv `2*cout*cin*kh*kw*oh*ow` (integer
-/// operations for an INT8 conv), dense `2*in*out`.
+/// operations for an INT8 conv; for a Winograd conv the direct algorithm's count, so its
+/// GFLOP/s is effective and may pass the FMA peak), dense `2*in*out`.
 /// `None` for the memory-bound ops (pooling, elementwise, reshapes), whose time is not
 /// measured against the FMA peak.
 pub fn node_flops(meta: &ModelMeta, node: &NodeSpec, batch: usize) -> Option<u64> {
     let per_sample = match &node.op {
-        Op::Conv { cin, cout, window, .. } | Op::QConv { cin, cout, window, .. } => {
+        Op::Conv { cin, cout, window, .. }
+        | Op::QConv { cin, cout, window, .. }
+        | Op::ConvWinograd { cin, cout, window, .. } => {
             let out = &meta.values.get(*node.outputs.first()?)?.shape;
             let (oh, ow) = match out.as_slice() {
                 [_, oh, ow] => (*oh, *ow),
@@ -32,6 +35,7 @@ pub fn node_label(node: &NodeSpec) -> String {
     let window = match &node.op {
         Op::Conv { window, .. }
         | Op::QConv { window, .. }
+        | Op::ConvWinograd { window, .. }
         | Op::MaxPool { window, .. }
         | Op::AveragePool { window, .. } => window,
         _ => return node.op.kind().to_string(),

@@ -28,6 +28,11 @@ struct Args {
     /// needs --calibrate).
     #[arg(long, value_enum, default_value = "fp32")]
     precision: PrecisionArg,
+    /// Store every convolution for the direct kernel. By default an fp32 file stores its
+    /// 3x3 stride-1 convolutions (outputs of 8x8 and up) for Winograd F(2x2, 3x3): 2.25x
+    /// fewer multiplies, 16/9 the weight bytes of those layers.
+    #[arg(long)]
+    direct_conv: bool,
     /// INT8 calibration data: a directory of PNG/JPEG images (preprocessed as the model's
     /// metadata says) and/or <input>.npy arrays. Repeatable. Every fourth image is held
     /// out for the accuracy report.
@@ -101,6 +106,7 @@ fn main() -> ExitCode {
             PrecisionArg::Fp16 => Precision::Fp16,
             PrecisionArg::Int8 => Precision::Int8,
         },
+        direct_conv: args.direct_conv,
         int8: Int8Options {
             profile: args.profile,
             method: args.calibration_method,

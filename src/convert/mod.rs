@@ -23,6 +23,9 @@ pub struct ConvertOptions {
     /// Model name stored in the file; default: the ONNX graph name or the file stem.
     pub name: Option<String>,
     pub precision: Precision,
+    /// Store every convolution for the direct kernel, including the 3x3 stride-1 ones an
+    /// FP32 file otherwise stores for Winograd F(2x2, 3x3) (`winograd_pays`).
+    pub direct_conv: bool,
     /// Used with `Precision::Int8`.
     pub int8: Int8Options,
 }
@@ -166,7 +169,10 @@ pub fn convert_bytes(onnx_bytes: &[u8], default_name: &str, options: &ConvertOpt
         sha256: hex(&Sha256::digest(onnx_bytes)),
     };
     let description = imported.metadata.get("qp.description").cloned().unwrap_or_default();
-    let mut converted = lower_to_file(&graph, &imported.metadata, name, description, source)?;
+    // Only FP32 files get Winograd layers: INT8 quantizes the direct weights, and f16
+    // rounding of the transformed weights would add to the transform's own error.
+    let winograd = options.precision == Precision::Fp32 && !options.direct_conv;
+    let mut converted = lower_to_file(&graph, &imported.metadata, name, description, source, winograd)?;
     converted.meta.stats.onnx_ops = imported.onnx_ops.clone();
     match options.precision {
         Precision::Fp32 => {}
@@ -281,6 +287,7 @@ fn lower_to_file(
     name: String,
     description: String,
     source: SourceInfo,
+    winograd: bool,
 ) -> Result<Converted> {
     let mut values: Vec<ValueSpec> = Vec::new();
     let mut value_index: HashMap<ValueId, usize> = HashMap::new();
@@ -384,21 +391,45 @@ fn lower_to_file(
                 let pix = out_shape[1] * out_shape[2];
                 stats.flops_per_sample += 2 * (cout * cin * kh * kw * pix) as u64;
                 let blocks = pack::padded(cout) / crate::graph::op::PACK_LANES;
-                params.push(add_tensor(
-                    format!("{}.weight", n.name),
-                    vec![blocks, kh, kw, cin, crate::graph::op::PACK_LANES],
-                    pack::conv_weights(&w, cout, cin, kh, kw),
-                ));
+                let winograd = winograd && pack::winograd_pays(window, [out_shape[1], out_shape[2]]);
+                params.push(if winograd {
+                    add_tensor(
+                        format!("{}.weight", n.name),
+                        vec![
+                            blocks,
+                            qp_kernels::conv::WINOGRAD_POINTS,
+                            cin,
+                            crate::graph::op::PACK_LANES,
+                        ],
+                        pack::winograd_weights(&w, cout, cin),
+                    )
+                } else {
+                    add_tensor(
+                        format!("{}.weight", n.name),
+                        vec![blocks, kh, kw, cin, crate::graph::op::PACK_LANES],
+                        pack::conv_weights(&w, cout, cin, kh, kw),
+                    )
+                });
                 params.push(add_tensor(
                     format!("{}.bias", n.name),
                     vec![pack::padded(cout)],
                     pack::bias(&b),
                 ));
-                Op::Conv {
-                    cin,
-                    cout,
-                    window: *window,
-                    activation: *activation,
+                let (cin, cout, window, activation) = (cin, cout, *window, *activation);
+                if winograd {
+                    Op::ConvWinograd {
+                        cin,
+                        cout,
+                        window,
+                        activation,
+                    }
+                } else {
+                    Op::Conv {
+                        cin,
+                        cout,
+                        window,
+                        activation,
+                    }
                 }
             }
             IrOp::Dense { activation } => {

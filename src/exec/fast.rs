@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use qp_kernels::conv::{conv2d_nhwc, ConvGeometry, Epilogue};
+use qp_kernels::conv::{conv2d_nhwc, conv2d_winograd_nhwc, Epilogue};
 use qp_kernels::cpu::Isa;
 use qp_kernels::parallel::ParallelFor;
 use qp_kernels::qconv::{self, QOutput, QResidual};
@@ -17,7 +17,7 @@ use super::arena::split_io;
 use crate::format::meta::{ModelMeta, NodeSpec};
 use crate::format::QpwFile;
 use crate::graph::op::{Activation, Op, Window};
-use crate::plan::Plan;
+use crate::plan::{conv_geometry, Plan};
 
 pub fn is_blocked(shape: &[usize]) -> bool {
     shape.len() == 3
@@ -73,12 +73,14 @@ pub fn run(
         let start = timings.as_ref().map(|_| Instant::now());
         let out_v = node.outputs[0];
         let in_slots: Vec<_> = node.inputs.iter().map(|&v| &plan.slots[v]).collect();
-        let (out, ins) = split_io(arena, &plan.slots[out_v], &in_slots);
+        let (values, scratch) = arena.split_at_mut(plan.scratch.offset);
+        let scratch = &mut scratch[..plan.scratch.len];
+        let (out, ins) = split_io(values, &plan.slots[out_v], &in_slots);
         if let Op::QConv { .. } | Op::Quantize = node.op {
             run_int8_node(file, node, plan.batch, &ins, out, isa, par);
         } else {
             let params: Vec<&[f32]> = node.params.iter().map(|&p| weights.get(file, p)).collect();
-            run_node(meta, node, plan.batch, &ins, &params, out, isa, par);
+            run_node(meta, node, plan.batch, &ins, &params, out, scratch, isa, par);
         }
         if let (Some(t), Some(s)) = (timings.as_deref_mut(), start) {
             t.push(s.elapsed().as_secs_f64());
@@ -98,6 +100,7 @@ fn run_node(
     ins: &[&[f32]],
     params: &[&[f32]],
     out: &mut [f32],
+    scratch: &mut [f32],
     isa: Isa,
     par: &dyn ParallelFor,
 ) {
@@ -122,6 +125,26 @@ fn run_node(
                 ins.get(1).copied(),
                 epilogue(*activation),
                 out,
+            );
+        }
+        Op::ConvWinograd {
+            cin,
+            cout,
+            window,
+            activation,
+        } => {
+            let g = conv_geometry(batch, is, os, *cin, *cout, window);
+            conv2d_winograd_nhwc(
+                isa,
+                par,
+                &g,
+                ins[0],
+                params[0],
+                params[1],
+                ins.get(1).copied(),
+                epilogue(*activation),
+                out,
+                scratch,
             );
         }
         Op::Dense {
@@ -244,23 +267,6 @@ fn run_int8_node(
             );
         }
         other => unreachable!("{} is not an INT8 op", other.kind()),
-    }
-}
-
-/// Per-sample shapes `[C, H, W]` in and out.
-fn conv_geometry(batch: usize, is: &[usize], os: &[usize], cin: usize, cout: usize, w: &Window) -> ConvGeometry {
-    ConvGeometry {
-        batch,
-        in_h: is[1],
-        in_w: is[2],
-        cin,
-        out_h: os[1],
-        out_w: os[2],
-        cout,
-        kernel: w.kernel,
-        stride: w.stride,
-        dilation: w.dilation,
-        pads: w.pads,
     }
 }
 

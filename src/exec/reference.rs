@@ -40,6 +40,25 @@ pub fn run_node(
             *activation,
             out,
         ),
+        Op::ConvWinograd {
+            cin,
+            cout,
+            window,
+            activation,
+        } => conv_winograd(
+            batch,
+            *cin,
+            *cout,
+            window,
+            (in_shapes[0][1], in_shapes[0][2]),
+            (out_shape[1], out_shape[2]),
+            inputs[0],
+            params.tensors[0],
+            params.tensors[1],
+            inputs.get(1).copied(),
+            *activation,
+            out,
+        ),
         Op::Dense {
             input,
             output,
@@ -182,6 +201,96 @@ pub fn conv(
             }
             for o in plane.iter_mut() {
                 *o = activate(*o, act);
+            }
+        }
+    }
+}
+
+/// Winograd F(2x2, 3x3) from the transformed weights `U` (`[ceil(cout/16)][16][cin][16]`):
+/// per 2x2 output tile, `V = Bᵀ d B` of each input channel's 4x4 window,
+/// `M = Σ_ci U[co][ci] ⊙ V[ci]`, `Y = Aᵀ M A`.
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // loops read as the matrix formulas
+pub fn conv_winograd(
+    batch: usize,
+    cin: usize,
+    cout: usize,
+    w: &Window,
+    (ih, iw): (usize, usize),
+    (oh, ow): (usize, usize),
+    x: &[f32],
+    u: &[f32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    act: Activation,
+    out: &mut [f32],
+) {
+    const BT: [[f32; 4]; 4] = [
+        [1.0, 0.0, -1.0, 0.0],
+        [0.0, 1.0, 1.0, 0.0],
+        [0.0, -1.0, 1.0, 0.0],
+        [0.0, 1.0, 0.0, -1.0],
+    ];
+    const AT: [[f32; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
+    let (rows, cols) = (oh.div_ceil(2), ow.div_ceil(2));
+    let u_index =
+        |co: usize, k: usize, ci: usize| (((co / PACK_LANES) * 16 + k) * cin + ci) * PACK_LANES + co % PACK_LANES;
+    for n in 0..batch {
+        // V of every tile and input channel of this image: [tile][ci][16].
+        let mut v = vec![0.0f32; rows * cols * cin * 16];
+        for t in 0..rows * cols {
+            let (y0, x0) = (
+                (2 * (t / cols)) as isize - w.pads[0] as isize,
+                (2 * (t % cols)) as isize - w.pads[1] as isize,
+            );
+            for ci in 0..cin {
+                let mut d = [[0.0f32; 4]; 4];
+                for (r, row) in d.iter_mut().enumerate() {
+                    for (c, e) in row.iter_mut().enumerate() {
+                        let (y, xx) = (y0 + r as isize, x0 + c as isize);
+                        if y >= 0 && xx >= 0 && (y as usize) < ih && (xx as usize) < iw {
+                            *e = x[((n * cin + ci) * ih + y as usize) * iw + xx as usize];
+                        }
+                    }
+                }
+                for a in 0..4 {
+                    for b in 0..4 {
+                        let mut acc = 0.0f32;
+                        for r in 0..4 {
+                            for c in 0..4 {
+                                acc += BT[a][r] * d[r][c] * BT[b][c];
+                            }
+                        }
+                        v[(t * cin + ci) * 16 + a * 4 + b] = acc;
+                    }
+                }
+            }
+        }
+        for co in 0..cout {
+            let plane = &mut out[(n * cout + co) * oh * ow..][..oh * ow];
+            for t in 0..rows * cols {
+                let mut m = [0.0f32; 16];
+                for ci in 0..cin {
+                    for (k, mk) in m.iter_mut().enumerate() {
+                        *mk += u[u_index(co, k, ci)] * v[(t * cin + ci) * 16 + k];
+                    }
+                }
+                for a in 0..2 {
+                    for b in 0..2 {
+                        let (y, xx) = (2 * (t / cols) + a, 2 * (t % cols) + b);
+                        if y >= oh || xx >= ow {
+                            continue;
+                        }
+                        let mut acc = 0.0f32;
+                        for r in 0..4 {
+                            for c in 0..4 {
+                                acc += AT[a][r] * m[r * 4 + c] * AT[b][c];
+                            }
+                        }
+                        let o = y * ow + xx;
+                        let r = residual.map_or(0.0, |r| r[(n * cout + co) * oh * ow + o]);
+                        plane[o] = activate(acc + bias[co] + r, act);
+                    }
+                }
             }
         }
     }

@@ -69,6 +69,15 @@ pub enum Op {
         window: Window,
         activation: Activation,
     },
+    /// A 3x3, stride-1, dilation-1 convolution computed by Winograd F(2x2, 3x3): as
+    /// `Conv`, but the weight is the transformed `U = G g Gᵀ`, packed
+    /// `[ceil(cout/16)][16][cin][16]` f32 (see `qp_kernels::conv::pack_winograd_weights`).
+    ConvWinograd {
+        cin: usize,
+        cout: usize,
+        window: Window,
+        activation: Activation,
+    },
     /// INT8 convolution, group 1: u8 input (its grid on the input value), s8 weights
     /// per output channel, i32 accumulation, epilogue in f32. Inputs `[x]` or
     /// `[x, residual]`; the residual and the output are u8 or f32 as their values say
@@ -120,6 +129,7 @@ impl Op {
     pub fn kind(&self) -> &'static str {
         match self {
             Op::Conv { .. } => "conv",
+            Op::ConvWinograd { .. } => "conv_winograd",
             Op::QConv { .. } => "qconv",
             Op::Quantize => "quantize",
             Op::Dense { .. } => "dense",

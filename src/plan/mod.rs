@@ -3,7 +3,10 @@
 
 pub mod validate;
 
+use qp_kernels::conv::{winograd_scratch_len, ConvGeometry};
+
 use crate::format::ModelMeta;
+use crate::graph::op::{Op, Window};
 
 /// Activations start on a 64-byte boundary (16 floats) so SIMD loads never split lines.
 const SLOT_ALIGN: usize = 16;
@@ -22,8 +25,11 @@ pub struct Plan {
     pub batch: usize,
     /// Indexed by value id; every value of the model has a slot.
     pub slots: Vec<Slot>,
-    /// Floats the arena needs.
+    /// Floats the arena needs: the activations, then the scratch.
     pub arena_len: usize,
+    /// Kernel scratch at the arena's end, shared by the nodes that need one (Winograd
+    /// convolutions keep their transformed input there); its length is the largest need.
+    pub scratch: Slot,
 }
 
 impl Plan {
@@ -122,10 +128,56 @@ impl Plan {
                 release(slots[v].offset, size(v), &mut free);
             }
         }
+        let scratch_len = meta
+            .nodes
+            .iter()
+            .map(|n| scratch_len(meta, n, batch))
+            .max()
+            .unwrap_or(0);
+        let scratch = Slot {
+            offset: arena_len,
+            len: scratch_len,
+        };
         Plan {
             batch,
             slots,
-            arena_len,
+            arena_len: arena_len + scratch_len.div_ceil(SLOT_ALIGN) * SLOT_ALIGN,
+            scratch,
         }
+    }
+}
+
+/// Floats of kernel scratch node `n` needs at `batch`.
+fn scratch_len(meta: &ModelMeta, n: &crate::format::meta::NodeSpec, batch: usize) -> usize {
+    match &n.op {
+        Op::ConvWinograd { cin, cout, window, .. } => {
+            let shape = |v: usize| meta.values[v].shape.as_slice();
+            winograd_scratch_len(&conv_geometry(
+                batch,
+                shape(n.inputs[0]),
+                shape(n.outputs[0]),
+                *cin,
+                *cout,
+                window,
+            ))
+        }
+        _ => 0,
+    }
+}
+
+/// The kernel geometry of a convolution from its per-sample shapes `[C, H, W]` in and out.
+pub fn conv_geometry(batch: usize, is: &[usize], os: &[usize], cin: usize, cout: usize, w: &Window) -> ConvGeometry {
+    ConvGeometry {
+        batch,
+        in_h: is[1],
+        in_w: is[2],
+        cin,
+        out_h: os[1],
+        out_w: os[2],
+        cout,
+        kernel: w.kernel,
+        stride: w.stride,
+        dilation: w.dilation,
+        pads: w.pads,
     }
 }

@@ -174,10 +174,16 @@ pub fn validate(meta: &ModelMeta) -> Result<(), String> {
                     return Err(ctx("shape changes".into()));
                 }
             }
-            Op::Conv { cin, cout, window, .. } | Op::QConv { cin, cout, window, .. } => {
+            Op::Conv { cin, cout, window, .. }
+            | Op::QConv { cin, cout, window, .. }
+            | Op::ConvWinograd { cin, cout, window, .. } => {
                 want_inputs(&[1, 2])?;
                 if !window_ok(window) || *cin == 0 || *cout == 0 {
                     return Err(ctx("invalid geometry".into()));
+                }
+                let winograd = matches!(n.op, Op::ConvWinograd { .. });
+                if winograd && (window.kernel != [3, 3] || window.stride != [1, 1] || window.dilation != [1, 1]) {
+                    return Err(ctx("Winograd convolution with a window other than 3x3 stride 1".into()));
                 }
                 let is = shape(n.inputs[0]);
                 if is.len() != 3 || is[0] != *cin {
@@ -205,6 +211,14 @@ pub fn validate(meta: &ModelMeta) -> Result<(), String> {
                     }
                     if tensor_dims(1)? != [padded(*cout)] || tensor_dims(2)? != [padded(*cout)] {
                         return Err(ctx("bias or scale dims do not match".into()));
+                    }
+                } else if winograd {
+                    let points = qp_kernels::conv::WINOGRAD_POINTS;
+                    if tensor_dims(0)? != [padded(*cout) / PACK_LANES, points, *cin, PACK_LANES] {
+                        return Err(ctx(format!(
+                            "weight dims {:?} do not match the packed Winograd layout",
+                            tensor_dims(0)?
+                        )));
                     }
                 } else if tensor_dims(0)? != [padded(*cout) / PACK_LANES, kh, kw, *cin, PACK_LANES] {
                     return Err(ctx(format!(

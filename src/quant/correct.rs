@@ -177,7 +177,11 @@ mod tests {
             "/tests/fixtures/tiny_bn/model.onnx"
         ))
         .unwrap();
-        let fp32 = convert_bytes(&onnx, "t", &ConvertOptions::default()).unwrap();
+        let direct = ConvertOptions {
+            direct_conv: true,
+            ..Default::default()
+        };
+        let fp32 = convert_bytes(&onnx, "t", &direct).unwrap();
         let samples = pseudo_images(&fp32.meta, 16, 3).unwrap();
         let options = QuantizeOptions {
             profile: crate::quant::Profile::Balanced,

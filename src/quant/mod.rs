@@ -226,6 +226,13 @@ pub fn quantize(fp32: &Converted, options: &QuantizeOptions) -> Result<Converted
     if fp32.meta.precision != "fp32" {
         bail!("INT8 quantization starts from an FP32 model");
     }
+    if let Some(n) = fp32.meta.nodes.iter().find(|n| matches!(n.op, Op::ConvWinograd { .. })) {
+        bail!(
+            "INT8 quantization starts from direct convolutions; node {:?} holds Winograd weights \
+             (convert with direct_conv)",
+            n.name
+        );
+    }
     let meta = &fp32.meta;
     let convs = convolutions(meta);
     if convs.is_empty() {
