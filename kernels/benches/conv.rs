@@ -1,8 +1,13 @@
-//! ResNet-50 convolution layers (batch 1, one thread) per tier. Throughput is reported in
-//! floating-point operations (2 per multiply-add), so criterion's "elem/s" reads as FLOP/s.
+//! ResNet-50 convolution layers (batch 1, one thread) per tier, and the 3x3 stride-1 ones
+//! also by Winograd F(2x2, 3x3) (`<tier>-winograd`). Throughput is reported in the direct
+//! algorithm's floating-point operations (2 per multiply-add), so criterion's "elem/s"
+//! reads as FLOP/s, effective FLOP/s for Winograd.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use qp_kernels::conv::{conv2d_nhwc, packed_weight_len, ConvGeometry, Epilogue};
+use qp_kernels::conv::{
+    conv2d_nhwc, conv2d_winograd_nhwc, packed_weight_len, supports_winograd, winograd_scratch_len, winograd_weight_len,
+    ConvGeometry, Epilogue,
+};
 use qp_kernels::cpu::{features, Isa};
 use qp_kernels::parallel::Serial;
 use qp_kernels::peak::fma_peak_gflops;
@@ -175,6 +180,17 @@ fn bench_conv(c: &mut Criterion) {
             group.bench_function(BenchmarkId::from_parameter(isa), |bench| {
                 bench.iter(|| conv2d_nhwc(isa, &Serial, &g, &x, &w, &b, None, Epilogue::Relu, &mut y))
             });
+        }
+        if supports_winograd(&g) {
+            let u = values(winograd_weight_len(g.cin, g.cout));
+            let mut scratch = vec![0.0f32; winograd_scratch_len(&g)];
+            for &isa in &tiers {
+                group.bench_function(BenchmarkId::from_parameter(format!("{isa}-winograd")), |bench| {
+                    bench.iter(|| {
+                        conv2d_winograd_nhwc(isa, &Serial, &g, &x, &u, &b, None, Epilogue::Relu, &mut y, &mut scratch)
+                    })
+                });
+            }
         }
         group.finish();
     }
