@@ -85,10 +85,14 @@ pub fn winograd_scratch_len(g: &ConvGeometry) -> usize {
     product(&[chunk_tiles(g), tile_stride(g.cin)])
 }
 
-/// Tiles per chunk: as many as `CHUNK_BYTES` holds, at least one register tile's worth.
+/// Tiles per chunk: the tiles split evenly into as few chunks as `CHUNK_BYTES` allows
+/// (each at least one register tile's worth), so no chunk is a small remainder that
+/// leaves threads idle.
 fn chunk_tiles(g: &ConvGeometry) -> usize {
     let per_tile = tile_stride(g.cin) * 4;
-    TileGrid::of(g).total().min((CHUNK_BYTES / per_tile).max(16))
+    let total = TileGrid::of(g).total();
+    let most = (CHUNK_BYTES / per_tile).max(16);
+    total.div_ceil(total.div_ceil(most).max(1))
 }
 
 /// Floats from one tile's transformed input to the next: its 16 rows of `cin`, plus one
