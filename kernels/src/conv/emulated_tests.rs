@@ -1,6 +1,7 @@
 //! The AVX-512 tiling (14 pixels x two 16-channel panels, one-panel tail, ragged pixel
 //! tiles) run with a portable 16-lane vector, so its indexing is tested on CPUs without
-//! AVX-512 too. Only the intrinsic wrappers of `x86::Avx512` are left to the tier tests.
+//! AVX-512 too, for the direct and the Winograd kernels. Only the intrinsic wrappers of
+//! `x86::Avx512` are left to the tier tests.
 
 use proptest::prelude::*;
 
@@ -217,5 +218,108 @@ fn avx512_tiling_on_row_ends_and_resnet_shapes() {
     }
     for (i, g) in shapes.into_iter().enumerate() {
         Problem::new(g, true, Epilogue::Relu, i as u64).check(&Serial).unwrap();
+    }
+}
+
+/// The Winograd kernel with the AVX-512 tiling on `Lanes16` against its scalar tier
+/// (itself tested against the definition in `tests/conv_winograd.rs`).
+fn check_winograd_emulated(p: &Problem, par: &dyn ParallelFor) -> Result<(), String> {
+    let g = &p.g;
+    let weights = winograd::pack_winograd_weights(&p.reference_weights_oihw(), g.cout, g.cin);
+    let mut scratch = vec![f32::NAN; winograd::winograd_scratch_len(g)];
+    let mut want = vec![f32::NAN; g.output_len()];
+    let residual = p.residual.as_deref();
+    winograd::conv2d_winograd_nhwc(
+        Isa::Scalar,
+        &Serial,
+        g,
+        &p.input,
+        &weights,
+        &p.bias,
+        residual,
+        p.act,
+        &mut want,
+        &mut scratch,
+    );
+    let mut got = vec![f32::NAN; g.output_len()];
+    check_geometry(g, &p.input, &p.bias, residual, &got);
+    let relu = p.act == Epilogue::Relu;
+    winograd::for_each_chunk(
+        g,
+        &p.input,
+        &weights,
+        &p.bias,
+        residual,
+        relu,
+        &mut got,
+        &mut scratch,
+        |job| {
+            winograd::run_chunk::<x86::Avx512Tiles>(par, job, |phase, r, co| {
+                // safety: `Lanes16` needs no CPU feature; the slices were checked above; the
+                // ranges come from `run_chunk`.
+                unsafe { winograd::run_phase::<Lanes16, 14, 2, 1>(job, phase, r, co) }
+            })
+        },
+    );
+    let (_, mag) = p.reference();
+    for (i, ((&g, &w), &m)) in got.iter().zip(&want).zip(&mag).enumerate() {
+        let tol = 2e-5 * m + 1e-6;
+        let within = (g - w).abs() <= tol; // false for NaN too
+        if !within {
+            return Err(format!("{:?}: output {i}: got {g}, scalar Winograd {w}", p.g));
+        }
+    }
+    Ok(())
+}
+
+impl Problem {
+    /// The packed weights back in OIHW order (what the Winograd packer reads).
+    fn reference_weights_oihw(&self) -> Vec<f32> {
+        let g = &self.g;
+        let [kh, kw] = g.kernel;
+        let mut w = vec![0.0; g.cout * g.cin * kh * kw];
+        for co in 0..g.cout {
+            for ci in 0..g.cin {
+                for y in 0..kh {
+                    for x in 0..kw {
+                        w[((co * g.cin + ci) * kh + y) * kw + x] =
+                            self.weights[((((co / PANEL) * kh + y) * kw + x) * g.cin + ci) * PANEL + co % PANEL];
+                    }
+                }
+            }
+        }
+        w
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn avx512_winograd_tiling_matches_scalar(
+        (batch, h, w, cin, cout) in (1usize..=3, 1usize..=17, 1usize..=17, 1usize..=70, 1usize..=70),
+        pads in [0usize..=2, 0usize..=2, 0usize..=2, 0usize..=2],
+        (residual, relu, threaded, seed) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>()),
+    ) {
+        let h = h.max(3usize.saturating_sub(pads[0] + pads[2]));
+        let w = w.max(3usize.saturating_sub(pads[1] + pads[3]));
+        let g = geometry(batch, [h, w], cin, cout, [3, 3], [1, 1], [1, 1], pads);
+        let act = if relu { Epilogue::Relu } else { Epilogue::None };
+        let par: &dyn ParallelFor = if threaded { &ThreeThreads } else { &Serial };
+        check_winograd_emulated(&Problem::new(g, residual, act, seed), par).map_err(TestCaseError::fail)?;
+    }
+}
+
+#[test]
+fn avx512_winograd_tiling_on_several_chunks_and_channel_groups() {
+    // 80 tiles of 512 channels (two chunks); 300 output channels (ten two-panel tiles in
+    // groups of three, the last tile one panel).
+    for (i, g) in [
+        geometry(5, [7, 7], 512, 20, [3, 3], [1, 1], [1, 1], [1; 4]),
+        geometry(1, [9, 8], 40, 300, [3, 3], [1, 1], [1, 1], [1; 4]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        check_winograd_emulated(&Problem::new(g, true, Epilogue::Relu, i as u64), &ThreeThreads).unwrap();
     }
 }

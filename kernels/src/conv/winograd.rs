@@ -192,6 +192,50 @@ pub fn conv2d_winograd_nhwc(
     );
     let isa = effective_isa(isa);
     CALLS_PER_TIER[isa as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let act = act == Epilogue::Relu;
+    for_each_chunk(
+        g,
+        input,
+        weights,
+        bias,
+        residual,
+        act,
+        output,
+        scratch,
+        |job| match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => run_chunk::<super::x86::Avx512Tiles>(par, job, |phase, r, co| {
+                // safety: `effective_isa` returned Avx512, so AVX-512 F/BW/VL/DQ are usable;
+                // the job's slices were checked above; the ranges come from `run_chunk`,
+                // disjoint from every other task's of the same phase.
+                unsafe { super::x86::winograd_avx512(job, phase, r, co) }
+            }),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => run_chunk::<super::x86::Avx2Tiles>(par, job, |phase, r, co| {
+                // safety: as above with AVX2+FMA, which `effective_isa` confirmed.
+                unsafe { super::x86::winograd_avx2(job, phase, r, co) }
+            }),
+            _ => run_chunk::<ScalarTiles>(par, job, |phase, r, co| {
+                // safety: `Scalar` needs no CPU feature; otherwise as above.
+                unsafe { run_phase::<Scalar, SCALAR_MR, PANEL, PANEL>(job, phase, r, co) }
+            }),
+        },
+    );
+}
+
+/// Calls `run` on the job of each chunk of tiles, in order (arguments already checked).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn for_each_chunk(
+    g: &ConvGeometry,
+    input: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    relu: bool,
+    output: &mut [f32],
+    scratch: &mut [f32],
+    run: impl Fn(&WinogradJob),
+) {
     let grid = TileGrid::of(g);
     if grid.total() == 0 || g.cout == 0 {
         return;
@@ -199,36 +243,18 @@ pub fn conv2d_winograd_nhwc(
     let step = chunk_tiles(g);
     let (output, scratch) = (output.as_mut_ptr(), scratch.as_mut_ptr());
     for start in (0..grid.total()).step_by(step) {
-        let job = WinogradJob {
+        run(&WinogradJob {
             g,
             grid,
             input,
             weights,
             bias,
             residual,
-            relu: act == Epilogue::Relu,
+            relu,
             output,
             scratch,
             chunk: start..(start + step).min(grid.total()),
-        };
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => run_chunk::<super::x86::Avx512Tiles>(par, &job, |phase, r, co| {
-                // safety: `effective_isa` returned Avx512, so AVX-512 F/BW/VL/DQ are usable;
-                // the job's slices were checked above; the ranges come from `run_chunk`,
-                // disjoint from every other task's of the same phase.
-                unsafe { super::x86::winograd_avx512(&job, phase, r, co) }
-            }),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => run_chunk::<super::x86::Avx2Tiles>(par, &job, |phase, r, co| {
-                // safety: as above with AVX2+FMA, which `effective_isa` confirmed.
-                unsafe { super::x86::winograd_avx2(&job, phase, r, co) }
-            }),
-            _ => run_chunk::<ScalarTiles>(par, &job, |phase, r, co| {
-                // safety: `Scalar` needs no CPU feature; otherwise as above.
-                unsafe { run_phase::<Scalar, SCALAR_MR, PANEL, PANEL>(&job, phase, r, co) }
-            }),
-        }
+        });
     }
 }
 
@@ -246,7 +272,7 @@ pub(super) enum Phase {
 /// multiply tasks come from `split::run_tasks` over (tiles, channel tiles), and a tile's
 /// four output pixels belong to it alone, so its output elements of a channel tile belong
 /// to one task.
-fn run_chunk<T: Tiling>(
+pub(super) fn run_chunk<T: Tiling>(
     par: &dyn ParallelFor,
     job: &WinogradJob,
     task: impl Fn(Phase, Range<usize>, Range<usize>) + Sync,
