@@ -113,39 +113,20 @@ fn run_node(
             cout,
             window,
             activation,
-        } => {
-            let g = conv_geometry(batch, is, os, *cin, *cout, window);
-            conv2d_nhwc(
-                isa,
-                par,
-                &g,
-                ins[0],
-                params[0],
-                params[1],
-                ins.get(1).copied(),
-                epilogue(*activation),
-                out,
-            );
         }
-        Op::ConvWinograd {
+        | Op::ConvWinograd {
             cin,
             cout,
             window,
             activation,
         } => {
             let g = conv_geometry(batch, is, os, *cin, *cout, window);
-            conv2d_winograd_nhwc(
-                isa,
-                par,
-                &g,
-                ins[0],
-                params[0],
-                params[1],
-                ins.get(1).copied(),
-                epilogue(*activation),
-                out,
-                scratch,
-            );
+            let (x, w, b, residual, act) = (ins[0], params[0], params[1], ins.get(1).copied(), epilogue(*activation));
+            if let Op::ConvWinograd { .. } = node.op {
+                conv2d_winograd_nhwc(isa, par, &g, x, w, b, residual, act, out, scratch);
+            } else {
+                conv2d_nhwc(isa, par, &g, x, w, b, residual, act, out);
+            }
         }
         Op::Dense {
             input,

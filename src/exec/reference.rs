@@ -26,39 +26,33 @@ pub fn run_node(
             cout,
             window,
             activation,
-        } => conv(
-            batch,
-            *cin,
-            *cout,
-            window,
-            (in_shapes[0][1], in_shapes[0][2]),
-            (out_shape[1], out_shape[2]),
-            inputs[0],
-            params.tensors[0],
-            params.tensors[1],
-            inputs.get(1).copied(),
-            *activation,
-            out,
-        ),
-        Op::ConvWinograd {
+        }
+        | Op::ConvWinograd {
             cin,
             cout,
             window,
             activation,
-        } => conv_winograd(
-            batch,
-            *cin,
-            *cout,
-            window,
-            (in_shapes[0][1], in_shapes[0][2]),
-            (out_shape[1], out_shape[2]),
-            inputs[0],
-            params.tensors[0],
-            params.tensors[1],
-            inputs.get(1).copied(),
-            *activation,
-            out,
-        ),
+        } => {
+            let algorithm = if matches!(node.op, Op::ConvWinograd { .. }) {
+                conv_winograd
+            } else {
+                conv
+            };
+            algorithm(
+                batch,
+                *cin,
+                *cout,
+                window,
+                (in_shapes[0][1], in_shapes[0][2]),
+                (out_shape[1], out_shape[2]),
+                inputs[0],
+                params.tensors[0],
+                params.tensors[1],
+                inputs.get(1).copied(),
+                *activation,
+                out,
+            )
+        }
         Op::Dense {
             input,
             output,

@@ -37,6 +37,60 @@ pub(super) trait Vector {
     unsafe fn store(p: *mut f32, a: Self::R);
     /// Lanes `0..n` to `p` (only those are written).
     unsafe fn store_partial(p: *mut f32, a: Self::R, n: usize);
+
+    /// `load` when `n == LANES`, else `load_partial`.
+    #[inline(always)]
+    unsafe fn load_lanes(p: *const f32, n: usize) -> Self::R {
+        // safety: forwarded (lanes 0..n readable).
+        unsafe {
+            if n == Self::LANES {
+                Self::load(p)
+            } else {
+                Self::load_partial(p, n)
+            }
+        }
+    }
+
+    /// `store` when `n == LANES`, else `store_partial`.
+    #[inline(always)]
+    unsafe fn store_lanes(p: *mut f32, a: Self::R, n: usize) {
+        // safety: forwarded (lanes 0..n writable).
+        unsafe {
+            if n == Self::LANES {
+                Self::store(p, a)
+            } else {
+                Self::store_partial(p, a, n)
+            }
+        }
+    }
+}
+
+/// The fused epilogue of one output vector, shared by the direct and Winograd kernels:
+/// `act(acc + bias + residual)` stored to lanes `0..lanes` of `out`.
+///
+/// # Safety
+/// The ISA of `V` is enabled; `bias` has LANES readable floats; `residual` (if any) has
+/// `lanes` readable floats and `out` `lanes` writable ones.
+#[inline(always)]
+pub(super) unsafe fn finish<V: Vector>(
+    acc: V::R,
+    bias: *const f32,
+    residual: Option<*const f32>,
+    relu: bool,
+    out: *mut f32,
+    lanes: usize,
+) {
+    // safety (this block): the pointers' extents are the contract's.
+    unsafe {
+        let mut y = V::add(acc, V::load(bias));
+        if let Some(r) = residual {
+            y = V::add(y, V::load_lanes(r, lanes));
+        }
+        if relu {
+            y = V::relu(y);
+        }
+        V::store_lanes(out, y, lanes)
+    }
 }
 
 /// Runs a ragged pixel tile (`mr` below the full tile) with the matching instantiation.
@@ -220,13 +274,7 @@ pub(super) unsafe fn tile_in<V: Vector, const MR: usize, const NV: usize>(
                     // output, which this task owns (caller).
                     let p = unsafe { out.add((q0 + i) * cout + ch) };
                     // safety: as above.
-                    acc[i][v] = unsafe {
-                        if lanes == V::LANES {
-                            V::load(p)
-                        } else {
-                            V::load_partial(p, lanes)
-                        }
-                    };
+                    acc[i][v] = unsafe { V::load_lanes(p, lanes) };
                 }
             }
         }
@@ -311,31 +359,11 @@ pub(super) unsafe fn tile_in<V: Vector, const MR: usize, const NV: usize>(
             unsafe {
                 let o = out.add(q * cout + ch);
                 if !last_block {
-                    if lanes == V::LANES {
-                        V::store(o, acc[i][v])
-                    } else {
-                        V::store_partial(o, acc[i][v], lanes)
-                    }
+                    V::store_lanes(o, acc[i][v], lanes);
                     continue;
                 }
-                let mut y = V::add(acc[i][v], V::load(job.bias.as_ptr().add(ch)));
-                if let Some(res) = job.residual {
-                    let r = res.as_ptr().add(q * cout + ch);
-                    let r = if lanes == V::LANES {
-                        V::load(r)
-                    } else {
-                        V::load_partial(r, lanes)
-                    };
-                    y = V::add(y, r);
-                }
-                if job.relu {
-                    y = V::relu(y);
-                }
-                if lanes == V::LANES {
-                    V::store(o, y)
-                } else {
-                    V::store_partial(o, y, lanes)
-                }
+                let residual = job.residual.map(|r| r.as_ptr().add(q * cout + ch));
+                finish::<V>(acc[i][v], job.bias.as_ptr().add(ch), residual, job.relu, o, lanes);
             }
         }
     }

@@ -22,7 +22,7 @@
 
 use std::ops::Range;
 
-use super::tile::{accumulate, Vector};
+use super::tile::{accumulate, finish, Vector};
 use super::{effective_isa, product, ConvGeometry, Epilogue, CALLS_PER_TIER, PANEL};
 use crate::cpu::Isa;
 use crate::parallel::ParallelFor;
@@ -347,8 +347,7 @@ unsafe fn transform_inputs<V: Vector>(job: &WinogradJob, r: Range<usize>) {
             // `c + lanes <= cin`; the stores are row k of this tile's scratch.
             unsafe {
                 let load = |p: Option<usize>| match p {
-                    Some(p) if lanes == V::LANES => V::load(job.input.as_ptr().add(p + c)),
-                    Some(p) => V::load_partial(job.input.as_ptr().add(p + c), lanes),
+                    Some(p) => V::load_lanes(job.input.as_ptr().add(p + c), lanes),
                     None => V::zero(),
                 };
                 // Bᵀ d: rows (d0 - d2, d1 + d2, d2 - d1, d1 - d3), per column.
@@ -369,12 +368,7 @@ unsafe fn transform_inputs<V: Vector>(job: &WinogradJob, r: Range<usize>) {
                         V::sub(s[a][1], s[a][3]),
                     ];
                     for b in 0..4 {
-                        let p = rows.add((a * 4 + b) * cin + c);
-                        if lanes == V::LANES {
-                            V::store(p, u[b]);
-                        } else {
-                            V::store_partial(p, u[b], lanes);
-                        }
+                        V::store_lanes(rows.add((a * 4 + b) * cin + c), u[b], lanes);
                     }
                 }
             }
@@ -482,7 +476,7 @@ unsafe fn multiply_tile<V: Vector, const MR: usize, const NV: usize>(
                     s[0][b] = V::add(V::add(p(0, b), p(1, b)), p(2, b));
                     s[1][b] = V::sub(V::sub(p(1, b), p(2, b)), p(3, b));
                 }
-                let bias = V::load(job.bias.as_ptr().add(ch));
+                let bias = job.bias.as_ptr().add(ch);
                 for a in 0..2 {
                     let oy = 2 * ty + a;
                     if oy >= g.out_h {
@@ -498,27 +492,8 @@ unsafe fn multiply_tile<V: Vector, const MR: usize, const NV: usize>(
                             break;
                         }
                         let q = (n * g.out_h + oy) * g.out_w + ox;
-                        let mut out = V::add(y[b], bias);
-                        if let Some(res) = job.residual {
-                            let r = res.as_ptr().add(q * cout + ch);
-                            out = V::add(
-                                out,
-                                if lanes == V::LANES {
-                                    V::load(r)
-                                } else {
-                                    V::load_partial(r, lanes)
-                                },
-                            );
-                        }
-                        if job.relu {
-                            out = V::relu(out);
-                        }
-                        let o = job.output.add(q * cout + ch);
-                        if lanes == V::LANES {
-                            V::store(o, out);
-                        } else {
-                            V::store_partial(o, out, lanes);
-                        }
+                        let residual = job.residual.map(|r| r.as_ptr().add(q * cout + ch));
+                        finish::<V>(y[b], bias, residual, job.relu, job.output.add(q * cout + ch), lanes);
                     }
                 }
             }
