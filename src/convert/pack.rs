@@ -26,7 +26,7 @@ pub fn winograd_weights(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
 /// model's time unchanged (1.006x at batch 1, 1.003x at batch 8, alternating files) for
 /// a 13% larger file.
 pub fn winograd_pays(window: &Window, out_hw: [usize; 2]) -> bool {
-    window.kernel == [3, 3] && window.stride == [1, 1] && window.dilation == [1, 1] && out_hw.iter().all(|&e| e >= 8)
+    window.is_winograd_3x3() && out_hw.iter().all(|&e| e >= 8)
 }
 
 /// `[out][in]` -> `[ceil(out/16)][in][16]`, zero-padded lanes.

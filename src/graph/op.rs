@@ -20,6 +20,11 @@ pub struct Window {
 }
 
 impl Window {
+    /// Whether Winograd F(2x2, 3x3) computes this window: 3x3, stride 1, dilation 1.
+    pub fn is_winograd_3x3(&self) -> bool {
+        self.kernel == [3, 3] && self.stride == [1, 1] && self.dilation == [1, 1]
+    }
+
     /// Output extent of one spatial axis (`axis` 0 = H, 1 = W), floor mode.
     pub fn out_extent(&self, axis: usize, input: usize, ceil_mode: bool) -> Option<usize> {
         let pad = self.pads[axis] + self.pads[axis + 2];

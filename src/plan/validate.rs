@@ -182,7 +182,7 @@ pub fn validate(meta: &ModelMeta) -> Result<(), String> {
                     return Err(ctx("invalid geometry".into()));
                 }
                 let winograd = matches!(n.op, Op::ConvWinograd { .. });
-                if winograd && (window.kernel != [3, 3] || window.stride != [1, 1] || window.dilation != [1, 1]) {
+                if winograd && !window.is_winograd_3x3() {
                     return Err(ctx("Winograd convolution with a window other than 3x3 stride 1".into()));
                 }
                 let is = shape(n.inputs[0]);
