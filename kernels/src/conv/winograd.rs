@@ -22,7 +22,7 @@
 
 use std::ops::Range;
 
-use super::tile::{accumulate, finish, Vector};
+use super::tile::{accumulate, channel_group_len, finish, Vector};
 use super::{effective_isa, product, ConvGeometry, Epilogue, CALLS_PER_TIER, PANEL};
 use crate::cpu::Isa;
 use crate::parallel::ParallelFor;
@@ -34,9 +34,6 @@ pub const WINOGRAD_POINTS: usize = 16;
 /// Bytes of transformed input one chunk may hold: the scratch size, and a bound that
 /// keeps a chunk's transformed input in the last-level cache between its two phases.
 const CHUNK_BYTES: usize = 2 << 20;
-
-/// Weight bytes of one group of channel tiles (as the direct kernel: half of L2).
-const CHANNEL_GROUP_WEIGHT_BUDGET: usize = 256 << 10;
 
 /// Whether `g` is a layer this kernel computes: 3x3, stride 1, dilation 1, any padding.
 pub fn supports_winograd(g: &ConvGeometry) -> bool {
@@ -391,7 +388,7 @@ unsafe fn multiply<V: Vector, const MR: usize, const NV: usize, const NV_TAIL: u
     let g = job.g;
     let panels_per_tile = NV * V::LANES / PANEL;
     let tile_weight_bytes = WINOGRAD_POINTS * g.cin * panels_per_tile * PANEL * 4;
-    let group_len = (CHANNEL_GROUP_WEIGHT_BUDGET / tile_weight_bytes.max(1)).max(1);
+    let group_len = channel_group_len(tile_weight_bytes);
     for group_start in co.clone().step_by(group_len) {
         let group = group_start..co.end.min(group_start + group_len);
         for t0 in r.clone().step_by(MR) {
