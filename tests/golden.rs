@@ -243,6 +243,7 @@ fn winograd_layers_agree_with_the_direct_ones() {
         sensitivity: false,
         keep_fp32: vec![],
         bias_correction_samples: 0,
+        weight_rounding: qp::quant::DEFAULT_WEIGHT_ROUNDING,
     };
     match qp::quant::quantize(&winograd, &options) {
         Err(e) => assert!(format!("{e:#}").contains("Winograd"), "{e:#}"),
@@ -269,6 +270,16 @@ fn winograd_layers_agree_with_the_direct_ones() {
 /// Converts the tiny QualityNet to INT8, calibrated on pseudo-images, with the report's
 /// held-out set.
 fn tiny_int8(profile: qp::quant::Profile) -> (Vec<u8>, Vec<u8>) {
+    tiny_int8_rounded(profile, qp::quant::DEFAULT_WEIGHT_ROUNDING, None)
+}
+
+/// `tiny_int8` with the given weight rounding and bias correction samples (`None`: the
+/// rounding's default).
+fn tiny_int8_rounded(
+    profile: qp::quant::Profile,
+    rounding: qp::quant::WeightRounding,
+    bias_correction: Option<usize>,
+) -> (Vec<u8>, Vec<u8>) {
     use qp::quant::dataset::pseudo_images;
     let onnx = std::fs::read(fixtures().join("tiny_bn/model.onnx")).unwrap();
     let direct = ConvertOptions {
@@ -284,7 +295,8 @@ fn tiny_int8(profile: qp::quant::Profile) -> (Vec<u8>, Vec<u8>) {
         compare: false,
         sensitivity: false,
         keep_fp32: vec![],
-        bias_correction_samples: qp::quant::DEFAULT_BIAS_CORRECTION_SAMPLES,
+        bias_correction_samples: bias_correction.unwrap_or(qp::quant::default_bias_correction_samples(rounding)),
+        weight_rounding: rounding,
     };
     let int8 = qp::quant::quantize(&fp32, &options).unwrap();
     (fp32.to_bytes().unwrap(), int8.to_bytes().unwrap())
@@ -374,6 +386,33 @@ fn int8_model_runs_on_every_tier_close_to_onnx_runtime() {
             }
         }
     }
+}
+
+/// The held-out mean |delta| and pooled-feature cosine an INT8 file's report gives.
+fn reported_accuracy(int8: &[u8]) -> (f64, f64, String) {
+    let file = QpwFile::from_bytes(int8).unwrap();
+    let report = &file.meta.reports["quantization"];
+    let all = report["accuracy"].as_array().unwrap().last().unwrap();
+    (
+        all["outputs"][0]["mean_abs_delta"].as_f64().unwrap(),
+        all["pooled_features"]["mean"].as_f64().unwrap(),
+        report["weight_rounding"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Without bias correction (so that the rounding alone differs), GPTQ rounding keeps the
+/// INT8 model closer to FP32 than nearest rounding does, on held-out samples.
+#[test]
+fn gptq_rounding_beats_nearest_rounding() {
+    use qp::quant::{Profile, WeightRounding};
+    let (_, gptq) = tiny_int8_rounded(Profile::Balanced, WeightRounding::Gptq, Some(0));
+    let (_, nearest) = tiny_int8_rounded(Profile::Balanced, WeightRounding::Nearest, Some(0));
+    let (d_gptq, cos_gptq, name_gptq) = reported_accuracy(&gptq);
+    let (d_nearest, cos_nearest, name_nearest) = reported_accuracy(&nearest);
+    assert_eq!((name_gptq.as_str(), name_nearest.as_str()), ("gptq", "nearest"));
+    eprintln!("mean |d| gptq {d_gptq:.4} nearest {d_nearest:.4}; cosine {cos_gptq:.5} vs {cos_nearest:.5}");
+    assert!(d_gptq < d_nearest, "gptq {d_gptq} vs nearest {d_nearest}");
+    assert!(cos_gptq > cos_nearest, "gptq {cos_gptq} vs nearest {cos_nearest}");
 }
 
 #[test]

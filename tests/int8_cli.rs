@@ -67,7 +67,9 @@ fn images_calibrate_and_the_report_is_printed_and_stored() {
     assert!(o.status.success(), "{}", text(&o));
     let printed = text(&o);
     assert!(
-        printed.contains("profile balanced, clipping mse, 9 calibration samples, biases corrected on 9"),
+        printed.contains(
+            "profile balanced, clipping mse, nearest weight rounding, 9 calibration samples, biases corrected on 9"
+        ),
         "{printed}"
     );
     assert!(
@@ -138,12 +140,12 @@ fn npy_arrays_calibrate_too() {
         "aggressive",
         "--calibration-method",
         "percentile99.9",
-        "--bias-correction-samples",
-        "0",
+        "--weight-rounding",
+        "gptq",
     ]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
-        text(&o).contains("profile aggressive, clipping percentile(99.9), 3 calibration samples, biases not corrected"),
+        text(&o).contains("profile aggressive, clipping percentile(99.9), gptq weight rounding, 3 calibration samples, biases not corrected"),
         "{}",
         text(&o)
     );
@@ -202,6 +204,10 @@ fn misuse_is_a_clear_error() {
         (
             vec![model, "-o", out, "--precision", "int8", "--profile", "fast"],
             "expected aggressive, balanced or conservative",
+        ),
+        (
+            vec![model, "-o", out, "--precision", "int8", "--weight-rounding", "up"],
+            "expected gptq or nearest",
         ),
     ];
     for (args, want) in cases {

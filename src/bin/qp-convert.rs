@@ -64,9 +64,14 @@ struct Args {
     #[arg(long, value_delimiter = ',', value_name = "NODES")]
     keep_fp32: Vec<String>,
     /// INT8: calibration samples the bias correction measures on (each INT8 convolution's
-    /// per-channel output mean is matched to FP32's); 0 turns it off.
-    #[arg(long, default_value_t = qp::quant::DEFAULT_BIAS_CORRECTION_SAMPLES)]
-    bias_correction_samples: usize,
+    /// per-channel output mean is matched to FP32's); 0 turns it off. Default: 32 with
+    /// nearest rounding, 0 with gptq.
+    #[arg(long)]
+    bias_correction_samples: Option<usize>,
+    /// INT8: weight rounding: nearest, or gptq (each rounding error compensated by the
+    /// weights not yet rounded, against the layer's calibration inputs).
+    #[arg(long, default_value = "nearest", value_parser = parse_rounding)]
+    weight_rounding: qp::quant::WeightRounding,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -78,6 +83,10 @@ enum PrecisionArg {
 
 fn parse_profile(s: &str) -> Result<qp::quant::Profile, String> {
     qp::quant::Profile::parse(s).ok_or_else(|| format!("{s:?}: expected aggressive, balanced or conservative"))
+}
+
+fn parse_rounding(s: &str) -> Result<qp::quant::WeightRounding, String> {
+    qp::quant::WeightRounding::parse(s).ok_or_else(|| format!("{s:?}: expected gptq or nearest"))
 }
 
 fn parse_method(s: &str) -> Result<qp::quant::range::Method, String> {
@@ -118,6 +127,7 @@ fn main() -> ExitCode {
             sensitivity: args.sensitivity,
             keep_fp32: args.keep_fp32.clone(),
             bias_correction_samples: args.bias_correction_samples,
+            weight_rounding: args.weight_rounding,
         },
     };
     if !matches!(args.precision, PrecisionArg::Int8) && !args.calibrate.is_empty() {

@@ -48,8 +48,10 @@ pub struct Int8Options {
     pub sensitivity: bool,
     /// Convolutions kept FP32 beyond the profile's choice.
     pub keep_fp32: Vec<String>,
-    /// Calibration samples the bias correction measures on; 0 turns it off.
-    pub bias_correction_samples: usize,
+    /// Calibration samples the bias correction measures on; 0 turns it off; `None`: the
+    /// weight rounding's default (`quant::default_bias_correction_samples`).
+    pub bias_correction_samples: Option<usize>,
+    pub weight_rounding: quant::WeightRounding,
 }
 
 impl Default for Int8Options {
@@ -64,7 +66,8 @@ impl Default for Int8Options {
             compare: false,
             sensitivity: false,
             keep_fp32: Vec::new(),
-            bias_correction_samples: quant::DEFAULT_BIAS_CORRECTION_SAMPLES,
+            bias_correction_samples: None,
+            weight_rounding: quant::DEFAULT_WEIGHT_ROUNDING,
         }
     }
 }
@@ -197,7 +200,10 @@ pub fn convert_bytes(onnx_bytes: &[u8], default_name: &str, options: &ConvertOpt
                     compare: o.compare,
                     sensitivity: o.sensitivity,
                     keep_fp32: o.keep_fp32.clone(),
-                    bias_correction_samples: o.bias_correction_samples,
+                    bias_correction_samples: o
+                        .bias_correction_samples
+                        .unwrap_or_else(|| quant::default_bias_correction_samples(o.weight_rounding)),
+                    weight_rounding: o.weight_rounding,
                 },
             )?;
         }

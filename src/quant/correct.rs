@@ -192,6 +192,7 @@ mod tests {
             sensitivity: false,
             keep_fp32: vec![],
             bias_correction_samples: 0,
+            weight_rounding: crate::quant::DEFAULT_WEIGHT_ROUNDING,
         };
         let int8 = quantize(&fp32, &options).unwrap();
         let reference = reference_stats(&fp32.to_bytes().unwrap(), &samples).unwrap();

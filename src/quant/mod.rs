@@ -8,18 +8,21 @@ pub mod accuracy;
 pub mod calibrate;
 pub mod correct;
 pub mod dataset;
+pub mod gptq;
 pub mod range;
 pub mod rewrite;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use self::accuracy::{compare, run_model, Accuracy, Outputs};
 use self::dataset::Sample;
 use self::range::{Histogram, Method, QuantParams};
+use self::rewrite::RoundedWeights;
 use crate::convert::Converted;
 use crate::engine::{Engine, EngineOptions};
 use crate::format::{ModelMeta, QpwFile};
@@ -57,15 +60,55 @@ impl Profile {
     }
 }
 
+/// How conv weights are rounded to their per-channel grids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightRounding {
+    /// Each weight to its nearest grid step.
+    Nearest,
+    /// Error-compensating rounding against the layer's calibration inputs (`gptq`).
+    Gptq,
+}
+
+impl WeightRounding {
+    pub const ALL: [WeightRounding; 2] = [WeightRounding::Nearest, WeightRounding::Gptq];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightRounding::Nearest => "nearest",
+            WeightRounding::Gptq => "gptq",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<WeightRounding> {
+        WeightRounding::ALL.into_iter().find(|r| r.name() == s)
+    }
+}
+
+/// Nearest rounding with bias correction. GPTQ takes the mean |delta ssim| of INT8
+/// weights alone on the reference model from 0.034 to 0.011, and of the whole INT8 model
+/// without bias correction from 0.068 to 0.033, but with the activations' u8 rounding
+/// noise on top it lands where nearest rounding with bias correction does (0.027-0.033
+/// either way, within what a different tie in one weight's rounding moves the figure),
+/// so the established default stays (docs/PERFORMANCE.md, "INT8 error budget").
+pub const DEFAULT_WEIGHT_ROUNDING: WeightRounding = WeightRounding::Nearest;
+
 /// The default clipping method: on the reference model, MSE-optimal clipping moved the
 /// predicted SSIM least (docs/PERFORMANCE.md, "INT8 accuracy").
 pub const DEFAULT_METHOD: Method = Method::Mse;
 pub const DEFAULT_PROFILE: Profile = Profile::Balanced;
-/// Bias correction on 32 calibration samples: on the reference model it took the mean
-/// |delta ssim| from 0.067 to 0.027 (docs/PERFORMANCE.md; fewer samples measured worse,
-/// 64 no better), at about one full-model pass over those samples per INT8 convolution
-/// at conversion time.
-pub const DEFAULT_BIAS_CORRECTION_SAMPLES: usize = 32;
+/// Bias correction samples when the weights are rounded to nearest: on the reference
+/// model 32 samples took the mean |delta ssim| from 0.068 to 0.033 (docs/PERFORMANCE.md;
+/// fewer samples measured worse, 64 no better), at about one full-model pass over those
+/// samples per INT8 convolution at conversion time. After GPTQ rounding the layers'
+/// output means are already close and the correction changed nothing measurable (0.033
+/// either way), so it is off by default there.
+pub fn default_bias_correction_samples(rounding: WeightRounding) -> usize {
+    match rounding {
+        WeightRounding::Nearest => 32,
+        WeightRounding::Gptq => 0,
+    }
+}
 
 pub struct QuantizeOptions {
     pub profile: Profile,
@@ -84,6 +127,7 @@ pub struct QuantizeOptions {
     /// Calibration samples the bias correction measures on (spread over `calibration`);
     /// 0 turns it off.
     pub bias_correction_samples: usize,
+    pub weight_rounding: WeightRounding,
 }
 
 /// One profile x method evaluated on all held-out samples.
@@ -117,12 +161,19 @@ pub struct QuantizationReport {
     /// Samples the biases were corrected on (0: not corrected).
     #[serde(default)]
     pub bias_correction_samples: usize,
+    /// Files written before the option existed rounded to nearest.
+    #[serde(default = "rounded_to_nearest")]
+    pub weight_rounding: WeightRounding,
     /// Against the FP32 model, per held-out set and over all of them (`all`).
     pub accuracy: Vec<Accuracy>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub candidates: Vec<Candidate>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sensitivity: Vec<Sensitivity>,
+}
+
+fn rounded_to_nearest() -> WeightRounding {
+    WeightRounding::Nearest
 }
 
 /// Convolution node indices of `meta`.
@@ -268,13 +319,24 @@ pub fn quantize(fp32: &Converted, options: &QuantizeOptions) -> Result<Converted
         Some(correct::reference_stats(&fp32_bytes, &correction_samples)?)
     };
 
+    // Weight rounding does not depend on the activation grids: once per convolution that
+    // any model built below may quantize.
+    let roundable: Vec<usize> = if options.compare || options.sensitivity {
+        convs.clone()
+    } else {
+        int8_convolutions(meta, options.profile, &options.keep_fp32)
+            .into_iter()
+            .collect()
+    };
+    let rounded = round_weights(fp32, &fp32_bytes, &roundable, options)?;
+
     let build = |profile: Profile, method: Method, only: Option<usize>| -> Result<Converted> {
         let grids = Grids { hists: &hists, method };
         let set = match only {
             Some(n) => BTreeSet::from([n]),
             None => int8_convolutions(meta, profile, &options.keep_fp32),
         };
-        let mut model = rewrite::quantize_model(fp32, &set, &|v| grids.grid(v))?;
+        let mut model = rewrite::quantize_model(fp32, &set, &|v| grids.grid(v), &rounded)?;
         crate::plan::validate::validate(&model.meta).map_err(|e| anyhow::anyhow!("quantized model: {e}"))?;
         if let Some(reference) = &correction_reference {
             correct::correct_biases(&mut model, reference, &correction_samples)?;
@@ -343,6 +405,7 @@ pub fn quantize(fp32: &Converted, options: &QuantizeOptions) -> Result<Converted
         calibration_samples: options.calibration.len(),
         int8_convolutions: int8.len(),
         bias_correction_samples: correction_samples.len(),
+        weight_rounding: options.weight_rounding,
         fp32_convolutions: convs
             .iter()
             .filter(|n| !int8.contains(n))
@@ -357,6 +420,52 @@ pub fn quantize(fp32: &Converted, options: &QuantizeOptions) -> Result<Converted
         .reports
         .insert("quantization".into(), serde_json::to_value(&report)?);
     Ok(model)
+}
+
+/// The rounded weights of the convolutions `convs`.
+fn round_weights(
+    fp32: &Converted,
+    fp32_bytes: &[u8],
+    convs: &[usize],
+    options: &QuantizeOptions,
+) -> Result<BTreeMap<usize, RoundedWeights>> {
+    let meta = &fp32.meta;
+    let started = Instant::now();
+    let mut moments = match options.weight_rounding {
+        WeightRounding::Nearest => BTreeMap::new(),
+        WeightRounding::Gptq => {
+            tracing::info!(
+                "measuring the inputs of {} convolutions on {} samples for GPTQ rounding",
+                convs.len(),
+                options.calibration.len()
+            );
+            gptq::input_moments(fp32_bytes, &options.calibration, convs)?
+        }
+    };
+    let work: Vec<(usize, Option<gptq::InputMoment>)> = convs.iter().map(|&n| (n, moments.remove(&n))).collect();
+    let rounded = work
+        .into_par_iter()
+        .map(|(n, moment)| {
+            let node = &meta.nodes[n];
+            let Op::Conv { cin, cout, window, .. } = node.op else {
+                bail!("node {:?} is not a convolution", node.name);
+            };
+            let [kh, kw] = window.kernel;
+            let packed = fp32.tensors[node.params[0]].as_f32().expect("fp32 model: f32 weights");
+            let rows = rewrite::weight_rows(packed, cout, cin, kh, kw);
+            let step = rewrite::weight_steps(&rows, cout).map_err(|e| anyhow!("node {:?}: {e}", node.name))?;
+            let q = match moment {
+                Some(m) => gptq::round(&rows, cout, &step, rewrite::WEIGHT_QMAX, &m)
+                    .with_context(|| format!("rounding the weights of {:?}", node.name))?,
+                None => gptq::nearest(&rows, cout, rows.len() / cout.max(1), &step, rewrite::WEIGHT_QMAX),
+            };
+            Ok((n, RoundedWeights { q, step }))
+        })
+        .collect::<Result<BTreeMap<_, _>>>()?;
+    if options.weight_rounding == WeightRounding::Gptq {
+        tracing::info!("GPTQ rounding took {:.1} s", started.elapsed().as_secs_f64());
+    }
+    Ok(rounded)
 }
 
 /// Median batch-1 latency over 15 runs after 3 warm-ups, in milliseconds.
@@ -387,9 +496,10 @@ pub fn report_text(value: &serde_json::Value) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "int8        profile {}, clipping {}, {} calibration samples, {}; {} convolutions INT8, FP32: {}",
+        "int8        profile {}, clipping {}, {} weight rounding, {} calibration samples, {}; {} convolutions INT8, FP32: {}",
         r.profile.name(),
         r.method,
+        r.weight_rounding.name(),
         r.calibration_samples,
         match r.bias_correction_samples {
             0 => "biases not corrected".to_string(),

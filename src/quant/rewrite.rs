@@ -20,11 +20,13 @@ use crate::graph::op::{Op, PACK_LANES, QPACK_GROUP};
 const MAX_BIAS: f64 = (1u64 << 30) as f64;
 
 /// `fp32` with the conv nodes `int8` (node indices) quantized; `grid(value)` gives the u8
-/// grid of every value an INT8 layer reads or writes.
+/// grid of every value an INT8 layer reads or writes, `weights` the rounded weights of
+/// every node in `int8`.
 pub fn quantize_model(
     fp32: &Converted,
     int8: &BTreeSet<usize>,
     grid: &dyn Fn(usize) -> QuantParams,
+    weights: &BTreeMap<usize, RoundedWeights>,
 ) -> Result<Converted> {
     let meta = &fp32.meta;
     for &n in int8 {
@@ -112,9 +114,11 @@ pub fn quantize_model(
         }
         let input_grid = values[xq].quant.expect("u8 input");
         let [kh, kw] = window.kernel;
-        let weights = fp32.tensors[node.params[0]].as_f32().expect("fp32 model: f32 weights");
+        let rounded = weights
+            .get(&i)
+            .ok_or_else(|| anyhow::anyhow!("node {:?}: no rounded weights", node.name))?;
         let bias = fp32.tensors[node.params[1]].as_f32().expect("fp32 model: f32 bias");
-        let q = quantize_conv(weights, bias, cout, cin, kh, kw, input_grid)
+        let q = quantize_conv(rounded, bias, cout, cin, kh, kw, input_grid)
             .map_err(|e| anyhow::anyhow!("node {:?}: {e}", node.name))?;
         let lanes = cout.div_ceil(PACK_LANES) * PACK_LANES;
         let w = add_tensor(
@@ -182,6 +186,49 @@ pub fn quantize_model(
     })
 }
 
+/// Largest |s8 weight|: symmetric, so that -128 never appears.
+pub const WEIGHT_QMAX: f32 = 127.0;
+
+/// One convolution's weights on per-output-channel symmetric grids: `w ≈ q * step`,
+/// `step = max|w| / 127` per output channel, q in [-127, 127]. Independent of the
+/// activation grids, so it is computed once per convolution and reused by every
+/// candidate model.
+#[derive(Clone, Debug)]
+pub struct RoundedWeights {
+    /// `[cout][kh][kw][cin]`: each output channel's row in input-patch order.
+    pub q: Vec<i8>,
+    pub step: Vec<f32>,
+}
+
+/// A conv's FP32 weights from the packed layout `[ceil(cout/16)][kh][kw][cin][16]` as
+/// `[cout][kh][kw][cin]` rows (the order of the input patches `gptq` measures).
+pub fn weight_rows(packed: &[f32], cout: usize, cin: usize, kh: usize, kw: usize) -> Vec<f32> {
+    let mut rows = Vec::with_capacity(cout * kh * kw * cin);
+    for co in 0..cout {
+        for k in 0..kh * kw {
+            for ci in 0..cin {
+                rows.push(packed[(((co / PACK_LANES) * kh * kw + k) * cin + ci) * PACK_LANES + co % PACK_LANES]);
+            }
+        }
+    }
+    rows
+}
+
+/// Each output channel's grid step (`max|w| / 127` in f32, the kernels' scale; 1 for an
+/// all-zero channel).
+pub fn weight_steps(rows: &[f32], cout: usize) -> Result<Vec<f32>, String> {
+    let len = rows.len() / cout.max(1);
+    (0..cout)
+        .map(|co| {
+            let max = rows[co * len..(co + 1) * len].iter().fold(0f32, |m, w| m.max(w.abs()));
+            if !max.is_finite() {
+                return Err(format!("output channel {co} has non-finite weights"));
+            }
+            Ok(if max > 0.0 { max / WEIGHT_QMAX } else { 1.0 })
+        })
+        .collect()
+}
+
 /// One convolution's INT8 parameters, padded to whole 16-channel panels.
 pub struct QuantizedConv {
     pub weights: Vec<i8>,
@@ -189,12 +236,11 @@ pub struct QuantizedConv {
     pub scale: Vec<f32>,
 }
 
-/// Per-output-channel symmetric weights (`w ≈ q * max|w| / 127`, q in [-127, 127]),
-/// `scale = input scale * weight scale`, and the bias in accumulator units with the
-/// input zero point folded in: `round(b / scale) - zero * Σ q`.
-/// `packed` is the FP32 packed layout `[ceil(cout/16)][kh][kw][cin][16]`.
+/// The INT8 parameters of a conv with rounded weights `w` reading `input`: `scale =
+/// input scale * weight step`, and the bias in accumulator units with the input zero
+/// point folded in: `round(b / scale) - zero * Σ q`.
 pub fn quantize_conv(
-    packed: &[f32],
+    w: &RoundedWeights,
     bias: &[f32],
     cout: usize,
     cin: usize,
@@ -202,37 +248,20 @@ pub fn quantize_conv(
     kw: usize,
     input: QuantParams,
 ) -> Result<QuantizedConv, String> {
-    let at = |co: usize, ci: usize, y: usize, x: usize| -> f32 {
-        packed[((((co / PACK_LANES) * kh + y) * kw + x) * cin + ci) * PACK_LANES + co % PACK_LANES]
-    };
     let lanes = cout.div_ceil(PACK_LANES) * PACK_LANES;
-    let mut oihw = vec![0i8; cout * cin * kh * kw];
+    let len = kh * kw * cin;
+    let mut oihw = vec![0i8; cout * len];
     let mut bias_q = vec![0i32; lanes];
     let mut scale = vec![0f32; lanes];
     for co in 0..cout {
-        let mut max = 0f32;
-        for ci in 0..cin {
-            for y in 0..kh {
-                for x in 0..kw {
-                    max = max.max(at(co, ci, y, x).abs());
-                }
+        let row = &w.q[co * len..(co + 1) * len];
+        for k in 0..kh * kw {
+            for ci in 0..cin {
+                oihw[(co * cin + ci) * kh * kw + k] = row[k * cin + ci];
             }
         }
-        if !max.is_finite() {
-            return Err(format!("output channel {co} has non-finite weights"));
-        }
-        let w_scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-        let mut sum = 0i64;
-        for ci in 0..cin {
-            for y in 0..kh {
-                for x in 0..kw {
-                    let q = (at(co, ci, y, x) / w_scale).round().clamp(-127.0, 127.0) as i8;
-                    oihw[((co * cin + ci) * kh + y) * kw + x] = q;
-                    sum += q as i64;
-                }
-            }
-        }
-        scale[co] = input.scale * w_scale;
+        let sum: i64 = row.iter().map(|&q| q as i64).sum();
+        scale[co] = input.scale * w.step[co];
         let b = (bias[co] as f64 / scale[co] as f64).round() - input.zero as f64 * sum as f64;
         if b.is_nan() || b.abs() > MAX_BIAS {
             return Err(format!(
@@ -254,6 +283,16 @@ pub fn quantize_conv(
 mod tests {
     use super::*;
 
+    /// A 1x1 conv's packed weights rounded to the nearest step.
+    fn nearest(packed: &[f32], cout: usize, cin: usize) -> RoundedWeights {
+        let rows = weight_rows(packed, cout, cin, 1, 1);
+        let step = weight_steps(&rows, cout).unwrap();
+        RoundedWeights {
+            q: crate::quant::gptq::nearest(&rows, cout, cin, &step, WEIGHT_QMAX),
+            step,
+        }
+    }
+
     #[test]
     fn weights_are_symmetric_per_channel_and_the_zero_point_is_folded() {
         // 2 output channels, 1 input channel, 1x1: channel 0 weight 0.5, channel 1 -2.0.
@@ -261,7 +300,7 @@ mod tests {
         packed[0] = 0.5;
         packed[1] = -2.0;
         let input = QuantParams { scale: 0.1, zero: 10 };
-        let q = quantize_conv(&packed, &[1.0, 0.0], 2, 1, 1, 1, input).unwrap();
+        let q = quantize_conv(&nearest(&packed, 2, 1), &[1.0, 0.0], 2, 1, 1, 1, input).unwrap();
         // Each channel's largest weight maps to +-127.
         // Packed [panel][kh][kw][ci/4][16 lanes][4]: channel 1, input 0 is byte 4.
         assert_eq!(q.weights[0], 127);
@@ -281,7 +320,9 @@ mod tests {
         let mut packed = vec![0f32; PACK_LANES];
         packed[0] = 1e-6;
         let input = QuantParams { scale: 1e-3, zero: 0 };
-        let err = quantize_conv(&packed, &[1e6], 1, 1, 1, 1, input).err().unwrap();
+        let err = quantize_conv(&nearest(&packed, 1, 1), &[1e6], 1, 1, 1, 1, input)
+            .err()
+            .unwrap();
         assert!(err.contains("too large"), "{err}");
     }
 }
