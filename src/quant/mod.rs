@@ -87,7 +87,7 @@ impl WeightRounding {
 
 /// Nearest rounding with bias correction. GPTQ takes the mean |delta ssim| of INT8
 /// weights alone on the reference model from 0.034 to 0.011, and of the whole INT8 model
-/// without bias correction from 0.068 to 0.033, but with the activations' u8 rounding
+/// without bias correction from 0.067 to 0.030, but with the activations' u8 rounding
 /// noise on top it lands where nearest rounding with bias correction does (0.027-0.033
 /// either way, within what a different tie in one weight's rounding moves the figure),
 /// so the established default stays (docs/PERFORMANCE.md, "INT8 error budget").
@@ -98,11 +98,11 @@ pub const DEFAULT_WEIGHT_ROUNDING: WeightRounding = WeightRounding::Nearest;
 pub const DEFAULT_METHOD: Method = Method::Mse;
 pub const DEFAULT_PROFILE: Profile = Profile::Balanced;
 /// Bias correction samples when the weights are rounded to nearest: on the reference
-/// model 32 samples took the mean |delta ssim| from 0.068 to 0.033 (docs/PERFORMANCE.md;
+/// model 32 samples took the mean |delta ssim| from 0.067 to 0.027 (docs/PERFORMANCE.md;
 /// fewer samples measured worse, 64 no better), at about one full-model pass over those
 /// samples per INT8 convolution at conversion time. After GPTQ rounding the layers'
-/// output means are already close and the correction changed nothing measurable (0.033
-/// either way), so it is off by default there.
+/// output means are already close and the correction measured no better (0.030 -> 0.033,
+/// within the noise), so it is off by default there.
 pub fn default_bias_correction_samples(rounding: WeightRounding) -> usize {
     match rounding {
         WeightRounding::Nearest => 32,
