@@ -6,10 +6,46 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
 
+use qp_kernels::cpu::Isa;
+use qp_kernels::reorder;
+
 use super::dataset::{batch, Sample, RUN_BATCH};
 use super::range::{Extent, Histogram};
 use crate::engine::{Engine, EngineOptions};
-use crate::format::QpwFile;
+use crate::format::{ModelMeta, QpwFile};
+
+/// Runs `engine` (an FP32 model with metadata `meta`) on one batch of samples and calls
+/// `see(value, data)` for each value in `wanted`, a node output or a model input, with the
+/// whole batch's data in the executor's layout: NHWC for a `[C, H, W]` value, model inputs
+/// reordered the same way.
+pub fn observe_chunk(
+    engine: &mut Engine,
+    meta: &ModelMeta,
+    chunk: &[Sample],
+    wanted: &[usize],
+    see: &mut dyn FnMut(usize, &[f32]),
+) -> Result<()> {
+    for (k, io) in meta.inputs.iter().enumerate() {
+        if !wanted.contains(&io.value) {
+            continue;
+        }
+        let data: Vec<f32> = chunk.iter().flat_map(|s| s.inputs[k].iter().copied()).collect();
+        if let [c, h, w] = io.shape[..] {
+            let mut nhwc = vec![0f32; data.len()];
+            reorder::nchw_to_nhwc(Isa::Scalar, chunk.len(), c, h, w, &data, &mut nhwc);
+            see(io.value, &nhwc);
+        } else {
+            see(io.value, &data);
+        }
+    }
+    engine.run_observed(&batch(meta, chunk), &mut |node, out| {
+        let v = meta.nodes[node].outputs[0];
+        if wanted.contains(&v) {
+            see(v, out);
+        }
+    })?;
+    Ok(())
+}
 
 /// Histograms of the values `wanted` (value ids of `fp32`'s metadata) over `samples`.
 pub fn histograms(fp32: &[u8], samples: &[Sample], wanted: &[usize]) -> Result<BTreeMap<usize, Histogram>> {
@@ -19,35 +55,11 @@ pub fn histograms(fp32: &[u8], samples: &[Sample], wanted: &[usize]) -> Result<B
     let file = QpwFile::from_bytes(fp32).context("loading the FP32 model for calibration")?;
     let meta = file.meta.clone();
     let mut engine = Engine::from_file(file, EngineOptions::default())?;
-    // Where each wanted value shows up: as a node's output or as a model input.
-    let node_of: BTreeMap<usize, usize> = meta
-        .nodes
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| wanted.contains(&n.outputs[0]))
-        .map(|(i, n)| (i, n.outputs[0]))
-        .collect();
-    let input_of: Vec<(usize, usize)> = meta
-        .inputs
-        .iter()
-        .enumerate()
-        .filter(|(_, io)| wanted.contains(&io.value))
-        .map(|(k, io)| (k, io.value))
-        .collect();
 
     // Feeds every wanted value of every sample to `see`.
     let mut each_value = |see: &mut dyn FnMut(usize, &[f32])| -> Result<()> {
         for chunk in samples.chunks(RUN_BATCH) {
-            for &(k, v) in &input_of {
-                for s in chunk {
-                    see(v, &s.inputs[k]);
-                }
-            }
-            engine.run_observed(&batch(&meta, chunk), &mut |node, out| {
-                if let Some(&v) = node_of.get(&node) {
-                    see(v, out);
-                }
-            })?;
+            observe_chunk(&mut engine, &meta, chunk, wanted, &mut |v, data| see(v, data))?;
         }
         Ok(())
     };

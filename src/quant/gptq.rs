@@ -26,10 +26,8 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, Slice};
 use rayon::prelude::*;
 
-use qp_kernels::cpu::Isa;
-use qp_kernels::reorder;
-
-use super::dataset::{batch, Sample, RUN_BATCH};
+use super::calibrate::observe_chunk;
+use super::dataset::{Sample, RUN_BATCH};
 use crate::engine::{Engine, EngineOptions};
 use crate::format::meta::ModelMeta;
 use crate::format::QpwFile;
@@ -143,32 +141,13 @@ pub fn input_moments(fp32: &[u8], samples: &[Sample], convs: &[usize]) -> Result
         );
         moments.insert(n, InputMoment::new(window.kernel[0] * window.kernel[1] * cin));
     }
-    // Where each input shows up: as a node's output or as a model input.
-    let producer: BTreeMap<usize, usize> = meta
-        .nodes
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| wanted.values().any(|c| c.input == n.outputs[0]))
-        .map(|(i, n)| (i, n.outputs[0]))
-        .collect();
+    let inputs: Vec<usize> = wanted.values().map(|c| c.input).collect();
 
     for chunk in samples.chunks(RUN_BATCH) {
         // The inputs of this chunk, copied out of the executor as they go by.
         let mut seen: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
-        for (k, io) in meta.inputs.iter().enumerate() {
-            if wanted.values().any(|c| c.input == io.value) {
-                let nchw: Vec<f32> = chunk.iter().flat_map(|s| s.inputs[k].iter().copied()).collect();
-                let mut nhwc = vec![0f32; nchw.len()];
-                let [c, h, w] = [io.shape[0], io.shape[1], io.shape[2]];
-                reorder::nchw_to_nhwc(Isa::Scalar, chunk.len(), c, h, w, &nchw, &mut nhwc);
-                seen.insert(io.value, nhwc);
-            }
-        }
-        engine.run_observed(&batch(&meta, chunk), &mut |node, out| {
-            if let Some(&v) = producer.get(&node) {
-                let len = chunk.len() * meta.values[v].shape.iter().product::<usize>();
-                seen.insert(v, out[..len].to_vec());
-            }
+        observe_chunk(&mut engine, &meta, chunk, &inputs, &mut |v, data| {
+            seen.insert(v, data.to_vec());
         })?;
         if let Some(c) = wanted.values().find(|c| !seen.contains_key(&c.input)) {
             bail!(

@@ -457,7 +457,7 @@ fn round_weights(
             let q = match moment {
                 Some(m) => gptq::round(&rows, cout, &step, rewrite::WEIGHT_QMAX, &m)
                     .with_context(|| format!("rounding the weights of {:?}", node.name))?,
-                None => gptq::nearest(&rows, cout, rows.len() / cout.max(1), &step, rewrite::WEIGHT_QMAX),
+                None => gptq::nearest(&rows, cout, kh * kw * cin, &step, rewrite::WEIGHT_QMAX),
             };
             Ok((n, RoundedWeights { q, step }))
         })
