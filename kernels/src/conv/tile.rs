@@ -37,6 +37,10 @@ pub(super) trait Vector {
     unsafe fn store(p: *mut f32, a: Self::R);
     /// Lanes `0..n` to `p` (only those are written).
     unsafe fn store_partial(p: *mut f32, a: Self::R, n: usize);
+    /// Hints that the cache line holding `p` is used soon. `p` need not be valid: a
+    /// prefetch never faults.
+    #[inline(always)]
+    fn prefetch(_p: *const f32) {}
 
     /// `load` when `n == LANES`, else `load_partial`.
     #[inline(always)]
@@ -281,6 +285,20 @@ pub(super) unsafe fn tile_in<V: Vector, const MR: usize, const NV: usize>(
                     // safety: as above.
                     acc[i][v] = unsafe { V::load_lanes(p, lanes) };
                 }
+            }
+        }
+    }
+    // Fetch the lines this channel tile writes (and, on the last block, adds as the
+    // residual) in the next pixel tile now, so they arrive while this tile computes. The
+    // output of a pixel tile is written channel tile by channel tile, a `cout * 4`-byte
+    // stride per pixel that the hardware prefetchers do not follow; unprefetched, the
+    // stores of a 3 MB output missed to memory one line at a time.
+    for i in 0..MR {
+        let next = (q0 + MR + i) * cout + first_panel * PANEL;
+        for v in (0..NV).step_by(PANEL / V::LANES) {
+            V::prefetch(out.wrapping_add(next + v * V::LANES));
+            if let (Some(r), true) = (job.residual, c1 == cin) {
+                V::prefetch(r.as_ptr().wrapping_add(next + v * V::LANES));
             }
         }
     }

@@ -65,6 +65,11 @@ impl Vector for Avx512 {
         // safety: masked-off lanes are not written; lanes 0..n are writable.
         unsafe { _mm512_mask_storeu_ps(p, lane_mask(n), a) }
     }
+    #[inline(always)]
+    fn prefetch(p: *const f32) {
+        // safety: a prefetch is a hint that never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
+    }
 }
 
 /// Mask of lanes `0..n` (n <= 16).
@@ -130,6 +135,11 @@ impl Vector for Avx2 {
             _mm256_storeu_ps(lanes.as_mut_ptr(), a);
             std::ptr::copy_nonoverlapping(lanes.as_ptr(), p, n);
         }
+    }
+    #[inline(always)]
+    fn prefetch(p: *const f32) {
+        // safety: a prefetch is a hint that never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
     }
 }
 
