@@ -78,6 +78,14 @@ fn lane_mask(n: usize) -> __mmask16 {
     ((1u32 << n) - 1) as __mmask16
 }
 
+/// Lanes `0..n` (n <= 8) as an AVX mask (sign bit set). Masked moves instead of a copy
+/// through a stack buffer: the `memcpy` calls of the copy made the compiler spill the
+/// tile's accumulators around every epilogue, full tiles included.
+#[inline(always)]
+unsafe fn avx2_lane_mask(n: usize) -> __m256i {
+    _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+}
+
 pub(super) struct Avx2;
 
 impl Vector for Avx2 {
@@ -99,12 +107,8 @@ impl Vector for Avx2 {
     }
     #[inline(always)]
     unsafe fn load_partial(p: *const f32, n: usize) -> __m256 {
-        let mut lanes = [0.0f32; 8];
-        // safety: lanes 0..n are readable (trait contract); n <= 8.
-        unsafe {
-            std::ptr::copy_nonoverlapping(p, lanes.as_mut_ptr(), n);
-            _mm256_loadu_ps(lanes.as_ptr())
-        }
+        // safety: masked-off lanes are neither read nor fault; lanes 0..n are readable.
+        unsafe { _mm256_maskload_ps(p, avx2_lane_mask(n)) }
     }
     #[inline(always)]
     unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
@@ -129,12 +133,8 @@ impl Vector for Avx2 {
     }
     #[inline(always)]
     unsafe fn store_partial(p: *mut f32, a: __m256, n: usize) {
-        let mut lanes = [0.0f32; 8];
-        // safety: lanes 0..n are writable (trait contract); n <= 8.
-        unsafe {
-            _mm256_storeu_ps(lanes.as_mut_ptr(), a);
-            std::ptr::copy_nonoverlapping(lanes.as_ptr(), p, n);
-        }
+        // safety: masked-off lanes are not written; lanes 0..n are writable.
+        unsafe { _mm256_maskstore_ps(p, avx2_lane_mask(n), a) }
     }
     #[inline(always)]
     fn prefetch(p: *const f32) {
