@@ -374,7 +374,7 @@ pub(super) unsafe fn tile_in<V: Vector, const MR: usize, const NV: usize>(
         // channels, whose loop is 64 steps of 24 instructions).
         // safety: the tile's pixels are inside the output (`q0 + MR <= pixels`, caller)
         // and its channels below `cout`.
-        unsafe { finish_whole_tile::<V, MR, NV>(job, acc, q0 * cout + first_panel * PANEL, last_block) };
+        unsafe { finish_whole_tile::<V, MR, NV>(job, acc, q0, first_panel * PANEL, last_block) };
         return;
     }
     for i in 0..MR {
@@ -402,9 +402,9 @@ pub(super) unsafe fn tile_in<V: Vector, const MR: usize, const NV: usize>(
     }
 }
 
-/// The epilogue of a tile whose channels are all below `cout`, from output element `at`
-/// (its first pixel's first channel): `act(acc + bias + residual)` on the last input-channel
-/// block, the partial sums as they are before it.
+/// The epilogue of a tile whose channels (from `ch0`) are all below `cout`, its pixels
+/// from `q0`: `act(acc + bias + residual)` on the last input-channel block, the partial
+/// sums as they are before it.
 ///
 /// # Safety
 /// The ISA of `V` is enabled; the tile's MR pixels are inside the output and its
@@ -413,16 +413,18 @@ pub(super) unsafe fn tile_in<V: Vector, const MR: usize, const NV: usize>(
 unsafe fn finish_whole_tile<V: Vector, const MR: usize, const NV: usize>(
     job: &Job,
     acc: [[V::R; NV]; MR],
-    at: usize,
+    q0: usize,
+    ch0: usize,
     last_block: bool,
 ) {
     let cout = job.g.cout;
+    let at = q0 * cout + ch0;
     let residual = job.residual.map(|r| r.as_ptr());
     // safety (this block): the bias is padded to whole panels and the tile's channels are
     // below `cout`, so every vector read from the bias, the residual and written to the
     // output (`pixels * cout` each) is in bounds (contract).
     unsafe {
-        let (out, bias) = (job.output.ptr.add(at), job.bias.as_ptr().add(at % cout));
+        let (out, bias) = (job.output.ptr.add(at), job.bias.as_ptr().add(ch0));
         for i in 0..MR {
             for v in 0..NV {
                 let k = i * cout + v * V::LANES;

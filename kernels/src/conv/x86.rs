@@ -81,6 +81,9 @@ fn lane_mask(n: usize) -> __mmask16 {
 /// Lanes `0..n` (n <= 8) as an AVX mask (sign bit set). Masked moves instead of a copy
 /// through a stack buffer: the `memcpy` calls of the copy made the compiler spill the
 /// tile's accumulators around every epilogue, full tiles included.
+///
+/// # Safety
+/// AVX2 must be enabled (callers are the AVX2 vector methods).
 #[inline(always)]
 unsafe fn avx2_lane_mask(n: usize) -> __m256i {
     _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
