@@ -201,6 +201,22 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// 1x1, stride 1, unpadded: the pointwise path, with input-channel blocks at 1000+.
+    #[test]
+    fn avx512_tiling_matches_reference_pointwise(
+        (batch, h, w, cout) in (1usize..=4, 1usize..=12, 1usize..=12, 1usize..=70),
+        cin in prop_oneof![1usize..=80, 1000usize..=1100],
+        (residual, relu, threaded, seed) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>()),
+    ) {
+        let g = geometry(batch, [h, w], cin, cout, [1, 1], [1, 1], [1, 1], [0; 4]);
+        let act = if relu { Epilogue::Relu } else { Epilogue::None };
+        let par: &dyn ParallelFor = if threaded { &ThreeThreads } else { &Serial };
+        Problem::new(g, residual, act, seed).check(par).map_err(TestCaseError::fail)?;
+    }
+}
+
 #[test]
 fn avx512_tiling_on_row_ends_and_resnet_shapes() {
     let mut shapes = vec![

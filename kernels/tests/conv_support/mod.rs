@@ -85,6 +85,23 @@ pub fn arb_problem() -> impl Strategy<Value = Problem> {
         )
 }
 
+/// Random 1x1, stride-1, unpadded convolutions: the kernels' pointwise path, which the
+/// general strategy above draws too rarely to cover. Ragged pixel counts and channels,
+/// and enough input channels (up to 1100) to split into input-channel blocks.
+pub fn arb_pointwise_problem() -> impl Strategy<Value = Problem> {
+    (
+        (1usize..=4, 1usize..=12, 1usize..=12),
+        prop_oneof![1usize..=80, 1000usize..=1100],
+        1usize..=70,
+        (any::<bool>(), any::<bool>(), any::<u64>()),
+    )
+        .prop_map(|((batch, h, w), cin, cout, (res, relu, seed))| {
+            let g = geometry(batch, [h, w], cin, cout, [1, 1], [1, 1], [1, 1], [0; 4]);
+            let act = if relu { Epilogue::Relu } else { Epilogue::None };
+            problem(g, res, act, seed)
+        })
+}
+
 impl Problem {
     pub fn input_nhwc(&self) -> Vec<f32> {
         let g = &self.g;
