@@ -238,6 +238,8 @@ struct Job<'a> {
     output: OutputPtr,
     /// `kernel[1] * cin` zeros: the row that out-of-bounds taps read.
     zeros: &'a [f32],
+    /// 1x1, stride 1, no padding: output pixel q reads input pixel q (same extents).
+    pointwise: bool,
 }
 
 /// The output buffer, written through by several tasks at once.
@@ -327,6 +329,7 @@ fn with_job(
             len: output.len(),
         },
         zeros: &zeros,
+        pointwise: g.kernel == [1, 1] && g.stride == [1, 1] && g.pads == [0; 4],
     });
 }
 

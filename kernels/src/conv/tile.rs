@@ -303,30 +303,44 @@ pub(super) unsafe fn tile_in<V: Vector, const MR: usize, const NV: usize>(
         }
     }
     let mut ptrs = [zeros; MR];
+    // 1x1, stride 1, unpadded, all input channels: output pixel q reads input pixel q's
+    // `cin` floats, found without the windows (about 100 instructions a tile less).
+    let pointwise = job.pointwise && kc == cin;
     for kh in 0..kh_n {
         let dy = (kh * g.dilation[0]) as isize;
         // Input row of each pixel for this kernel row, None in the padding.
         let mut rows = [None; MR];
-        let mut whole_rows = g.dilation[1] == 1 && kc == cin;
-        for i in 0..MR {
-            let ih = ih0[i] + dy;
-            if (0..in_h).contains(&ih) {
-                rows[i] = Some(image_row[i] + ih as usize);
-                whole_rows &= iw0[i] >= 0 && iw0[i] + kw_span < in_w;
+        let mut whole_rows = pointwise;
+        if pointwise {
+            for i in 0..MR {
+                // safety: pixel q0 + i is inside the output (caller), so it is inside the
+                // input, which has the same pixels; its `cin` floats are readable.
+                ptrs[i] = unsafe { input.add((q0 + i) * cin) };
             }
-        }
-        if rows.iter().all(Option::is_none) {
-            continue;
+        } else {
+            whole_rows = g.dilation[1] == 1 && kc == cin;
+            for i in 0..MR {
+                let ih = ih0[i] + dy;
+                if (0..in_h).contains(&ih) {
+                    rows[i] = Some(image_row[i] + ih as usize);
+                    whole_rows &= iw0[i] >= 0 && iw0[i] + kw_span < in_w;
+                }
+            }
+            if rows.iter().all(Option::is_none) {
+                continue;
+            }
+            if whole_rows {
+                for i in 0..MR {
+                    ptrs[i] = match rows[i] {
+                        // safety: `iw0 >= 0` and `iw0 + kw - 1 < in_w` (checked above), so
+                        // the `kw * cin` floats from here are pixels iw0.. of input row `r`.
+                        Some(r) => unsafe { input.add((r * g.in_w + iw0[i] as usize) * cin) },
+                        None => zeros,
+                    };
+                }
+            }
         }
         if whole_rows {
-            for i in 0..MR {
-                ptrs[i] = match rows[i] {
-                    // safety: `iw0 >= 0` and `iw0 + kw - 1 < in_w` (checked above), so the
-                    // `kw * cin` floats from here are pixels iw0.. of input row `r`.
-                    Some(r) => unsafe { input.add((r * g.in_w + iw0[i] as usize) * cin) },
-                    None => zeros,
-                };
-            }
             // safety: every pointer has `kw * cin` readable floats (above; `zeros` has
             // exactly that many); the weight rows kh*kw .. (kh+1)*kw of each panel used
             // are inside the panel.
