@@ -442,17 +442,12 @@ unsafe fn finish_whole_tile<V: Vector, const MR: usize, const NV: usize>(
         for i in 0..MR {
             for v in 0..NV {
                 let k = i * cout + v * V::LANES;
-                let mut y = acc[i][v];
                 if last_block {
-                    y = V::add(y, V::load(bias.add(v * V::LANES)));
-                    if let Some(r) = residual {
-                        y = V::add(y, V::load(r.add(at + k)));
-                    }
-                    if job.relu {
-                        y = V::relu(y);
-                    }
+                    let r = residual.map(|r| r.add(at + k));
+                    finish::<V>(acc[i][v], bias.add(v * V::LANES), r, job.relu, out.add(k), V::LANES);
+                } else {
+                    V::store(out.add(k), acc[i][v]);
                 }
-                V::store(out.add(k), y);
             }
         }
     }
