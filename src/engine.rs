@@ -310,17 +310,10 @@ impl Engine {
             }
         }
         match &self.pool {
-            Some(pool) => crate::exec::fast::run(
-                &self.file,
-                &self.weights,
-                &plan,
-                &mut self.arena,
-                isa,
-                pool,
-                timings,
-                observe,
-                last,
-            ),
+            Some(pool) => {
+                let (file, weights, arena) = (&self.file, &self.weights, &mut self.arena);
+                pool.enter(|| crate::exec::fast::run(file, weights, &plan, arena, isa, pool, timings, observe, last))
+            }
             None => crate::exec::run_reference(&self.file, &self.weights, &plan, &mut self.arena, timings),
         }
         if last.is_some() {

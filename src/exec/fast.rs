@@ -51,7 +51,7 @@ pub fn store_output(isa: Isa, shape: &[usize], batch: usize, src: &[f32], dst: &
 /// Sees each node's output right after the node ran: `(node index, output slot)`. The
 /// slot is in the executor's layout (NHWC for `[C, H, W]` values); calibration only
 /// needs the distribution of its values.
-pub type Observer<'a> = &'a mut dyn FnMut(usize, &[f32]);
+pub type Observer<'a> = &'a mut (dyn FnMut(usize, &[f32]) + Send);
 
 /// Runs the nodes up to and including `last` (every node when `None`); `timings`, if
 /// given, receives each node's wall time in seconds.

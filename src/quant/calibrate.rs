@@ -23,7 +23,7 @@ pub fn observe_chunk(
     meta: &ModelMeta,
     chunk: &[Sample],
     wanted: &[usize],
-    see: &mut dyn FnMut(usize, &[f32]),
+    see: &mut (dyn FnMut(usize, &[f32]) + Send),
 ) -> Result<()> {
     for (k, io) in meta.inputs.iter().enumerate() {
         if !wanted.contains(&io.value) {
@@ -57,7 +57,7 @@ pub fn histograms(fp32: &[u8], samples: &[Sample], wanted: &[usize]) -> Result<B
     let mut engine = Engine::from_file(file, EngineOptions::default())?;
 
     // Feeds every wanted value of every sample to `see`.
-    let mut each_value = |see: &mut dyn FnMut(usize, &[f32])| -> Result<()> {
+    let mut each_value = |see: &mut (dyn FnMut(usize, &[f32]) + Send)| -> Result<()> {
         for chunk in samples.chunks(RUN_BATCH) {
             observe_chunk(&mut engine, &meta, chunk, wanted, &mut |v, data| see(v, data))?;
         }
