@@ -63,7 +63,7 @@ pub struct Engine {
     pool: Option<PinnedPool>,
     weights: Params,
     plans: HashMap<usize, Plan>,
-    arena: Vec<f32>,
+    arena: crate::exec::arena::Arena,
 }
 
 impl std::fmt::Debug for Engine {
@@ -124,7 +124,7 @@ impl Engine {
             reference: options.reference,
             pool,
             plans: HashMap::new(),
-            arena: Vec::new(),
+            arena: Default::default(),
         })
     }
 
@@ -295,15 +295,14 @@ impl Engine {
     ) -> Result<Vec<(String, Tensor)>, EngineError> {
         let batch = self.check_inputs(inputs)?;
         let plan = self.plan(batch).clone();
-        if self.arena.len() < plan.arena_len {
-            self.arena.resize(plan.arena_len, 0.0);
-        }
+        self.arena.reserve(plan.arena_len);
+        let arena = self.arena.as_mut_slice();
         let meta = &self.file.meta;
         let isa = self.isa;
         for (name, t) in inputs {
             let spec = meta.inputs.iter().find(|i| i.name == *name).expect("checked");
             let slot = &plan.slots[spec.value];
-            let dst = &mut self.arena[slot.offset..slot.offset + slot.len];
+            let dst = &mut arena[slot.offset..slot.offset + slot.len];
             match &self.pool {
                 Some(_) => crate::exec::fast::load_input(isa, &spec.shape, batch, &t.data, dst),
                 None => dst.copy_from_slice(&t.data),
@@ -311,10 +310,10 @@ impl Engine {
         }
         match &self.pool {
             Some(pool) => {
-                let (file, weights, arena) = (&self.file, &self.weights, &mut self.arena);
+                let (file, weights) = (&self.file, &self.weights);
                 pool.enter(|| crate::exec::fast::run(file, weights, &plan, arena, isa, pool, timings, observe, last))
             }
-            None => crate::exec::run_reference(&self.file, &self.weights, &plan, &mut self.arena, timings),
+            None => crate::exec::run_reference(&self.file, &self.weights, &plan, arena, timings),
         }
         if last.is_some() {
             return Ok(Vec::new());
@@ -324,7 +323,7 @@ impl Engine {
             .iter()
             .map(|o| {
                 let slot = &plan.slots[o.value];
-                let src = &self.arena[slot.offset..slot.offset + slot.len];
+                let src = &self.arena.as_slice()[slot.offset..slot.offset + slot.len];
                 let mut data = vec![0f32; slot.len];
                 match &self.pool {
                     Some(_) => crate::exec::fast::store_output(isa, &o.shape, batch, src, &mut data),
