@@ -217,6 +217,26 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// Few input channels under a window wider than 1x1: the packed-window path (the stem),
+    /// with padding, strides, dilation and ragged pixel tiles.
+    #[test]
+    fn avx512_tiling_matches_reference_packed_windows(
+        (batch, h, w, cin, cout) in (1usize..=3, 1usize..=24, 1usize..=24, 1usize..=8, 1usize..=70),
+        (kh, kw, sh, sw, dh, dw) in (1usize..=7, 2usize..=7, 1usize..=3, 1usize..=3, 1usize..=2, 1usize..=2),
+        pads in [0usize..=3, 0usize..=3, 0usize..=3, 0usize..=3],
+        (residual, relu, threaded, seed) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>()),
+    ) {
+        let h = h.max((dh * (kh - 1) + 1).saturating_sub(pads[0] + pads[2]));
+        let w = w.max((dw * (kw - 1) + 1).saturating_sub(pads[1] + pads[3]));
+        let g = geometry(batch, [h, w], cin, cout, [kh, kw], [sh, sw], [dh, dw], pads);
+        let act = if relu { Epilogue::Relu } else { Epilogue::None };
+        let par: &dyn ParallelFor = if threaded { &ThreeThreads } else { &Serial };
+        Problem::new(g, residual, act, seed).check(par).map_err(TestCaseError::fail)?;
+    }
+}
+
 #[test]
 fn avx512_tiling_on_row_ends_and_resnet_shapes() {
     let mut shapes = vec![

@@ -102,6 +102,28 @@ pub fn arb_pointwise_problem() -> impl Strategy<Value = Problem> {
         })
 }
 
+/// Random convolutions with few input channels under a window wider than one column:
+/// the kernels' packed-window path (the stem: 7x7 over 3 channels), with padding,
+/// strides, dilation and ragged tiles.
+pub fn arb_packed_window_problem() -> impl Strategy<Value = Problem> {
+    (
+        (1usize..=3, 1usize..=24, 1usize..=24, 1usize..=8, 1usize..=70),
+        (1usize..=7, 2usize..=7, 1usize..=3, 1usize..=3, 1usize..=2, 1usize..=2),
+        [0usize..=3, 0usize..=3, 0usize..=3, 0usize..=3],
+        (any::<bool>(), any::<bool>(), any::<u64>()),
+    )
+        .prop_map(
+            |((batch, h, w, cin, cout), (kh, kw, sh, sw, dh, dw), pads, (res, relu, seed))| {
+                let span = |k: usize, d: usize| d * (k - 1) + 1;
+                let h = h.max(span(kh, dh).saturating_sub(pads[0] + pads[2]));
+                let w = w.max(span(kw, dw).saturating_sub(pads[1] + pads[3]));
+                let g = geometry(batch, [h, w], cin, cout, [kh, kw], [sh, sw], [dh, dw], pads);
+                let act = if relu { Epilogue::Relu } else { Epilogue::None };
+                problem(g, res, act, seed)
+            },
+        )
+}
+
 impl Problem {
     pub fn input_nhwc(&self) -> Vec<f32> {
         let g = &self.g;
