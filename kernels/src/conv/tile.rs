@@ -155,8 +155,15 @@ pub(super) unsafe fn run_range<V: Vector, const MR: usize, const NV: usize, cons
     // so each tile runs one long loop instead of a short one per kernel row.
     // On the stack: a heap buffer's drop on unwind made LLVM keep the accumulators in
     // memory in every tile of every layer (2.3x slower).
-    let mut patches = [0.0f32; PACKED_PIXELS * PACKED_WINDOW_MAX + PANEL];
     let packs = cin_blocks == 1 && MR <= PACKED_PIXELS && packs_windows(g);
+    // Filled (and zeroed) only where the layer packs: 14 KiB per task otherwise.
+    let mut storage;
+    let patches: &mut [f32] = if packs {
+        storage = [0.0f32; PACKED_PIXELS * PACKED_WINDOW_MAX + PANEL];
+        &mut storage
+    } else {
+        &mut []
+    };
     // One call site per tile shape: the kernel body is inlined at every call site, and
     // extra copies have made LLVM spill the accumulators (a third copy once made the
     // whole model 1.6x slower).
@@ -170,7 +177,7 @@ pub(super) unsafe fn run_range<V: Vector, const MR: usize, const NV: usize, cons
                 let packed = packs.then(|| {
                     // safety: the ISA of `V` is enabled (caller); `patches` holds
                     // PACKED_PIXELS windows of up to PACKED_WINDOW_MAX floats (`packs`).
-                    unsafe { pack_windows::<V, MR>(job, &windows, mr, &mut patches) };
+                    unsafe { pack_windows::<V, MR>(job, &windows, mr, patches) };
                     patches.as_ptr()
                 });
                 for ct in group.clone() {
