@@ -183,21 +183,35 @@ fn geometry(
     ConvGeometry::with_implied_output(batch, hw, cin, cout, kernel, stride, dilation, pads).unwrap()
 }
 
+/// One random convolution (window `kh x kw`, strides, dilation, pads) through the
+/// emulated AVX-512 tiling against the reference; the input grows when the dilated
+/// kernel would not fit the padded input.
+fn check_random_window(
+    (batch, h, w, cin, cout): (usize, usize, usize, usize, usize),
+    (kh, kw, sh, sw, dh, dw): (usize, usize, usize, usize, usize, usize),
+    pads: [usize; 4],
+    (residual, relu, threaded, seed): (bool, bool, bool, u64),
+) -> Result<(), TestCaseError> {
+    let h = h.max((dh * (kh - 1) + 1).saturating_sub(pads[0] + pads[2]));
+    let w = w.max((dw * (kw - 1) + 1).saturating_sub(pads[1] + pads[3]));
+    let g = geometry(batch, [h, w], cin, cout, [kh, kw], [sh, sw], [dh, dw], pads);
+    let act = if relu { Epilogue::Relu } else { Epilogue::None };
+    let par: &dyn ParallelFor = if threaded { &ThreeThreads } else { &Serial };
+    Problem::new(g, residual, act, seed)
+        .check(par)
+        .map_err(TestCaseError::fail)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
     fn avx512_tiling_matches_reference(
-        (batch, h, w, cin, cout) in (1usize..=5, 1usize..=20, 1usize..=20, 1usize..=70, 1usize..=70),
-        (kh, kw, sh, sw, dh, dw) in (1usize..=7, 1usize..=7, 1usize..=3, 1usize..=3, 1usize..=2, 1usize..=2),
+        sizes in (1usize..=5, 1usize..=20, 1usize..=20, 1usize..=70, 1usize..=70),
+        window in (1usize..=7, 1usize..=7, 1usize..=3, 1usize..=3, 1usize..=2, 1usize..=2),
         pads in [0usize..=3, 0usize..=3, 0usize..=3, 0usize..=3],
-        (residual, relu, threaded, seed) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>()),
+        flags in (any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>()),
     ) {
-        let h = h.max((dh * (kh - 1) + 1).saturating_sub(pads[0] + pads[2]));
-        let w = w.max((dw * (kw - 1) + 1).saturating_sub(pads[1] + pads[3]));
-        let g = geometry(batch, [h, w], cin, cout, [kh, kw], [sh, sw], [dh, dw], pads);
-        let act = if relu { Epilogue::Relu } else { Epilogue::None };
-        let par: &dyn ParallelFor = if threaded { &ThreeThreads } else { &Serial };
-        Problem::new(g, residual, act, seed).check(par).map_err(TestCaseError::fail)?;
+        check_random_window(sizes, window, pads, flags)?;
     }
 }
 
@@ -223,17 +237,12 @@ proptest! {
     /// with padding, strides, dilation and ragged pixel tiles.
     #[test]
     fn avx512_tiling_matches_reference_packed_windows(
-        (batch, h, w, cin, cout) in (1usize..=3, 1usize..=24, 1usize..=24, 1usize..=8, 1usize..=70),
-        (kh, kw, sh, sw, dh, dw) in (1usize..=7, 2usize..=7, 1usize..=3, 1usize..=3, 1usize..=2, 1usize..=2),
+        sizes in (1usize..=3, 1usize..=24, 1usize..=24, 1usize..=8, 1usize..=70),
+        window in (1usize..=7, 2usize..=7, 1usize..=3, 1usize..=3, 1usize..=2, 1usize..=2),
         pads in [0usize..=3, 0usize..=3, 0usize..=3, 0usize..=3],
-        (residual, relu, threaded, seed) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>()),
+        flags in (any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>()),
     ) {
-        let h = h.max((dh * (kh - 1) + 1).saturating_sub(pads[0] + pads[2]));
-        let w = w.max((dw * (kw - 1) + 1).saturating_sub(pads[1] + pads[3]));
-        let g = geometry(batch, [h, w], cin, cout, [kh, kw], [sh, sw], [dh, dw], pads);
-        let act = if relu { Epilogue::Relu } else { Epilogue::None };
-        let par: &dyn ParallelFor = if threaded { &ThreeThreads } else { &Serial };
-        Problem::new(g, residual, act, seed).check(par).map_err(TestCaseError::fail)?;
+        check_random_window(sizes, window, pads, flags)?;
     }
 }
 

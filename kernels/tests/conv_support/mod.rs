@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use proptest::prelude::*;
 use qp_kernels::conv::{pack_weights_oihw, ConvGeometry, Epilogue};
 use qp_kernels::parallel::ParallelFor;
+use std::ops::RangeInclusive;
 
 /// A convolution problem: geometry, NCHW input, OIHW weights, bias, optional residual
 /// (NHWC), activation.
@@ -67,9 +68,19 @@ pub fn problem(g: ConvGeometry, with_residual: bool, act: Epilogue, seed: u64) -
 /// tiny spatial sizes, any window, asymmetric pads. The input grows when the dilated
 /// kernel would not fit the padded input.
 pub fn arb_problem() -> impl Strategy<Value = Problem> {
+    arb_window_problem(1..=5, 1..=20, 1..=70, 1..=7)
+}
+
+/// `arb_problem` over the given batch, spatial, input-channel and kernel-width ranges.
+fn arb_window_problem(
+    batch: RangeInclusive<usize>,
+    hw: RangeInclusive<usize>,
+    cin: RangeInclusive<usize>,
+    kw: RangeInclusive<usize>,
+) -> impl Strategy<Value = Problem> {
     (
-        (1usize..=5, 1usize..=20, 1usize..=20, 1usize..=70, 1usize..=70),
-        (1usize..=7, 1usize..=7, 1usize..=3, 1usize..=3, 1usize..=2, 1usize..=2),
+        (batch, hw.clone(), hw, cin, 1usize..=70),
+        (1usize..=7, kw, 1usize..=3, 1usize..=3, 1usize..=2, 1usize..=2),
         [0usize..=3, 0usize..=3, 0usize..=3, 0usize..=3],
         (any::<bool>(), any::<bool>(), any::<u64>()),
     )
@@ -106,22 +117,7 @@ pub fn arb_pointwise_problem() -> impl Strategy<Value = Problem> {
 /// the kernels' packed-window path (the stem: 7x7 over 3 channels), with padding,
 /// strides, dilation and ragged tiles.
 pub fn arb_packed_window_problem() -> impl Strategy<Value = Problem> {
-    (
-        (1usize..=3, 1usize..=24, 1usize..=24, 1usize..=8, 1usize..=70),
-        (1usize..=7, 2usize..=7, 1usize..=3, 1usize..=3, 1usize..=2, 1usize..=2),
-        [0usize..=3, 0usize..=3, 0usize..=3, 0usize..=3],
-        (any::<bool>(), any::<bool>(), any::<u64>()),
-    )
-        .prop_map(
-            |((batch, h, w, cin, cout), (kh, kw, sh, sw, dh, dw), pads, (res, relu, seed))| {
-                let span = |k: usize, d: usize| d * (k - 1) + 1;
-                let h = h.max(span(kh, dh).saturating_sub(pads[0] + pads[2]));
-                let w = w.max(span(kw, dw).saturating_sub(pads[1] + pads[3]));
-                let g = geometry(batch, [h, w], cin, cout, [kh, kw], [sh, sw], [dh, dw], pads);
-                let act = if relu { Epilogue::Relu } else { Epilogue::None };
-                problem(g, res, act, seed)
-            },
-        )
+    arb_window_problem(1..=3, 1..=24, 1..=8, 2..=7)
 }
 
 impl Problem {
