@@ -25,6 +25,17 @@ pub(crate) struct Work {
     pub input: usize,
 }
 
+/// The weight bytes of one channel-tile group: half of a 512 KiB L2, so the group's
+/// weights stay there while its pixel tiles pass. The direct, Winograd and INT8 kernels
+/// run every channel tile of a group on a pixel tile before the next pixel tile.
+const CHANNEL_GROUP_WEIGHT_BUDGET: usize = 256 << 10;
+
+/// Channel tiles per group when one tile's weights take `tile_weight_bytes` (at least
+/// one).
+pub(crate) fn channel_group_len(tile_weight_bytes: usize) -> usize {
+    (CHANNEL_GROUP_WEIGHT_BUDGET / tile_weight_bytes.max(1)).max(1)
+}
+
 /// Splits the output into (pixel range, channel-tile range) tasks and runs them.
 ///
 /// Disjointness: pixel tiles `[t*PIXELS, (t+1)*PIXELS)` partition the output pixels and

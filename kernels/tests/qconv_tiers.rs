@@ -167,18 +167,21 @@ impl Problem {
             .map(|(i, &acc)| {
                 let co = i % cout;
                 let acc = i32::try_from(acc).expect("accumulator fits i32");
-                let mut y = acc.wrapping_add(self.bias[co]) as f32 * self.scale[co];
+                // Values in units of the output step: the output scale folded into the
+                // others, each product rounded once.
+                let u = if self.u8_output { 1.0 / OUT_SCALE } else { 1.0 };
+                let mut y = acc.wrapping_add(self.bias[co]) as f32 * (self.scale[co] * u);
                 y += match self.residual {
                     ResidualKind::None => 0.0,
-                    ResidualKind::F32 => self.residual_f32[i],
-                    ResidualKind::U8 => (self.residual_u8[i] as f32 - RESIDUAL_ZERO as f32) * RESIDUAL_SCALE,
+                    ResidualKind::F32 => self.residual_f32[i] * u,
+                    ResidualKind::U8 => (self.residual_u8[i] as f32 - RESIDUAL_ZERO as f32) * (RESIDUAL_SCALE * u),
                 };
                 if self.relu {
                     y = y.max(0.0);
                 }
                 if self.u8_output {
                     let z = OUT_ZERO as f32;
-                    ((y / OUT_SCALE).clamp(-z, 255.0 - z).round_ties_even() + z) as u32
+                    (y.clamp(-z, 255.0 - z).round_ties_even() + z) as u32
                 } else {
                     y.to_bits()
                 }

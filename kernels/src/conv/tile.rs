@@ -146,7 +146,7 @@ pub(super) unsafe fn run_range<V: Vector, const MR: usize, const NV: usize, cons
     // (weights too large for one tile) keep one channel tile per group, so one block's
     // weights stay in cache while the pixels stream past.
     let group_len = if cin_blocks == 1 {
-        channel_group_len(taps_cin * panels_per_tile * PANEL * 4)
+        crate::split::channel_group_len(taps_cin * panels_per_tile * PANEL * 4)
     } else {
         1
     };
@@ -203,16 +203,6 @@ pub(super) unsafe fn run_range<V: Vector, const MR: usize, const NV: usize, cons
             }
         }
     }
-}
-
-/// The weight bytes of one channel-tile group in `run_range`: half of a 512 KiB L2, so
-/// the group's weights stay there while its pixel tiles pass.
-const CHANNEL_GROUP_WEIGHT_BUDGET: usize = 256 << 10;
-
-/// Channel tiles per group when one tile's weights take `tile_weight_bytes` (at least
-/// one), shared by the direct and Winograd kernels.
-pub(super) fn channel_group_len(tile_weight_bytes: usize) -> usize {
-    (CHANNEL_GROUP_WEIGHT_BUDGET / tile_weight_bytes.max(1)).max(1)
 }
 
 /// Input-channel blocks per channel tile: splits `cin` when one tile's weights would

@@ -22,10 +22,11 @@
 
 use std::ops::Range;
 
-use super::tile::{accumulate, channel_group_len, finish, Vector};
+use super::tile::{accumulate, finish, Vector};
 use super::{effective_isa, product, ConvGeometry, Epilogue, CALLS_PER_TIER, PANEL};
 use crate::cpu::Isa;
 use crate::parallel::ParallelFor;
+use crate::split::channel_group_len;
 use crate::split::{Tiling, Work};
 
 /// Products per tile and channel pair: the 4x4 transformed window.

@@ -6,7 +6,7 @@
 
 use proptest::prelude::*;
 
-use super::reference::{max_f32, min_f32};
+use super::reference::{max_f32, min_f32, round_to_i32};
 use super::tile::{remainder_tile, run_range, QVector};
 use super::*;
 use crate::parallel::{Serial, ThreeThreads};
@@ -74,23 +74,26 @@ impl<const N: usize> QVector for Lanes<N> {
     unsafe fn mul(a: [f32; N], b: [f32; N]) -> [f32; N] {
         std::array::from_fn(|l| a[l] * b[l])
     }
-    unsafe fn div(a: [f32; N], b: [f32; N]) -> [f32; N] {
-        std::array::from_fn(|l| a[l] / b[l])
-    }
     unsafe fn max(a: [f32; N], b: [f32; N]) -> [f32; N] {
         std::array::from_fn(|l| max_f32(a[l], b[l]))
     }
     unsafe fn min(a: [f32; N], b: [f32; N]) -> [f32; N] {
         std::array::from_fn(|l| min_f32(a[l], b[l]))
     }
-    unsafe fn round_even(a: [f32; N]) -> [f32; N] {
-        a.map(f32::round_ties_even)
+    unsafe fn to_i32_round(a: [f32; N]) -> [i32; N] {
+        a.map(round_to_i32)
+    }
+    unsafe fn splat_i32(x: i32) -> [i32; N] {
+        [x; N]
+    }
+    unsafe fn max_i32(a: [i32; N], b: [i32; N]) -> [i32; N] {
+        std::array::from_fn(|l| a[l].max(b[l]))
     }
     unsafe fn store_f32(p: *mut f32, a: [f32; N], n: usize) {
         // safety: n writable lanes (trait contract).
         unsafe { std::slice::from_raw_parts_mut(p, n) }.copy_from_slice(&a[..n]);
     }
-    unsafe fn store_u8(p: *mut u8, a: [f32; N], n: usize) {
+    unsafe fn store_u8(p: *mut u8, a: [i32; N], n: usize) {
         // safety: n writable lanes (trait contract).
         let out = unsafe { std::slice::from_raw_parts_mut(p, n) };
         for (d, &x) in out.iter_mut().zip(&a) {

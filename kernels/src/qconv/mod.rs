@@ -1,18 +1,23 @@
 //! INT8 NHWC convolution (group 1): u8 activations with a zero point, s8 symmetric
 //! per-output-channel weights, exact i32 accumulation, and a fused f32 epilogue.
 //!
-//! Definition, per output element (pixel `q`, channel `co`):
+//! Definition, per output element (pixel `q`, channel `co`), with `u = 1 / out_scale` for
+//! u8 output and `u = 1` for f32 output:
 //! ```text
 //! acc  = Σ_{kh,kw,ci} x[tap][ci] * w[co][ci][kh][kw]      (u8 * s8, i32, exact)
 //!        where a tap in the padding reads `x_zero` (the quantized real zero)
-//! real = ((acc + bias_i32[co]) as f32) * scale[co]        (the i32 sum wraps)
-//! real = real + residual                                  (optional: f32, or u8 dequantized
-//!                                                          as ((r - r_zero) as f32) * r_scale)
-//! real = max(real, 0)                                     (optional ReLU)
-//! out  = real                                             (f32 output), or
-//! out  = round_half_even(clamp(real / out_scale, -z, 255 - z)) + z     (u8 output, z = out_zero)
+//! y    = ((acc + bias_i32[co]) as f32) * (scale[co] * u)  (the i32 sum wraps)
+//! y    = y + r * u                                        (optional residual: f32 `r`, or
+//!                                                          u8 as (r - r_zero) as f32 * (r_scale * u))
+//! y    = max(y, 0)                                        (optional ReLU)
+//! out  = y                                                (f32 output), or
+//! out  = max(round_half_even(min(y, 255 - z)) + z, 0)     (u8 output, z = out_zero; NaN -> 0)
 //! ```
-//! The kernel never subtracts `x_zero`: the caller folds it into the bias,
+//! So `y` is the real value in units of the output's quantization step, and the
+//! requantization is a multiply folded into the per-channel scale, not a divide per
+//! element (`vdivps` took a third of the epilogue). The products `scale[co] * u` and
+//! `r_scale * u` are rounded to f32 once per call. The kernel never subtracts `x_zero`:
+//! the caller folds it into the bias,
 //! `bias_i32[co] = round(bias[co] / scale[co]) - x_zero * Σ w[co]`, and `scale[co] =
 //! x_scale * w_scale[co]`. Padding taps read `x_zero`, so that folding is exact at the
 //! borders too. Every tier evaluates the epilogue with the same f32 operations in the same
@@ -184,7 +189,8 @@ pub enum QResidual<'a> {
 #[derive(Debug)]
 pub enum QOutput<'a> {
     F32(&'a mut [f32]),
-    /// Requantized: `round_half_even(clamp(real / scale, -zero, 255 - zero)) + zero`.
+    /// Requantized: `round_half_even(clamp(real / scale, -zero, 255 - zero)) + zero`, up to
+    /// the rounding of the folded scales (module docs).
     U8 {
         data: &'a mut [u8],
         scale: f32,
@@ -254,7 +260,7 @@ fn pixels(g: &QConvGeometry) -> usize {
 #[derive(Clone, Copy)]
 enum OutPtr {
     F32(*mut f32),
-    U8 { ptr: *mut u8, scale: f32, zero: u8 },
+    U8 { ptr: *mut u8, zero: u8 },
 }
 
 /// Everything a task needs, shared read-only between tasks.
@@ -264,8 +270,13 @@ struct Job<'a> {
     x_zero: u8,
     weights: &'a [i8],
     bias: &'a [i32],
+    /// `scale[co] * u` (module docs).
     scale: &'a [f32],
     residual: QResidual<'a>,
+    /// What the residual is multiplied by: `u` for f32, `r_scale * u` for u8.
+    residual_scale: f32,
+    /// 1x1, stride 1, unpadded: output pixel q reads input pixel q.
+    pointwise: bool,
     relu: bool,
     out: OutPtr,
     /// `kernel[1] * cin` bytes of `x_zero`: the row that out-of-bounds taps read.
@@ -368,23 +379,33 @@ fn with_job(
     f: impl FnOnce(&Job),
 ) {
     let pad_row = vec![x_zero; g.kernel[1] * g.cin];
+    let (out, u) = match out {
+        QOutput::F32(d) => (OutPtr::F32(d.as_mut_ptr()), 1.0),
+        QOutput::U8 { data, scale, zero } => (
+            OutPtr::U8 {
+                ptr: data.as_mut_ptr(),
+                zero: *zero,
+            },
+            1.0 / *scale,
+        ),
+    };
+    let folded_scale: Vec<f32> = scale.iter().map(|&s| s * u).collect();
+    let residual_scale = match residual {
+        QResidual::None | QResidual::F32(_) => u,
+        QResidual::U8 { scale, .. } => scale * u,
+    };
     f(&Job {
         g,
         input,
         x_zero,
         weights,
         bias,
-        scale,
+        scale: &folded_scale,
         residual,
+        residual_scale,
+        pointwise: g.kernel == [1, 1] && g.stride == [1, 1] && g.pads == [0; 4],
         relu,
-        out: match out {
-            QOutput::F32(d) => OutPtr::F32(d.as_mut_ptr()),
-            QOutput::U8 { data, scale, zero } => OutPtr::U8 {
-                ptr: data.as_mut_ptr(),
-                scale: *scale,
-                zero: *zero,
-            },
-        },
+        out,
         pad_row: &pad_row,
     });
 }

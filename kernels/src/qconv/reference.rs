@@ -31,15 +31,15 @@ pub(super) fn min_f32(a: f32, b: f32) -> f32 {
     }
 }
 
-/// The real value of output element `q * cout + co` from its accumulator: bias, scale,
-/// residual, activation.
+/// The value of output element `q * cout + co` from its accumulator, in units of the
+/// output's quantization step (module docs): bias, scale, residual, activation.
 pub(super) fn real_value(job: &Job, q: usize, co: usize, acc: i32) -> f32 {
     let i = q * job.g.cout + co;
     let mut y = acc.wrapping_add(job.bias[co]) as f32 * job.scale[co];
     match job.residual {
         QResidual::None => {}
-        QResidual::F32(r) => y += r[i],
-        QResidual::U8 { data, scale, zero } => y += (data[i] as f32 - zero as f32) * scale,
+        QResidual::F32(r) => y += r[i] * job.residual_scale,
+        QResidual::U8 { data, zero, .. } => y += (data[i] as f32 - zero as f32) * job.residual_scale,
     }
     if job.relu {
         y = max_f32(y, 0.0);
@@ -47,11 +47,20 @@ pub(super) fn real_value(job: &Job, q: usize, co: usize, acc: i32) -> f32 {
     y
 }
 
-/// `round_half_even(clamp(y / scale, -zero, 255 - zero)) + zero`.
-pub(super) fn requantize(y: f32, scale: f32, zero: u8) -> u8 {
-    let z = zero as f32;
-    let t = min_f32(max_f32(y / scale, -z), 255.0 - z);
-    (t.round_ties_even() + z) as u8
+/// `max(round_half_even(min(y, 255 - zero)) + zero, 0)`, NaN to 0.
+pub(super) fn requantize(y: f32, zero: u8) -> u8 {
+    let q = round_to_i32(min_f32(255.0 - zero as f32, y));
+    (q.wrapping_add(zero as i32)).max(0) as u8
+}
+
+/// Round half to even, `vcvtps2dq` semantics: NaN and values outside i32's range give
+/// i32::MIN.
+pub(super) fn round_to_i32(t: f32) -> i32 {
+    if t.is_nan() || !(-2_147_483_648.0..2_147_483_648.0).contains(&t) {
+        i32::MIN
+    } else {
+        t.round_ties_even() as i32
+    }
 }
 
 /// The exact accumulator of output channel `co` at output pixel `q`.
@@ -103,11 +112,11 @@ pub(super) fn conv_pixels(job: &Job, px: Range<usize>) {
                 *y = real_value(job, q, co, accumulator(job, q, co));
             }
         }
-        OutPtr::U8 { ptr, scale, zero } => {
+        OutPtr::U8 { ptr, zero } => {
             let out = unsafe { std::slice::from_raw_parts_mut(ptr.add(start), len) };
             for (k, y) in out.iter_mut().enumerate() {
                 let (q, co) = (px.start + k / cout, k % cout);
-                *y = requantize(real_value(job, q, co, accumulator(job, q, co)), scale, zero);
+                *y = requantize(real_value(job, q, co, accumulator(job, q, co)), zero);
             }
         }
     }

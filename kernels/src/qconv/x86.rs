@@ -106,10 +106,6 @@ macro_rules! ymm_epilogue {
             _mm256_mul_ps(a, b)
         }
         #[inline(always)]
-        unsafe fn div(a: __m256, b: __m256) -> __m256 {
-            _mm256_div_ps(a, b)
-        }
-        #[inline(always)]
         unsafe fn max(a: __m256, b: __m256) -> __m256 {
             _mm256_max_ps(a, b)
         }
@@ -118,8 +114,17 @@ macro_rules! ymm_epilogue {
             _mm256_min_ps(a, b)
         }
         #[inline(always)]
-        unsafe fn round_even(a: __m256) -> __m256 {
-            _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(a)
+        unsafe fn to_i32_round(a: __m256) -> __m256i {
+            // Rounds as MXCSR says: to nearest even, the only mode Rust code runs in.
+            _mm256_cvtps_epi32(a)
+        }
+        #[inline(always)]
+        unsafe fn splat_i32(x: i32) -> __m256i {
+            _mm256_set1_epi32(x)
+        }
+        #[inline(always)]
+        unsafe fn max_i32(a: __m256i, b: __m256i) -> __m256i {
+            _mm256_max_epi32(a, b)
         }
         #[inline(always)]
         unsafe fn store_f32(p: *mut f32, a: __m256, n: usize) {
@@ -135,11 +140,14 @@ macro_rules! ymm_epilogue {
             }
         }
         #[inline(always)]
-        unsafe fn store_u8(p: *mut u8, a: __m256, n: usize) {
-            // Integral lanes in 0..=255: the conversion is exact and the packs saturate
-            // nothing.
-            let v = _mm256_cvtps_epi32(a);
-            let words = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        fn prefetch(p: *const u8) {
+            // safety: a prefetch is a hint that never faults, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
+        }
+        #[inline(always)]
+        unsafe fn store_u8(p: *mut u8, a: __m256i, n: usize) {
+            // Lanes in 0..=255: the packs saturate nothing.
+            let words = _mm_packus_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256::<1>(a));
             let bytes = _mm_packus_epi16(words, words);
             if n == 8 {
                 // safety: 8 writable bytes (trait contract).
@@ -335,10 +343,6 @@ impl QVector for Vnni512 {
         _mm512_mul_ps(a, b)
     }
     #[inline(always)]
-    unsafe fn div(a: __m512, b: __m512) -> __m512 {
-        _mm512_div_ps(a, b)
-    }
-    #[inline(always)]
     unsafe fn max(a: __m512, b: __m512) -> __m512 {
         _mm512_max_ps(a, b)
     }
@@ -347,8 +351,16 @@ impl QVector for Vnni512 {
         _mm512_min_ps(a, b)
     }
     #[inline(always)]
-    unsafe fn round_even(a: __m512) -> __m512 {
-        _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(a)
+    unsafe fn to_i32_round(a: __m512) -> __m512i {
+        _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(a)
+    }
+    #[inline(always)]
+    unsafe fn splat_i32(x: i32) -> __m512i {
+        _mm512_set1_epi32(x)
+    }
+    #[inline(always)]
+    unsafe fn max_i32(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_max_epi32(a, b)
     }
     #[inline(always)]
     unsafe fn store_f32(p: *mut f32, a: __m512, n: usize) {
@@ -356,10 +368,15 @@ impl QVector for Vnni512 {
         unsafe { _mm512_mask_storeu_ps(p, lane_mask(n), a) }
     }
     #[inline(always)]
-    unsafe fn store_u8(p: *mut u8, a: __m512, n: usize) {
-        // safety: masked-off bytes are not written; bytes 0..n are writable. Integral
-        // lanes in 0..=255 convert exactly and do not saturate.
-        unsafe { _mm512_mask_cvtusepi32_storeu_epi8(p.cast(), lane_mask(n), _mm512_cvtps_epi32(a)) }
+    fn prefetch(p: *const u8) {
+        // safety: a prefetch is a hint that never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn store_u8(p: *mut u8, a: __m512i, n: usize) {
+        // safety: masked-off bytes are not written; bytes 0..n are writable. Lanes in
+        // 0..=255 do not saturate.
+        unsafe { _mm512_mask_cvtusepi32_storeu_epi8(p.cast(), lane_mask(n), a) }
     }
 }
 
