@@ -308,6 +308,35 @@ macro_rules! tier_tests {
             }
 
             #[test]
+            fn non_finite_and_huge_values_requantize_as_the_scalar_tier() {
+                if !supported($tier) {
+                    return;
+                }
+                // A residual this large swamps the convolution's value: u8 outputs clamp
+                // to 255 for +inf and 1e30, to 0 for -inf, -1e30 and (without ReLU) NaN.
+                let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30];
+                let g = geometry(1, [5, 7], 20, 37, [1, 1], [1, 1], [1, 1], [0; 4]);
+                for relu in [false, true] {
+                    let mut p = Problem::new(g, 11, max_input($tier)).with(ResidualKind::F32, relu, true);
+                    for (i, r) in p.residual_f32.iter_mut().enumerate().filter(|(i, _)| i % 3 == 0) {
+                        *r = specials[i / 3 % specials.len()];
+                    }
+                    check_tier($tier, &Serial, &p).unwrap_or_else(|e| panic!("relu {relu}: {e}"));
+                    let got = p.run($tier, &Serial);
+                    for (i, &r) in p.residual_f32.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
+                        let want = match (r.is_nan(), relu) {
+                            (true, true) => OUT_ZERO as u32,
+                            (true, false) => 0,
+                            _ if r > 0.0 => 255,
+                            _ if relu => OUT_ZERO as u32,
+                            _ => 0,
+                        };
+                        assert_eq!(got[i], want, "relu {relu}, residual {r} at {i}");
+                    }
+                }
+            }
+
+            #[test]
             fn extreme_values_do_not_saturate() {
                 if !supported($tier) {
                     return;
