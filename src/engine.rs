@@ -181,7 +181,8 @@ impl Engine {
         self.plans.entry(batch).or_insert_with(|| Plan::new(meta, batch))
     }
 
-    /// Checks names, shapes, batch and values; returns the batch size.
+    /// Checks names, shapes and batch; returns the batch size. Values are checked as they
+    /// are copied in (`run_inner`).
     fn check_inputs(&self, inputs: &[(&str, Tensor)]) -> Result<usize, EngineError> {
         let meta = &self.file.meta;
         let mut batch = None;
@@ -217,12 +218,6 @@ impl Engine {
                 return Err(EngineError::BadInput(format!(
                     "inputs disagree on the batch size ({} vs {b})",
                     batch.unwrap_or(0)
-                )));
-            }
-            if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
-                return Err(EngineError::BadInput(format!(
-                    "input {name:?} holds a non-finite value ({}) at flat index {i}",
-                    t.data[i]
                 )));
             }
         }
@@ -303,9 +298,19 @@ impl Engine {
             let spec = meta.inputs.iter().find(|i| i.name == *name).expect("checked");
             let slot = &plan.slots[spec.value];
             let dst = &mut arena[slot.offset..slot.offset + slot.len];
-            match &self.pool {
+            let finite = match &self.pool {
                 Some(_) => crate::exec::fast::load_input(isa, &spec.shape, batch, &t.data, dst),
-                None => dst.copy_from_slice(&t.data),
+                None => {
+                    dst.copy_from_slice(&t.data);
+                    t.data.iter().all(|v| v.is_finite())
+                }
+            };
+            if !finite {
+                let i = t.data.iter().position(|v| !v.is_finite()).unwrap_or(0);
+                return Err(EngineError::BadInput(format!(
+                    "input {name:?} holds a non-finite value ({}) at flat index {i}",
+                    t.data[i]
+                )));
             }
         }
         match &self.pool {

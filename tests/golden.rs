@@ -137,6 +137,44 @@ fn unsupported_ops_are_named_with_their_nodes() {
 }
 
 #[test]
+fn non_finite_inputs_are_refused_with_their_index() {
+    // The image (3 channels, reordered with the check fused in) and params (copied), on
+    // every executor; a later run with clean inputs still works.
+    let dir = fixtures().join("tiny_bn");
+    let image = qp::npy::read(&dir.join("inputs/image.npy")).unwrap();
+    let params = qp::npy::read(&dir.join("inputs/params.npy")).unwrap();
+    for (exec, options) in executors() {
+        let mut engine = Engine::from_file(convert_case(&dir).unwrap(), options).unwrap();
+        let last = image.data.len() - 1;
+        for (name, at, value) in [
+            ("image", 0, f32::NAN),
+            ("image", last / 2, f32::INFINITY),
+            ("image", last, f32::NEG_INFINITY),
+            ("params", 1, f32::NAN),
+        ] {
+            let (mut bad_image, mut bad_params) = (image.clone(), params.clone());
+            match name {
+                "image" => bad_image.data[at] = value,
+                _ => bad_params.data[at] = value,
+            }
+            let err = engine
+                .run(&[("image", bad_image), ("params", bad_params)])
+                .expect_err("a non-finite input must be refused")
+                .to_string();
+            assert!(
+                err.contains(&format!(
+                    "input \"{name}\" holds a non-finite value ({value}) at flat index {at}"
+                )),
+                "{exec}: {err}"
+            );
+        }
+        engine
+            .run(&[("image", image.clone()), ("params", params.clone())])
+            .unwrap_or_else(|e| panic!("{exec}: clean inputs after refusals: {e}"));
+    }
+}
+
+#[test]
 fn batch_sizes_agree_with_each_other() {
     // The same sample must give the same answer alone and inside a batch.
     let dir = fixtures().join("tiny_bn");

@@ -4,6 +4,12 @@
 //! `[c][h*w]` to `[h*w][c]`, and back. The SIMD tiers transpose 8x8 tiles in registers
 //! (256-bit shuffles; the AVX-512 tier compiles the same tile code with AVX-512 enabled,
 //! which suits a memory-bound copy) and do the ragged borders with scalar code.
+//!
+//! Model inputs go through `nchw_to_nhwc_finite`, which also tells whether every value is
+//! finite, so the engine's input check is not a second pass over the image. Three
+//! channels (RGB images) have their own interleave: the transpose above leaves a
+//! 3-row matrix wholly to its scalar border code (about 85 µs for a 224x224 image, plus
+//! 45-100 µs for a separate finiteness scan).
 
 use crate::cpu::Isa;
 use crate::simd::resolve;
@@ -12,6 +18,156 @@ use crate::simd::resolve;
 pub fn nchw_to_nhwc(isa: Isa, batch: usize, c: usize, h: usize, w: usize, src: &[f32], dst: &mut [f32]) {
     check_lengths("nchw_to_nhwc", batch, c, h, w, src, dst);
     transpose_batched(isa, batch, c, h * w, src, dst);
+}
+
+/// `nchw_to_nhwc`, returning whether every value of `src` is finite (no NaN or infinity).
+pub fn nchw_to_nhwc_finite(isa: Isa, batch: usize, c: usize, h: usize, w: usize, src: &[f32], dst: &mut [f32]) -> bool {
+    check_lengths("nchw_to_nhwc_finite", batch, c, h, w, src, dst);
+    let hw = h * w;
+    if c != 3 || hw == 0 {
+        transpose_batched(isa, batch, c, hw, src, dst);
+        return src.iter().all(|v| v.is_finite());
+    }
+    let mut finite = true;
+    for (s, d) in src.chunks_exact(3 * hw).zip(dst.chunks_exact_mut(3 * hw)) {
+        let (r, rest) = s.split_at(hw);
+        let (g, b) = rest.split_at(hw);
+        finite &= match resolve(isa) {
+            #[cfg(target_arch = "x86_64")]
+            // safety: AVX-512 F confirmed; the planes and `d` have the lengths checked there.
+            Isa::Avx512 => unsafe { interleave3_avx512(r, g, b, d) },
+            #[cfg(target_arch = "x86_64")]
+            // safety: AVX2 and FMA confirmed; as above.
+            Isa::Avx2 => unsafe { interleave3_avx2(r, g, b, d) },
+            _ => interleave3_scalar(r, g, b, d, 0),
+        };
+    }
+    finite
+}
+
+/// Pixels `from..` of three planes into `dst` (`3 * len` values, RGBRGB...); whether they
+/// are all finite.
+fn interleave3_scalar(r: &[f32], g: &[f32], b: &[f32], dst: &mut [f32], from: usize) -> bool {
+    assert!(g.len() == r.len() && b.len() == r.len() && dst.len() == 3 * r.len());
+    let mut finite = true;
+    for p in from..r.len() {
+        dst[3 * p..3 * p + 3].copy_from_slice(&[r[p], g[p], b[p]]);
+        finite &= r[p].is_finite() & g[p].is_finite() & b[p].is_finite();
+    }
+    finite
+}
+
+/// `interleave3_scalar` 16 pixels at a time: each output vector takes its lanes from two
+/// planes with one two-source permute and from the third with a masked permute. The
+/// finiteness check rides along: `x * 0` is zero for finite `x` and NaN otherwise, and
+/// sums of those stay zero only if every value was finite.
+///
+/// # Safety
+/// AVX-512 F must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn interleave3_avx512(r: &[f32], g: &[f32], b: &[f32], dst: &mut [f32]) -> bool {
+    use std::arch::x86_64::*;
+    let n = r.len();
+    assert!(g.len() == n && b.len() == n && dst.len() == 3 * n);
+    // Output lane l of vector k holds channel (16k + l) % 3 of pixel (16k + l) / 3: from r
+    // (index p) or g (index 16 + p) in the first step, from b in the second.
+    let lane = |k: usize, l: usize| ((16 * k + l) / 3, (16 * k + l) % 3);
+    let rg_index = |k: usize| {
+        std::array::from_fn::<i32, 16, _>(|l| match lane(k, l) {
+            (p, 1) => 16 + p as i32,
+            (p, _) => p as i32,
+        })
+    };
+    let b_index = |k: usize| std::array::from_fn::<i32, 16, _>(|l| lane(k, l).0 as i32);
+    let b_mask = |k: usize| (0..16).filter(|&l| lane(k, l).1 == 2).fold(0u16, |m, l| m | 1 << l);
+    let (rg, bi, bm) = (
+        [rg_index(0), rg_index(1), rg_index(2)],
+        [b_index(0), b_index(1), b_index(2)],
+        [b_mask(0), b_mask(1), b_mask(2)],
+    );
+    let zero = _mm512_setzero_ps();
+    let mut check = zero;
+    let (rp, gp, bp, dp) = (r.as_ptr(), g.as_ptr(), b.as_ptr(), dst.as_mut_ptr());
+    let full = n / 16 * 16;
+    for p in (0..full).step_by(16) {
+        // safety (this block): p + 16 <= n, so 16 values of each plane from p and 48 of
+        // dst from 3p are in bounds.
+        unsafe {
+            let (x, y, z) = (
+                _mm512_loadu_ps(rp.add(p)),
+                _mm512_loadu_ps(gp.add(p)),
+                _mm512_loadu_ps(bp.add(p)),
+            );
+            check = _mm512_fmadd_ps(x, zero, check);
+            check = _mm512_fmadd_ps(y, zero, check);
+            check = _mm512_fmadd_ps(z, zero, check);
+            for k in 0..3 {
+                let v = _mm512_permutex2var_ps(x, _mm512_loadu_si512(rg[k].as_ptr().cast()), y);
+                let v = _mm512_mask_permutexvar_ps(v, bm[k], _mm512_loadu_si512(bi[k].as_ptr().cast()), z);
+                _mm512_storeu_ps(dp.add(3 * p + 16 * k), v);
+            }
+        }
+    }
+    let finite = _mm512_cmpneq_ps_mask(check, zero) == 0;
+    finite & interleave3_scalar(r, g, b, dst, full)
+}
+
+/// The AVX2 form of `interleave3_avx512`, 8 pixels at a time: each output vector is three
+/// one-source permutes blended.
+///
+/// # Safety
+/// AVX2 and FMA must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn interleave3_avx2(r: &[f32], g: &[f32], b: &[f32], dst: &mut [f32]) -> bool {
+    use std::arch::x86_64::*;
+    let n = r.len();
+    assert!(g.len() == n && b.len() == n && dst.len() == 3 * n);
+    let lane = |k: usize, l: usize| ((8 * k + l) / 3, (8 * k + l) % 3);
+    let index = |k: usize| std::array::from_fn::<i32, 8, _>(|l| lane(k, l).0 as i32);
+    // All-ones lanes where the channel is `ch`.
+    let select = |k: usize, ch: usize| std::array::from_fn::<i32, 8, _>(|l| -((lane(k, l).1 == ch) as i32));
+    let idx = [index(0), index(1), index(2)];
+    let (g_sel, b_sel) = (
+        [select(0, 1), select(1, 1), select(2, 1)],
+        [select(0, 2), select(1, 2), select(2, 2)],
+    );
+    let zero = _mm256_setzero_ps();
+    let mut check = zero;
+    let (rp, gp, bp, dp) = (r.as_ptr(), g.as_ptr(), b.as_ptr(), dst.as_mut_ptr());
+    let full = n / 8 * 8;
+    for p in (0..full).step_by(8) {
+        // safety (this block): p + 8 <= n, so 8 values of each plane from p and 24 of dst
+        // from 3p are in bounds.
+        unsafe {
+            let (x, y, z) = (
+                _mm256_loadu_ps(rp.add(p)),
+                _mm256_loadu_ps(gp.add(p)),
+                _mm256_loadu_ps(bp.add(p)),
+            );
+            check = _mm256_fmadd_ps(x, zero, check);
+            check = _mm256_fmadd_ps(y, zero, check);
+            check = _mm256_fmadd_ps(z, zero, check);
+            for k in 0..3 {
+                let i = _mm256_loadu_si256(idx[k].as_ptr().cast());
+                let v = _mm256_permutevar8x32_ps(x, i);
+                let v = _mm256_blendv_ps(
+                    v,
+                    _mm256_permutevar8x32_ps(y, i),
+                    _mm256_castsi256_ps(_mm256_loadu_si256(g_sel[k].as_ptr().cast())),
+                );
+                let v = _mm256_blendv_ps(
+                    v,
+                    _mm256_permutevar8x32_ps(z, i),
+                    _mm256_castsi256_ps(_mm256_loadu_si256(b_sel[k].as_ptr().cast())),
+                );
+                _mm256_storeu_ps(dp.add(3 * p + 8 * k), v);
+            }
+        }
+    }
+    let finite = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NEQ_UQ>(check, zero)) == 0;
+    finite & interleave3_scalar(r, g, b, dst, full)
 }
 
 /// `[batch][h][w][c]` -> `[batch][c][h][w]`.

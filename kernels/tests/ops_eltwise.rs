@@ -58,6 +58,9 @@ fn check_reorder(isa: Isa, batch: usize, c: usize, h: usize, w: usize, seed: u64
     nchw_to_nhwc_scalar(batch, c, h, w, &x, &mut nhwc_ref);
     nchw_to_nhwc(isa, batch, c, h, w, &x, &mut nhwc);
     prop_assert_eq!(&nhwc, &nhwc_ref);
+    let mut checked = vec![f32::NAN; x.len()];
+    prop_assert!(nchw_to_nhwc_finite(isa, batch, c, h, w, &x, &mut checked));
+    prop_assert_eq!(&checked, &nhwc_ref);
     let mut back_ref = vec![0.0; x.len()];
     let mut back = vec![f32::NAN; x.len()];
     nhwc_to_nchw_scalar(batch, c, h, w, &nhwc, &mut back_ref);
@@ -75,6 +78,24 @@ macro_rules! tier_tests {
                 #[test]
                 fn elementwise_matches_reference(len in 0usize..300, relu in any::<bool>(), seed in any::<u64>()) {
                     check_elementwise($isa, len, relu, seed)?;
+                }
+
+                /// One non-finite value anywhere (each SIMD body's lanes, the scalar tail,
+                /// any batch sample) is reported, and the copy is still made.
+                #[test]
+                fn reorder_reports_non_finite_values(
+                    batch in 1usize..=3, c in prop_oneof![Just(3usize), 1usize..=9], hw in 1usize..=70,
+                    at in any::<prop::sample::Index>(), special in 0usize..3, seed in any::<u64>(),
+                ) {
+                    let mut x = values(seed, batch * c * hw);
+                    let i = at.index(x.len());
+                    x[i] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][special];
+                    let mut reference = vec![0.0; x.len()];
+                    nchw_to_nhwc_scalar(batch, c, hw, 1, &x, &mut reference);
+                    let mut got = vec![0.0; x.len()];
+                    prop_assert!(!nchw_to_nhwc_finite($isa, batch, c, hw, 1, &x, &mut got), "value {} at {}", x[i], i);
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    prop_assert_eq!(bits(&got), bits(&reference));
                 }
 
                 #[test]

@@ -30,12 +30,14 @@ fn epilogue(a: Activation) -> Epilogue {
     }
 }
 
-/// Copies a model input (NCHW) into its slot in the executor's layout.
-pub fn load_input(isa: Isa, shape: &[usize], batch: usize, src: &[f32], dst: &mut [f32]) {
+/// Copies a model input (NCHW) into its slot in the executor's layout; returns whether
+/// every value was finite (checked during the copy).
+pub fn load_input(isa: Isa, shape: &[usize], batch: usize, src: &[f32], dst: &mut [f32]) -> bool {
     if is_blocked(shape) {
-        reorder::nchw_to_nhwc(isa, batch, shape[0], shape[1], shape[2], src, dst);
+        reorder::nchw_to_nhwc_finite(isa, batch, shape[0], shape[1], shape[2], src, dst)
     } else {
         dst.copy_from_slice(src);
+        src.iter().all(|v| v.is_finite())
     }
 }
 
