@@ -19,9 +19,9 @@
 //! - `Avx2`: 4 pixels x 16 channels = 8 ymm + 4 weight halves + 2 input halves.
 //! - `Avx2Act7`: 4 pixels x 16 channels = 8 ymm + 2 weights + input + ones + product.
 //!
-//! The VNNI types cannot run on the machines that test this crate so far (AVX-512 VNNI
-//! and AVX-VNNI hardware absent); `emulated_tests` runs their exact tilings with a
-//! plain-Rust vector, which leaves only the intrinsic wrappers below untested there.
+//! The tier tests run every type the CPU has natively; `emulated_tests` also runs the VNNI
+//! tilings with a plain-Rust vector, so their indexing is tested on CPUs without AVX512-
+//! VNNI or AVX-VNNI (there only the intrinsic wrappers below go untested).
 
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
@@ -29,6 +29,12 @@ use std::ops::Range;
 
 use super::tile::{remainder_tile, run_range, QVector};
 use super::{Job, Tiling};
+
+/// All-ones in lanes `0..n` of 8 (n <= 8): the mask of AVX2's masked loads and stores.
+#[inline(always)]
+unsafe fn ymm_lane_mask(n: usize) -> __m256i {
+    _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+}
 
 /// The 256-bit i32/f32 epilogue methods, shared by every ymm vector type.
 macro_rules! ymm_epilogue {
@@ -46,12 +52,9 @@ macro_rules! ymm_epilogue {
                 // safety: 8 readable lanes (trait contract).
                 return unsafe { _mm256_loadu_si256(p.cast()) };
             }
-            let mut lanes = [0i32; 8];
-            // safety: lanes 0..n are readable (trait contract); n <= 8.
-            unsafe {
-                std::ptr::copy_nonoverlapping(p, lanes.as_mut_ptr(), n);
-                _mm256_loadu_si256(lanes.as_ptr().cast())
-            }
+            // safety: masked-off lanes are neither read nor fault; lanes 0..n are
+            // readable (trait contract).
+            unsafe { _mm256_maskload_epi32(p, ymm_lane_mask(n)) }
         }
         #[inline(always)]
         unsafe fn add_i32(a: __m256i, b: __m256i) -> __m256i {
@@ -71,15 +74,13 @@ macro_rules! ymm_epilogue {
                 // safety: 8 readable lanes (trait contract).
                 return unsafe { _mm256_loadu_ps(p) };
             }
-            let mut lanes = [0.0f32; 8];
-            // safety: lanes 0..n are readable (trait contract); n <= 8.
-            unsafe {
-                std::ptr::copy_nonoverlapping(p, lanes.as_mut_ptr(), n);
-                _mm256_loadu_ps(lanes.as_ptr())
-            }
+            // safety: as `load_i32`.
+            unsafe { _mm256_maskload_ps(p, ymm_lane_mask(n)) }
         }
         #[inline(always)]
         unsafe fn load_u8(p: *const u8, n: usize) -> __m256 {
+            // AVX2 has no masked byte loads or stores: partial u8 vectors go through a
+            // stack copy (ragged channel counts only).
             if n == 8 {
                 // safety: 8 readable bytes (trait contract).
                 let b = unsafe { _mm_loadl_epi64(p.cast()) };
@@ -128,16 +129,15 @@ macro_rules! ymm_epilogue {
         }
         #[inline(always)]
         unsafe fn store_f32(p: *mut f32, a: __m256, n: usize) {
+            // Whole vectors unmasked: a masked store costs more, and much more on
+            // some AMD cores.
             if n == 8 {
                 // safety: 8 writable lanes (trait contract).
                 return unsafe { _mm256_storeu_ps(p, a) };
             }
-            let mut lanes = [0.0f32; 8];
-            // safety: lanes 0..n are writable (trait contract); n <= 8.
-            unsafe {
-                _mm256_storeu_ps(lanes.as_mut_ptr(), a);
-                std::ptr::copy_nonoverlapping(lanes.as_ptr(), p, n);
-            }
+            // safety: masked-off lanes are not written; lanes 0..n are writable (trait
+            // contract).
+            unsafe { _mm256_maskstore_ps(p, ymm_lane_mask(n), a) }
         }
         #[inline(always)]
         fn prefetch(p: *const u8) {
