@@ -119,7 +119,9 @@ impl SpinTeam {
             let handle = std::thread::Builder::new()
                 .name(format!("qp-helper-{i}"))
                 .spawn(move || {
-                    on_start(i);
+                    // A failed start hook (say, pinning) must not lose the helper: every
+                    // job waits for all of them.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| on_start(i)));
                     helper_loop(&shared, i);
                 })?;
             team.helpers.push(handle);
@@ -320,6 +322,12 @@ mod spin_team_tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn a_failing_start_hook_keeps_the_helper() {
+        let team = SpinTeam::new(2, |i| assert_ne!(i, 1, "hook fails on helper {i}")).unwrap();
+        assert!(counts(&team, 10).iter().all(|&c| c == 1));
     }
 
     #[test]

@@ -113,10 +113,8 @@ pub(super) unsafe fn run_range<V: QVector, const MR: usize, const NV: usize, con
     let panels = g.cout.div_ceil(PANEL);
     // As in the FP32 kernel: channel tiles are taken in groups whose weights fit in half
     // of L2, and within a group pixel tiles are the outer loop, so the output and the
-    // residual are written and read in address order and each pixel tile's inputs stay
-    // in L1 across the group's channel tiles. One channel tile at a time over all pixels
-    // wrote 32 of every `cout` bytes per pass: the 64 -> 256 1x1 layers ran at 31% of
-    // the VNNI peak.
+    // residual are written and read in address order, and a pixel tile's windows are
+    // computed once and its inputs stay in L1 across the group's channel tiles.
     let tile_weight_bytes = g.kernel[0] * g.kernel[1] * g.cin.div_ceil(GROUP) * PANEL * GROUP * panels_per_tile;
     let group_len = crate::split::channel_group_len(tile_weight_bytes);
     // One call site per tile shape (see the FP32 kernel: extra inlined copies spill).
