@@ -65,6 +65,24 @@ pub(crate) mod x86 {
     /// `8 - n` has its first `n` lanes set.
     static AVX2_TAIL_MASK: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
 
+    /// Lanes `0..n` (n <= 8) as an AVX2 mask (sign bit set), computed in registers: the
+    /// kernels' tile epilogues use it with `vpmaskmov`. (A copy through a stack buffer
+    /// instead made the compiler spill the FP32 tile's accumulators around every
+    /// epilogue.)
+    ///
+    /// # Safety
+    /// AVX2 must be enabled (callers are AVX2 vector methods).
+    #[inline(always)]
+    pub(crate) unsafe fn avx2_lane_mask(n: usize) -> __m256i {
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+    }
+
+    /// Lanes `0..n` (n <= 16) as an AVX-512 mask.
+    #[inline(always)]
+    pub(crate) fn lane_mask16(n: usize) -> __mmask16 {
+        ((1u32 << n) - 1) as __mmask16
+    }
+
     impl F32x for Avx2 {
         type V = __m256;
         const LANES: usize = 8;

@@ -14,6 +14,7 @@ use std::ops::Range;
 use super::tile::{remainder_tile, run_range, Block, Vector};
 use super::winograd::{run_phase, Phase, WinogradJob};
 use super::{Job, Tiling};
+use crate::simd::x86::{avx2_lane_mask, lane_mask16};
 
 pub(super) struct Avx512;
 
@@ -37,7 +38,7 @@ impl Vector for Avx512 {
     #[inline(always)]
     unsafe fn load_partial(p: *const f32, n: usize) -> __m512 {
         // safety: masked-off lanes are neither read nor fault; lanes 0..n are readable.
-        unsafe { _mm512_maskz_loadu_ps(lane_mask(n), p) }
+        unsafe { _mm512_maskz_loadu_ps(lane_mask16(n), p) }
     }
     #[inline(always)]
     unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
@@ -63,30 +64,13 @@ impl Vector for Avx512 {
     #[inline(always)]
     unsafe fn store_partial(p: *mut f32, a: __m512, n: usize) {
         // safety: masked-off lanes are not written; lanes 0..n are writable.
-        unsafe { _mm512_mask_storeu_ps(p, lane_mask(n), a) }
+        unsafe { _mm512_mask_storeu_ps(p, lane_mask16(n), a) }
     }
     #[inline(always)]
     fn prefetch(p: *const f32) {
         // safety: a prefetch is a hint that never faults, whatever the address.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
     }
-}
-
-/// Mask of lanes `0..n` (n <= 16).
-#[inline(always)]
-fn lane_mask(n: usize) -> __mmask16 {
-    ((1u32 << n) - 1) as __mmask16
-}
-
-/// Lanes `0..n` (n <= 8) as an AVX mask (sign bit set). Masked moves instead of a copy
-/// through a stack buffer: the `memcpy` calls of the copy made the compiler spill the
-/// tile's accumulators around every epilogue, full tiles included.
-///
-/// # Safety
-/// AVX2 must be enabled (callers are the AVX2 vector methods).
-#[inline(always)]
-unsafe fn avx2_lane_mask(n: usize) -> __m256i {
-    _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
 }
 
 pub(super) struct Avx2;

@@ -29,12 +29,7 @@ use std::ops::Range;
 
 use super::tile::{remainder_tile, run_range, QVector};
 use super::{Job, Tiling};
-
-/// All-ones in lanes `0..n` of 8 (n <= 8): the mask of AVX2's masked loads and stores.
-#[inline(always)]
-unsafe fn ymm_lane_mask(n: usize) -> __m256i {
-    _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
-}
+use crate::simd::x86::{avx2_lane_mask, lane_mask16};
 
 /// The 256-bit i32/f32 epilogue methods, shared by every ymm vector type.
 macro_rules! ymm_epilogue {
@@ -54,7 +49,7 @@ macro_rules! ymm_epilogue {
             }
             // safety: masked-off lanes are neither read nor fault; lanes 0..n are
             // readable (trait contract).
-            unsafe { _mm256_maskload_epi32(p, ymm_lane_mask(n)) }
+            unsafe { _mm256_maskload_epi32(p, avx2_lane_mask(n)) }
         }
         #[inline(always)]
         unsafe fn add_i32(a: __m256i, b: __m256i) -> __m256i {
@@ -75,7 +70,7 @@ macro_rules! ymm_epilogue {
                 return unsafe { _mm256_loadu_ps(p) };
             }
             // safety: as `load_i32`.
-            unsafe { _mm256_maskload_ps(p, ymm_lane_mask(n)) }
+            unsafe { _mm256_maskload_ps(p, avx2_lane_mask(n)) }
         }
         #[inline(always)]
         unsafe fn load_u8(p: *const u8, n: usize) -> __m256 {
@@ -137,7 +132,7 @@ macro_rules! ymm_epilogue {
             }
             // safety: masked-off lanes are not written; lanes 0..n are writable (trait
             // contract).
-            unsafe { _mm256_maskstore_ps(p, ymm_lane_mask(n), a) }
+            unsafe { _mm256_maskstore_ps(p, avx2_lane_mask(n), a) }
         }
         #[inline(always)]
         fn prefetch(p: *const u8) {
@@ -273,12 +268,6 @@ impl<D: Dpbusd256> QVector for Vnni256<D> {
 /// `vpdpbusd` on zmm, 16 lanes.
 pub(super) struct Vnni512;
 
-/// Mask of lanes `0..n` (n <= 16).
-#[inline(always)]
-fn lane_mask(n: usize) -> __mmask16 {
-    ((1u32 << n) - 1) as __mmask16
-}
-
 impl QVector for Vnni512 {
     type I = __m512i;
     type F = __m512;
@@ -305,7 +294,7 @@ impl QVector for Vnni512 {
     #[inline(always)]
     unsafe fn load_i32(p: *const i32, n: usize) -> __m512i {
         // safety: masked-off lanes are neither read nor fault; lanes 0..n are readable.
-        unsafe { _mm512_maskz_loadu_epi32(lane_mask(n), p) }
+        unsafe { _mm512_maskz_loadu_epi32(lane_mask16(n), p) }
     }
     #[inline(always)]
     unsafe fn add_i32(a: __m512i, b: __m512i) -> __m512i {
@@ -322,12 +311,12 @@ impl QVector for Vnni512 {
     #[inline(always)]
     unsafe fn load_f32(p: *const f32, n: usize) -> __m512 {
         // safety: masked-off lanes are neither read nor fault; lanes 0..n are readable.
-        unsafe { _mm512_maskz_loadu_ps(lane_mask(n), p) }
+        unsafe { _mm512_maskz_loadu_ps(lane_mask16(n), p) }
     }
     #[inline(always)]
     unsafe fn load_u8(p: *const u8, n: usize) -> __m512 {
         // safety: masked-off bytes are neither read nor fault; bytes 0..n are readable.
-        let b = unsafe { _mm_maskz_loadu_epi8(lane_mask(n), p.cast()) };
+        let b = unsafe { _mm_maskz_loadu_epi8(lane_mask16(n), p.cast()) };
         _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b))
     }
     #[inline(always)]
@@ -365,7 +354,7 @@ impl QVector for Vnni512 {
     #[inline(always)]
     unsafe fn store_f32(p: *mut f32, a: __m512, n: usize) {
         // safety: masked-off lanes are not written; lanes 0..n are writable.
-        unsafe { _mm512_mask_storeu_ps(p, lane_mask(n), a) }
+        unsafe { _mm512_mask_storeu_ps(p, lane_mask16(n), a) }
     }
     #[inline(always)]
     fn prefetch(p: *const u8) {
@@ -376,7 +365,7 @@ impl QVector for Vnni512 {
     unsafe fn store_u8(p: *mut u8, a: __m512i, n: usize) {
         // safety: masked-off bytes are not written; bytes 0..n are writable. Lanes in
         // 0..=255 do not saturate.
-        unsafe { _mm512_mask_cvtusepi32_storeu_epi8(p.cast(), lane_mask(n), a) }
+        unsafe { _mm512_mask_cvtusepi32_storeu_epi8(p.cast(), lane_mask16(n), a) }
     }
 }
 
