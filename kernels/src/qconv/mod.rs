@@ -16,8 +16,8 @@
 //! So `y` is the real value in units of the output's quantization step, and the
 //! requantization is a multiply folded into the per-channel scale, not a divide per
 //! element (`vdivps` took a third of the epilogue). The products `scale[co] * u` and
-//! `r_scale * u` are rounded to f32 once per call. The kernel never subtracts `x_zero`:
-//! the caller folds it into the bias,
+//! `r_scale * u` are each one f32 multiply, formed once per channel vector of a tile. The
+//! kernel never subtracts `x_zero`: the caller folds it into the bias,
 //! `bias_i32[co] = round(bias[co] / scale[co]) - x_zero * Σ w[co]`, and `scale[co] =
 //! x_scale * w_scale[co]`. Padding taps read `x_zero`, so that folding is exact at the
 //! borders too. Every tier evaluates the epilogue with the same f32 operations in the same
@@ -270,8 +270,10 @@ struct Job<'a> {
     x_zero: u8,
     weights: &'a [i8],
     bias: &'a [i32],
-    /// `scale[co] * u` (module docs).
     scale: &'a [f32],
+    /// `u` (module docs): `scale[co] * u` is the per-channel factor, formed where it is
+    /// used (a multiply per channel vector and tile) rather than in a buffer per call.
+    unit: f32,
     residual: QResidual<'a>,
     /// What the residual is multiplied by: `u` for f32, `r_scale * u` for u8.
     residual_scale: f32,
@@ -389,7 +391,6 @@ fn with_job(
             1.0 / *scale,
         ),
     };
-    let folded_scale: Vec<f32> = scale.iter().map(|&s| s * u).collect();
     let residual_scale = match residual {
         QResidual::None | QResidual::F32(_) => u,
         QResidual::U8 { scale, .. } => scale * u,
@@ -400,7 +401,8 @@ fn with_job(
         x_zero,
         weights,
         bias,
-        scale: &folded_scale,
+        scale,
+        unit: u,
         residual,
         residual_scale,
         pointwise: g.kernel == [1, 1] && g.stride == [1, 1] && g.pads == [0; 4],

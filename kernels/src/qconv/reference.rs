@@ -35,7 +35,7 @@ pub(super) fn min_f32(a: f32, b: f32) -> f32 {
 /// output's quantization step (module docs): bias, scale, residual, activation.
 pub(super) fn real_value(job: &Job, q: usize, co: usize, acc: i32) -> f32 {
     let i = q * job.g.cout + co;
-    let mut y = acc.wrapping_add(job.bias[co]) as f32 * job.scale[co];
+    let mut y = acc.wrapping_add(job.bias[co]) as f32 * (job.scale[co] * job.unit);
     match job.residual {
         QResidual::None => {}
         QResidual::F32(r) => y += r[i] * job.residual_scale,

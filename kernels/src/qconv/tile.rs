@@ -392,7 +392,7 @@ unsafe fn epilogue<V: QVector, const MR: usize, const NV: usize>(
                 break;
             }
             let lanes = V::LANES.min(cout - ch);
-            let scale = V::load_f32(job.scale.as_ptr().add(ch), lanes);
+            let scale = V::mul(V::load_f32(job.scale.as_ptr().add(ch), lanes), V::splat(job.unit));
             for i in 0..MR {
                 let at = (q0 + i) * cout + ch;
                 let mut y = V::mul(V::to_f32(acc[i][v]), scale);
