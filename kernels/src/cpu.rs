@@ -74,6 +74,7 @@ impl Features {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
+            let amx = amx_int8_usable();
             Features {
                 avx2: has!("avx2"),
                 fma: has!("fma"),
@@ -85,11 +86,8 @@ impl Features {
                 avx512vnni: has!("avx512vnni"),
                 avx512bf16: has!("avx512bf16"),
                 avxvnni: has!("avxvnni"),
-                // AMX detection through the std macro is unstable; cpuid leaf 7 bits
-                // (plus the OS's XTILEDATA permission) would be needed. Not used by any
-                // kernel yet, so reported from raw cpuid only in the CPU profile.
-                amx_tile: false,
-                amx_int8: false,
+                amx_tile: amx,
+                amx_int8: amx,
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -108,6 +106,35 @@ impl Features {
             Isa::Scalar
         }
     }
+}
+
+/// AMX-TILE and AMX-INT8 (cpuid leaf 7; the std macro's AMX names are unstable), and
+/// only once the OS has granted this process the tile data state.
+#[cfg(target_arch = "x86_64")]
+fn amx_int8_usable() -> bool {
+    let cpu_has = raw_cpuid::CpuId::new()
+        .get_extended_feature_info()
+        .is_some_and(|f| f.has_amx_tile() && f.has_amx_int8());
+    cpu_has && request_tile_permission()
+}
+
+/// Asks Linux for this process's permission to use the AMX tile data state; without it
+/// the first tile instruction faults. Process-wide and idempotent; refused (so AMX goes
+/// unused) by kernels without AMX support.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn request_tile_permission() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // safety: arch_prctl with these arguments only changes the process's permitted
+    // extended-state set; it reads and writes no memory of ours.
+    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+}
+
+/// Elsewhere AMX goes unused: no Mac has it, and other systems would need their own
+/// request.
+#[cfg(all(target_arch = "x86_64", not(target_os = "linux")))]
+fn request_tile_permission() -> bool {
+    false
 }
 
 /// Features detected once per process.

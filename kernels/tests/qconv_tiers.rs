@@ -9,8 +9,8 @@ use proptest::prelude::*;
 use qp_kernels::cpu::{features, Features, Isa};
 use qp_kernels::parallel::{ParallelFor, Serial};
 use qp_kernels::qconv::{
-    calls_per_tier, effective_tier, int8_tier, pack_weights_s8, packed_weight_len, qconv2d_nhwc, qconv2d_nhwc_tier,
-    Int8Tier, QConvGeometry, QOutput, QResidual,
+    calls_per_tier, effective_tier, int8_tier, int8_tier_capped, pack_weights_s8, packed_weight_len, qconv2d_nhwc,
+    qconv2d_nhwc_tier, Int8Tier, QConvGeometry, QOutput, QResidual,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -241,13 +241,35 @@ fn arb_geometry() -> impl Strategy<Value = QConvGeometry> {
         })
 }
 
+/// `arb_geometry` with `cin` a multiple of 64 (what the AMX kernel takes) in most cases.
+fn arb_amx_geometry() -> impl Strategy<Value = QConvGeometry> {
+    (arb_geometry(), 0usize..=4).prop_map(|(g, k)| match k {
+        0 => g,
+        k => geometry(
+            g.batch,
+            [g.in_h, g.in_w],
+            64 * k.min(3),
+            g.cout,
+            g.kernel,
+            g.stride,
+            g.dilation,
+            g.pads,
+        ),
+    })
+}
+
 fn check_tier(tier: Int8Tier, par: &dyn ParallelFor, p: &Problem) -> Result<(), String> {
     // The counters are shared with tests running concurrently: they only grow.
     let before = calls_per_tier();
     assert_eq!(effective_tier(tier), tier, "{} would be lowered", tier.name());
     let got = p.run(tier, par);
-    let index = Int8Tier::ALL.iter().position(|&t| t == tier).unwrap();
-    assert!(calls_per_tier()[index] > before[index], "{} did not run", tier.name());
+    // The AMX kernel takes layers whose `cin` is a multiple of 64, VNNI the others.
+    let ran = match tier {
+        Int8Tier::Amx if !p.g.cin.is_multiple_of(64) => Int8Tier::Avx512Vnni,
+        t => t,
+    };
+    let index = Int8Tier::ALL.iter().position(|&t| t == ran).unwrap();
+    assert!(calls_per_tier()[index] > before[index], "{} did not run", ran.name());
     first_difference(&got, &p.run(Int8Tier::Scalar, &Serial), tier.name()).map_err(|e| format!("{:?}: {e}", p.g))
 }
 
@@ -263,7 +285,7 @@ fn resnet_shapes() -> Vec<QConvGeometry> {
 }
 
 macro_rules! tier_tests {
-    ($($name:ident: $tier:expr;)*) => {$(
+    ($($name:ident: $tier:expr, $geometry:expr;)*) => {$(
         mod $name {
             use super::*;
 
@@ -271,7 +293,7 @@ macro_rules! tier_tests {
                 #![proptest_config(ProptestConfig::with_cases(96))]
                 #[test]
                 fn matches_scalar_on_random_geometry(
-                    g in arb_geometry(),
+                    g in $geometry,
                     residual in residual_kind(),
                     (relu, u8_output, seed) in (any::<bool>(), any::<bool>(), any::<u64>()),
                 ) {
@@ -283,7 +305,7 @@ macro_rules! tier_tests {
 
                 #[test]
                 fn threaded_split_matches_scalar(
-                    g in arb_geometry(),
+                    g in $geometry,
                     threads in 2usize..=5,
                     seed in any::<u64>(),
                 ) {
@@ -365,11 +387,12 @@ macro_rules! tier_tests {
 }
 
 tier_tests! {
-    avx2: Int8Tier::Avx2;
-    avx2_act7: Int8Tier::Avx2Act7;
-    avx_vnni: Int8Tier::AvxVnni;
-    avx512_vnni_256: Int8Tier::Avx512Vnni256;
-    avx512_vnni: Int8Tier::Avx512Vnni;
+    avx2: Int8Tier::Avx2, arb_geometry();
+    avx2_act7: Int8Tier::Avx2Act7, arb_geometry();
+    avx_vnni: Int8Tier::AvxVnni, arb_geometry();
+    avx512_vnni_256: Int8Tier::Avx512Vnni256, arb_geometry();
+    avx512_vnni: Int8Tier::Avx512Vnni, arb_geometry();
+    amx: Int8Tier::Amx, arb_amx_geometry();
 }
 
 proptest! {
@@ -463,6 +486,23 @@ fn int8_tier_follows_the_fp32_cap_and_features() {
         ..Features::default()
     };
     assert_eq!(int8_tier(Isa::Avx512, &all), Int8Tier::Avx512Vnni);
+    let sapphire_rapids = Features {
+        amx_tile: true,
+        amx_int8: true,
+        ..all
+    };
+    assert_eq!(int8_tier(Isa::Avx512, &sapphire_rapids), Int8Tier::Amx);
+    assert_eq!(
+        int8_tier_capped(Isa::Avx512, &sapphire_rapids, Int8Tier::Avx512Vnni),
+        Int8Tier::Avx512Vnni
+    );
+    assert_eq!(
+        int8_tier_capped(Isa::Avx512, &sapphire_rapids, Int8Tier::Avx2),
+        Int8Tier::Avx2
+    );
+    assert_eq!("AMX".parse::<Int8Tier>(), Ok(Int8Tier::Amx));
+    assert!("vnni".parse::<Int8Tier>().unwrap_err().contains("avx512-vnni"));
+    assert_eq!(int8_tier(Isa::Avx2, &sapphire_rapids), Int8Tier::AvxVnni);
     assert_eq!(int8_tier(Isa::Avx2, &all), Int8Tier::AvxVnni);
     assert_eq!(int8_tier(Isa::Scalar, &all), Int8Tier::Scalar);
     let zen4 = Features { avxvnni: false, ..all };

@@ -42,6 +42,8 @@
 //! Work is split into disjoint (pixel-tile range, channel-tile range) tasks handed to the
 //! caller's `ParallelFor`, as in `conv`.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod reference;
 mod tile;
 #[cfg(target_arch = "x86_64")]
@@ -84,16 +86,20 @@ pub enum Int8Tier {
     Avx512Vnni256,
     /// AVX512-VNNI on zmm.
     Avx512Vnni,
+    /// AMX tiles (`tdpbusd`) for layers whose `cin` is a multiple of 64, AVX512-VNNI
+    /// zmm for the rest (`amx`).
+    Amx,
 }
 
 impl Int8Tier {
-    pub const ALL: [Int8Tier; 6] = [
+    pub const ALL: [Int8Tier; 7] = [
         Int8Tier::Scalar,
         Int8Tier::Avx2,
         Int8Tier::Avx2Act7,
         Int8Tier::AvxVnni,
         Int8Tier::Avx512Vnni256,
         Int8Tier::Avx512Vnni,
+        Int8Tier::Amx,
     ];
 
     pub fn name(self) -> &'static str {
@@ -104,6 +110,7 @@ impl Int8Tier {
             Int8Tier::AvxVnni => "avx-vnni",
             Int8Tier::Avx512Vnni256 => "avx512-vnni-256",
             Int8Tier::Avx512Vnni => "avx512-vnni",
+            Int8Tier::Amx => "amx",
         }
     }
 
@@ -115,12 +122,14 @@ impl Int8Tier {
             Int8Tier::Avx2 | Int8Tier::Avx2Act7 => f.avx2,
             Int8Tier::AvxVnni => f.avxvnni && f.avx2,
             Int8Tier::Avx512Vnni256 | Int8Tier::Avx512Vnni => avx512_vnni,
+            Int8Tier::Amx => avx512_vnni && f.amx_tile && f.amx_int8,
         }
     }
 
     /// The next tier to try when this one is not supported.
     fn fallback(self) -> Int8Tier {
         match self {
+            Int8Tier::Amx => Int8Tier::Avx512Vnni,
             Int8Tier::Avx512Vnni => Int8Tier::Avx512Vnni256,
             Int8Tier::Avx512Vnni256 => Int8Tier::AvxVnni,
             Int8Tier::AvxVnni => Int8Tier::Avx2,
@@ -129,18 +138,73 @@ impl Int8Tier {
     }
 }
 
+impl std::str::FromStr for Int8Tier {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Int8Tier, String> {
+        let s = s.trim().to_ascii_lowercase();
+        Int8Tier::ALL.into_iter().find(|t| t.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Int8Tier::ALL.iter().map(|t| t.name()).collect();
+            format!("unknown INT8 tier {s:?} (expected one of: {})", names.join(", "))
+        })
+    }
+}
+
+impl Int8Tier {
+    /// Whether this tier is at or below `cap` in the automatic order scalar < avx2 <
+    /// avx-vnni < avx512-vnni-256 < avx512-vnni < amx (`avx2-act7` counts as `avx2`).
+    fn within(self, cap: Int8Tier) -> bool {
+        let rank = |t: Int8Tier| match t {
+            Int8Tier::Scalar => 0,
+            Int8Tier::Avx2 | Int8Tier::Avx2Act7 => 1,
+            Int8Tier::AvxVnni => 2,
+            Int8Tier::Avx512Vnni256 => 3,
+            Int8Tier::Avx512Vnni => 4,
+            Int8Tier::Amx => 5,
+        };
+        rank(self) <= rank(cap)
+    }
+}
+
+/// The cap from `QP_MAX_INT8` (an INT8 tier name), read once per process. It lowers the
+/// INT8 tier below what `QP_MAX_ISA` allows, e.g. `avx512-vnni` keeps a CPU with AMX on
+/// its VNNI kernels, so both run on one machine. An unknown name is an error.
+pub fn env_int8_cap() -> Result<Option<Int8Tier>, String> {
+    static CAP: std::sync::OnceLock<Result<Option<Int8Tier>, String>> = std::sync::OnceLock::new();
+    CAP.get_or_init(|| match std::env::var("QP_MAX_INT8") {
+        Ok(v) if !v.trim().is_empty() => v.parse().map(Some).map_err(|e| format!("QP_MAX_INT8: {e}")),
+        _ => Ok(None),
+    })
+    .clone()
+}
+
+/// The INT8 tier this process runs for the FP32 tier `isa`: `int8_tier` on this CPU,
+/// lowered to `QP_MAX_INT8` (an invalid value leaves it unlowered; engines refuse to load
+/// with one, see `env_int8_cap`).
+pub fn select_int8_tier(isa: Isa) -> Int8Tier {
+    let f = cpu::features();
+    match env_int8_cap() {
+        Ok(Some(cap)) => int8_tier_capped(isa, f, cap),
+        _ => int8_tier(isa, f),
+    }
+}
+
 /// The best exact INT8 tier for an FP32 tier cap `isa` on a CPU with features `f`:
-/// AVX512-VNNI needs `Isa::Avx512`, AVX-VNNI and AVX2 need `Isa::Avx2`.
+/// AMX and AVX512-VNNI need `Isa::Avx512`, AVX-VNNI and AVX2 need `Isa::Avx2`.
 pub fn int8_tier(isa: Isa, f: &Features) -> Int8Tier {
+    int8_tier_capped(isa, f, Int8Tier::Amx)
+}
+
+/// `int8_tier`, at most `cap`.
+pub fn int8_tier_capped(isa: Isa, f: &Features, cap: Int8Tier) -> Int8Tier {
     let candidates: &[Int8Tier] = match isa {
-        Isa::Avx512 => &[Int8Tier::Avx512Vnni, Int8Tier::AvxVnni, Int8Tier::Avx2],
+        Isa::Avx512 => &[Int8Tier::Amx, Int8Tier::Avx512Vnni, Int8Tier::AvxVnni, Int8Tier::Avx2],
         Isa::Avx2 => &[Int8Tier::AvxVnni, Int8Tier::Avx2],
         Isa::Scalar => &[],
     };
     candidates
         .iter()
         .copied()
-        .find(|t| t.supported(f))
+        .find(|t| t.supported(f) && t.within(cap))
         .unwrap_or(Int8Tier::Scalar)
 }
 
@@ -155,7 +219,8 @@ pub fn effective_tier(requested: Int8Tier) -> Int8Tier {
     t
 }
 
-static CALLS_PER_TIER: [AtomicU64; 6] = [
+static CALLS_PER_TIER: [AtomicU64; 7] = [
+    AtomicU64::new(0),
     AtomicU64::new(0),
     AtomicU64::new(0),
     AtomicU64::new(0),
@@ -166,7 +231,7 @@ static CALLS_PER_TIER: [AtomicU64; 6] = [
 
 /// How many convolutions each tier has run in this process, indexed like
 /// `Int8Tier::ALL`: shows which kernels actually ran.
-pub fn calls_per_tier() -> [u64; 6] {
+pub fn calls_per_tier() -> [u64; 7] {
     CALLS_PER_TIER.each_ref().map(|c| c.load(Ordering::Relaxed))
 }
 
@@ -292,7 +357,8 @@ struct Job<'a> {
 unsafe impl Sync for Job<'_> {}
 
 /// Quantized NHWC convolution, group 1, on the best exact tier the CPU has at or below
-/// the FP32 tier `isa` (see `int8_tier`). Arguments as `qconv2d_nhwc_tier`.
+/// the FP32 tier `isa` and `QP_MAX_INT8` (`select_int8_tier`). Arguments as
+/// `qconv2d_nhwc_tier`.
 #[allow(clippy::too_many_arguments)]
 pub fn qconv2d_nhwc(
     isa: Isa,
@@ -307,7 +373,7 @@ pub fn qconv2d_nhwc(
     relu: bool,
     out: QOutput<'_>,
 ) {
-    let tier = int8_tier(isa, cpu::features());
+    let tier = select_int8_tier(isa);
     qconv2d_nhwc_tier(
         tier, par, g, input, x_zero, weights, bias_i32, scale, residual, relu, out,
     );
@@ -346,7 +412,11 @@ pub fn qconv2d_nhwc_tier(
             "qconv2d_nhwc: the avx2-act7 tier needs activations and x_zero <= 127"
         );
     }
-    let tier = effective_tier(tier);
+    let mut tier = effective_tier(tier);
+    #[cfg(target_arch = "x86_64")]
+    if tier == Int8Tier::Amx && !amx::takes(g) {
+        tier = Int8Tier::Avx512Vnni;
+    }
     let tier_index = Int8Tier::ALL.iter().position(|&t| t == tier).unwrap_or(0);
     CALLS_PER_TIER[tier_index].fetch_add(1, Ordering::Relaxed);
     if pixels(g) == 0 || g.cout == 0 {
@@ -421,6 +491,11 @@ fn run_tier(tier: Int8Tier, par: &dyn ParallelFor, job: &Job) {
             // reported the features its shim enables; `job` passed `check_args`; the
             // ranges come from `run_tasks`, disjoint from every other task's.
             unsafe { x86::run_avx512_vnni(job, px, co) }
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Int8Tier::Amx => run_tasks(par, job, amx::AmxTiles, |px, co| {
+            // safety: as above, and the caller checked `amx::takes`.
+            unsafe { amx::run_amx(job, px, co) }
         }),
         #[cfg(target_arch = "x86_64")]
         Int8Tier::Avx512Vnni256 => run_tasks(par, job, x86::Vnni256Tiles, |px, co| {

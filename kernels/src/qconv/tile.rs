@@ -372,7 +372,7 @@ unsafe fn accumulate<V: QVector, const MR: usize, const NV: usize>(
 /// # Safety
 /// As `tile`.
 #[inline(always)]
-unsafe fn epilogue<V: QVector, const MR: usize, const NV: usize>(
+pub(super) unsafe fn epilogue<V: QVector, const MR: usize, const NV: usize>(
     job: &Job,
     q0: usize,
     first_panel: usize,
