@@ -110,6 +110,9 @@ impl Engine {
                     .into(),
             ));
         }
+        if int8 {
+            qp_kernels::qconv::env_int8_cap().map_err(EngineError::Config)?;
+        }
         let pool = if options.reference {
             None
         } else {

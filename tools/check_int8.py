@@ -3,7 +3,7 @@
 on every kernel tier against ONNX Runtime FP32.
 
     python tools/check_int8.py --qp-engine PATH/TO/qp-engine --workdir DIR [--calibrate DIR]
-                               [--tiers scalar,avx2,avx512]
+                               [--tiers scalar,avx2,avx512,amx]
 
 Runs after tools/compare_full.py has written DIR/qualitynet_features.onnx and
 DIR/b3/{inputs,ort}/ (it reuses them). Calibration data: --calibrate, else the PNG icons of
@@ -16,7 +16,7 @@ Checks, each a regression budget set from measurements on this model (docs/PERFO
     0.991 and 0.9995; 0.067, 0.958 and 0.9994 without);
   - on the batch-3 pseudo-inputs, every tier's ssim is within 0.15 of ORT FP32 (measured:
     0.078) and the tiers agree with each other within 2e-3, the pooled features within
-    cosine 0.998.
+    cosine 0.998; where the CPU has AMX, the AMX and AVX512-VNNI tiers agree bit for bit.
 Exit status: 0 on success, 1 on a failed check, 2 on a usage or tool error.
 """
 import argparse
@@ -61,12 +61,22 @@ def cosine(a, b):
     return float(np.min((a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
 
 
+def cpu_has_amx():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "amx_int8" in f.read()
+    except OSError:
+        return False
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--qp-engine", required=True)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--calibrate")
-    ap.add_argument("--tiers", default="scalar,avx2,avx512")
+    ap.add_argument("--tiers", default="scalar,avx2,avx512,amx",
+                    help="avx512 runs the AVX512-VNNI kernels (QP_MAX_INT8=avx512-vnni); amx the AMX "
+                         "ones, where the CPU has them")
     args = ap.parse_args(argv)
     engine = os.path.abspath(args.qp_engine)
     convert = os.path.join(os.path.dirname(engine), "qp-convert")
@@ -104,12 +114,20 @@ def main(argv=None):
     inputs = [f"--input=image={os.path.join(b3, 'inputs', 'image.npy')}",
               f"--input=params={os.path.join(b3, 'inputs', 'params.npy')}"]
     first = None
+    outputs = {}
     for tier in args.tiers.split(","):
+        if tier == "amx" and not cpu_has_amx():
+            print("tier amx    : skipped, this CPU has no AMX")
+            continue
         out = os.path.join(args.workdir, f"int8_{tier}")
         os.makedirs(out, exist_ok=True)
-        env = dict(os.environ, QP_MAX_ISA=tier)
+        env = dict(os.environ, QP_MAX_ISA="avx512" if tier == "amx" else tier)
+        env.pop("QP_MAX_INT8", None)
+        if tier == "avx512":
+            env["QP_MAX_INT8"] = "avx512-vnni"
         run([engine, "run", "--model", int8, *inputs, "--out", out], env=env)
         got = {n: np.load(os.path.join(out, f"{n}.npy")) for n in ("ssim", "features")}
+        outputs[tier] = got
         delta = float(np.abs(got["ssim"] - ort["ssim"]).max())
         cos = cosine(got["features"], ort["features"])
         print(f"tier {tier:7s}: max |ssim - ort fp32| {delta:.4f}, min feature cosine {cos:.5f}")
@@ -119,6 +137,12 @@ def main(argv=None):
             first = got
         elif float(np.abs(got["ssim"] - first["ssim"]).max()) > 2e-3:
             failures.append(f"tier {tier} disagrees with {args.tiers.split(',')[0]} by more than 2e-3")
+    # Both sum exactly in i32 and share one epilogue: any difference is a kernel bug.
+    if "amx" in outputs and "avx512" in outputs:
+        same = all(np.array_equal(outputs["amx"][n], outputs["avx512"][n]) for n in ("ssim", "features"))
+        print(f"amx and avx512-vnni outputs bit-identical: {same}")
+        if not same:
+            failures.append("the AMX and AVX512-VNNI tiers differ (they must be bit-identical)")
     for f in failures:
         print("FAIL:", f)
     print("PASS" if not failures else "FAILED")

@@ -460,8 +460,13 @@ fn cpu_profile(args: &BenchArgs, meta: &ModelMeta) -> Result<()> {
         }
     );
     if probe.meta().nodes.iter().any(|n| n.op.kind() == "qconv") {
-        let tier = qp_kernels::qconv::int8_tier(chosen, qp_kernels::cpu::features());
-        println!("INT8 convolutions: tier {}", tier.name());
+        let tier = qp_kernels::qconv::select_int8_tier(chosen);
+        let note = if tier == qp_kernels::qconv::Int8Tier::Amx {
+            " (AVX512-VNNI for layers whose input channels are not a multiple of 64)"
+        } else {
+            ""
+        };
+        println!("INT8 convolutions: tier {}{note}", tier.name());
     }
     drop(probe);
 
