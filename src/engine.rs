@@ -154,6 +154,14 @@ impl Engine {
         }
     }
 
+    /// The INT8 convolution tier this engine runs (`qconv::select_int8_tier`), for a model
+    /// with INT8 convolutions; AMX takes the layers with a multiple of 64 input channels,
+    /// AVX512-VNNI the others.
+    pub fn int8_tier(&self) -> Option<qp_kernels::qconv::Int8Tier> {
+        let int8 = self.file.meta.nodes.iter().any(|n| matches!(n.op, Op::QConv { .. }));
+        (int8 && !self.reference).then(|| qp_kernels::qconv::select_int8_tier(self.isa))
+    }
+
     pub fn executor_name(&self) -> &'static str {
         if self.reference {
             "reference"

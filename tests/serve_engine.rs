@@ -173,6 +173,8 @@ fn an_int8_model_serves_and_shows_its_quantization_report() {
 
     let m = get(addr, "/model?model=qualitynet").json();
     assert_eq!(m["precision"], "int8", "{m}");
+    let best = qp_kernels::qconv::select_int8_tier(qp_kernels::cpu::features().best_isa());
+    assert_eq!(m["int8_tier"], best.name(), "{m}");
     let report = &m["reports"]["quantization"];
     assert_eq!(report["profile"], "balanced", "{m}");
     assert!(report["accuracy"][0]["outputs"][0]["mean_abs_delta"].is_number(), "{m}");

@@ -459,8 +459,7 @@ fn cpu_profile(args: &BenchArgs, meta: &ModelMeta) -> Result<()> {
             "not pinned"
         }
     );
-    if probe.meta().nodes.iter().any(|n| n.op.kind() == "qconv") {
-        let tier = qp_kernels::qconv::select_int8_tier(chosen);
+    if let Some(tier) = probe.int8_tier() {
         let note = if tier == qp_kernels::qconv::Int8Tier::Amx {
             " (AVX512-VNNI for layers whose input channels are not a multiple of 64)"
         } else {

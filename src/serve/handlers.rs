@@ -336,6 +336,7 @@ pub fn model_json(m: &ModelWorker) -> Value {
         "parameters": meta.stats.parameters,
         "flops_per_sample": meta.stats.flops_per_sample,
         "isa": m.info.isa,
+        "int8_tier": m.info.int8_tier,
         "threads": m.info.threads,
         "executor": m.info.executor,
         "reports": meta.reports,

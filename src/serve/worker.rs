@@ -40,6 +40,8 @@ pub trait InferenceBackend {
 pub struct BackendInfo {
     /// Kernel tier in use ("scalar", "avx2", "avx512").
     pub isa: Option<String>,
+    /// INT8 convolution tier ("amx", "avx512-vnni", ...), for INT8 models.
+    pub int8_tier: Option<String>,
     /// Worker threads the engine uses.
     pub threads: Option<usize>,
     /// "optimized" or "reference".
@@ -67,6 +69,7 @@ impl ModelSpec {
                     Engine::load(&file, options).map_err(|e| anyhow::anyhow!("loading {}: {e}", file.display()))?;
                 let info = BackendInfo {
                     isa: Some(engine.isa().name().to_string()),
+                    int8_tier: engine.int8_tier().map(|t| t.name().to_string()),
                     threads: Some(engine.threads()),
                     executor: engine.executor_name().to_string(),
                 };

@@ -274,6 +274,7 @@ impl InferenceBackend for FakeModel {
     fn info(&self) -> BackendInfo {
         BackendInfo {
             isa: Some("test".into()),
+            int8_tier: None,
             threads: Some(1),
             executor: "test-double".into(),
         }
