@@ -114,6 +114,32 @@ fn images_calibrate_and_the_report_is_printed_and_stored() {
     assert_eq!(sets[1]["samples"], 4);
     let cosine = sets[1]["pooled_features"]["mean"].as_f64().unwrap();
     assert!(cosine > 0.9 && cosine <= 1.0 + 1e-9, "{cosine}");
+
+    // QP_MAX_INT8 caps the INT8 kernels; an unknown tier is refused, not ignored.
+    let bench_capped = |cap: &str| {
+        Command::new(env!("CARGO_BIN_EXE_qp-engine"))
+            .args([
+                "bench",
+                "--model",
+                out.to_str().unwrap(),
+                "--iterations",
+                "1",
+                "--warmup",
+                "0",
+            ])
+            .env("QP_MAX_INT8", cap)
+            .output()
+            .unwrap()
+    };
+    let capped = bench_capped("avx2");
+    assert!(capped.status.success(), "{}", text(&capped));
+    let refused = bench_capped("vnni");
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("QP_MAX_INT8") && text(&refused).contains("avx512-vnni, amx"),
+        "{}",
+        text(&refused)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
