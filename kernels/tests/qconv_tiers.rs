@@ -241,20 +241,26 @@ fn arb_geometry() -> impl Strategy<Value = QConvGeometry> {
         })
 }
 
-/// `arb_geometry` with `cin` a multiple of 64 (what the AMX kernel takes) in most cases.
+/// `arb_geometry` with `cin` a multiple of 64 (what the AMX kernel takes) in most cases,
+/// and often rows 14 to 40 wide at stride 1 (where it reads a padded input instead of
+/// gathering windows).
 fn arb_amx_geometry() -> impl Strategy<Value = QConvGeometry> {
-    (arb_geometry(), 0usize..=4).prop_map(|(g, k)| match k {
-        0 => g,
-        k => geometry(
+    (arb_geometry(), 0usize..=4, prop::option::of(14usize..=40)).prop_map(|(g, k, wide)| {
+        let cin = if k == 0 { g.cin } else { 64 * k.min(3) };
+        let (in_w, stride) = match wide {
+            Some(w) => (w + g.dilation[1] * (g.kernel[1] - 1), [1, 1]),
+            None => (g.in_w, g.stride),
+        };
+        geometry(
             g.batch,
-            [g.in_h, g.in_w],
-            64 * k.min(3),
+            [g.in_h, in_w],
+            cin,
             g.cout,
             g.kernel,
-            g.stride,
+            stride,
             g.dilation,
             g.pads,
-        ),
+        )
     })
 }
 

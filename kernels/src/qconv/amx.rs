@@ -7,8 +7,9 @@
 //! ResNet-50's INT8 layers at about 60% of its peak; at an eighth of the tile unit's,
 //! this kernel is already 1.6x faster over the whole model.
 //!
-//! Shape: a block is 32 output pixels by 32 output channels, four C tiles (tmm0-3: pixels
-//! 0-15 / 16-31 by channels 0-15 / 16-31) held across the whole reduction. Each 64-byte
+//! Shape: a block is 32 output pixels (two segments of up to 16) by 32 output channels,
+//! four C tiles (tmm0-3: segment 0 / 1 by channels 0-15 / 16-31) held across the whole
+//! reduction. Each 64-byte
 //! step of the reduction loads two A tiles (tmm4-5: 16 pixels x 64 input bytes) and two
 //! B tiles (tmm6-7) and issues four `tdpbusd`: 4 KB of tile loads per 64K products.
 //!
@@ -16,10 +17,15 @@
 //! - B: the packed weights (`pack_weights_s8`, `[panel][kh][kw][cin/4][16][4]`) are rows
 //!   of 4 input channels by 16 output channels, 64 bytes each, exactly a B tile row; 16
 //!   consecutive rows are one B tile (row stride 64), the panel after it the second.
-//! - A: a pointwise layer (1x1, stride 1, unpadded) reads the input in place, 16 pixels
-//!   at a row stride of `cin`. Any other layer first gathers each pixel's window
-//!   (`kh * kw * cin` bytes, taps in the padding read `x_zero`) into a buffer, once per
-//!   pixel block, reused by every channel block of the group; so does a ragged last block.
+//! - A, three ways:
+//!   - a pointwise layer (1x1, stride 1, unpadded) reads the input in place, 16 pixels
+//!     at a row stride of `cin`;
+//!   - a stride-1 layer with rows at least 14 wide (`reads_padded`) reads, per tap, a
+//!     copy of the input with its padding written out (`PaddedInput`, made once per
+//!     call): each A tile holds up to 16 pixels of one output row;
+//!   - any other layer, and a pointwise layer's ragged last block, first gathers each
+//!     pixel's window (`kh * kw * cin` bytes, taps in the padding read `x_zero`) into a
+//!     buffer, once per pixel block, reused by every channel block of the group.
 //!
 //! Taken only when `cin` is a multiple of 64, so no 64-byte step straddles two taps
 //! (every ResNet-50 layer but the 3-channel stem); other layers run the AVX512-VNNI
@@ -34,6 +40,7 @@ use std::ops::Range;
 use super::tile::{epilogue, QVector};
 use super::x86::Vnni512;
 use super::{Job, OutPtr, QConvGeometry, QResidual, Tiling, GROUP, PANEL};
+use crate::parallel::ParallelFor;
 
 /// Output pixels per block: two A tiles of 16 rows.
 const BLOCK_PIXELS: usize = 32;
@@ -73,9 +80,10 @@ impl TileConfig {
     }
 }
 
-/// One cache line: the gather buffer is made of them, so every A tile row is 64-byte
-/// aligned. Rows that straddle two lines made each `tileloadd` about 6x slower (a
-/// measured 13-15 ns against 2 ns, Sapphire Rapids class), the 2x2 block 2.7x slower.
+/// One cache line: the gather and padded-input buffers are made of them, so every A
+/// tile row is 64-byte aligned. Rows that straddle two lines made each `tileloadd` about
+/// 6x slower (a measured 13-15 ns against 2 ns, Sapphire Rapids class), the 2x2 block
+/// 2.7x slower.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Line([u8; 64]);
@@ -90,21 +98,126 @@ thread_local! {
 #[repr(C, align(64))]
 struct Sums([[i32; 2 * PANEL]; BLOCK_PIXELS]);
 
-/// AMX blocks over pixels `px` and 32-channel tiles `co`.
+/// The input with its padding written out, `[batch][in_h + top + bottom][in_w + left +
+/// right][cin]` with `x_zero` in the border, and slack after it: an A tile then reads any
+/// 16 pixels of an output row in place for every tap, at a row stride of `stride_w *
+/// cin`, where gathering the windows copied `kh * kw` bytes per input byte (the 56x56
+/// 64-channel 3x3 layer, one thread: 120 µs, 49 of them gathering).
+pub(super) struct PaddedInput {
+    lines: Vec<Line>,
+    height: usize,
+    width: usize,
+}
+
+thread_local! {
+    /// The calling thread's padded-input buffer, kept between calls.
+    static PADDED_BUFFER: std::cell::Cell<Vec<Line>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Whether layer `g` (taken, not pointwise) reads a padded copy of its input rather than
+/// gathered windows. A tile's rows must lie in one output row, so blocks of narrow rows
+/// leave rows idle (7 wide: 14 of 32 used). One thread, against gathering: 56x56 3x3
+/// 159 -> 93 µs, 14x14 (256 channels) 136 -> 111; 28x28 131 both ways; 28x28 stride 2
+/// 136 -> 144; 7x7 218 -> 250. So: stride 1, rows at least 14 wide, several taps.
+pub(super) fn reads_padded(g: &QConvGeometry) -> bool {
+    g.kernel[0] * g.kernel[1] > 1 && g.stride == [1, 1] && g.out_w >= 14
+}
+
+impl PaddedInput {
+    /// Writes `job`'s padded input, rows split over `par`.
+    pub(super) fn new(job: &Job, par: &dyn ParallelFor) -> PaddedInput {
+        let g = job.g;
+        let cin = g.cin;
+        let [top, left, bottom, right] = g.pads;
+        let (height, width) = (g.in_h + top + bottom, g.in_w + left + right);
+        let row_bytes = width * cin;
+        let rows = g.batch * height;
+        // An A tile's last row starts 15 pixels after a segment's first, which may be the
+        // last pixel of the last row.
+        let slack = (TILE_ROWS * g.stride[1] + 1) * cin;
+        let mut lines = PADDED_BUFFER.take();
+        lines.resize((rows * row_bytes + slack).div_ceil(64), Line([0; 64]));
+        let data = lines.as_mut_ptr().cast::<u8>() as usize;
+        let tasks = par.threads().min(rows).max(1);
+        par.run(tasks, &|t| {
+            for r in t * rows / tasks..(t + 1) * rows / tasks {
+                // safety: the buffer holds `rows * row_bytes` bytes and more, and every
+                // task writes its own rows `r` only, while `lines` is not otherwise used.
+                let dst = unsafe { std::slice::from_raw_parts_mut((data as *mut u8).add(r * row_bytes), row_bytes) };
+                let (n, y) = (r / height, r % height);
+                if y < top || y >= top + g.in_h {
+                    dst.fill(job.x_zero);
+                    continue;
+                }
+                let src = ((n * g.in_h + y - top) * g.in_w) * cin;
+                dst[..left * cin].fill(job.x_zero);
+                dst[left * cin..(left + g.in_w) * cin].copy_from_slice(&job.input[src..src + g.in_w * cin]);
+                dst[(left + g.in_w) * cin..].fill(job.x_zero);
+            }
+        });
+        PaddedInput { lines, height, width }
+    }
+
+    /// Keeps the buffer for the calling thread's next layer.
+    pub(super) fn recycle(self) {
+        PADDED_BUFFER.set(self.lines);
+    }
+
+    /// Where tap (0, 0) of output pixel `q` reads: padded row `oh * stride_h`, column
+    /// `ow * stride_w` (the padding offset cancels the border).
+    fn origin(&self, g: &QConvGeometry, q: usize) -> *const u8 {
+        let plane = g.out_h * g.out_w;
+        let (n, oh, ow) = (q / plane, q % plane / g.out_w, q % g.out_w);
+        let at = ((n * self.height + oh * g.stride[0]) * self.width + ow * g.stride[1]) * g.cin;
+        self.lines.as_ptr().cast::<u8>().wrapping_add(at)
+    }
+}
+
+/// Up to 16 output pixels `q0..q0 + len`, the rows of one A tile.
+#[derive(Clone, Copy)]
+struct Segment {
+    q0: usize,
+    len: usize,
+}
+
+/// The segment from pixel `q` on: up to 16 pixels, within one output row and below `end`.
+fn segment_at(g: &QConvGeometry, q: usize, end: usize) -> Segment {
+    let len = TILE_ROWS.min(g.out_w - q % g.out_w).min(end - q);
+    Segment { q0: q, len }
+}
+
+/// AMX blocks over pixels `px` and 32-channel tiles `co`; `padded` is `job`'s padded
+/// input when `reads_padded(job.g)`.
 ///
 /// # Safety
 /// AMX-TILE and AMX-INT8 must be usable (the CPU has them and the OS granted the tile
 /// state: `cpu::features`), and AVX-512 F/BW/VL with AVX512-VNNI; `job` passed
-/// `check_args` and `takes(job.g)`; no other thread writes the output elements of (`px`
-/// x channels of `co`) meanwhile; `px.start` is a multiple of `AmxTiles::PIXELS`.
+/// `check_args` and `takes(job.g)`; `padded` is `Some` exactly when `!job.pointwise &&
+/// reads_padded(job.g)`, and was made from `job`; no other thread writes the output
+/// elements of (`px` x channels of `co`) meanwhile; `px.start` is a multiple of
+/// `AmxTiles::PIXELS`.
 #[target_feature(enable = "avx512vnni,avx512bw,avx512vl,avx512f,avx2")]
-pub(super) unsafe fn run_amx(job: &Job, px: Range<usize>, co: Range<usize>) {
+pub(super) unsafe fn run_amx(job: &Job, padded: Option<&PaddedInput>, px: Range<usize>, co: Range<usize>) {
     let g = job.g;
-    let k_bytes = g.kernel[0] * g.kernel[1] * g.cin;
+    let cin = g.cin;
+    let k_bytes = g.kernel[0] * g.kernel[1] * cin;
     let steps = k_bytes / STEP;
     let panels = g.cout.div_ceil(PANEL);
     // Bytes of one panel's packed weights: a row of 64 per 4 reduction bytes.
     let panel_stride = k_bytes / GROUP * PANEL * GROUP;
+    // Where step s of the reduction reads, from an A tile's origin: 64 bytes on per step
+    // in a gathered or pointwise row; in the padded input, tap s / (cin / 64) of the
+    // window (`[kh][kw]` order, as the weight rows), its channels s % (cin / 64).
+    let step_offsets: Vec<usize> = match padded {
+        Some(p) => (0..steps)
+            .map(|s| {
+                let (tap, chunk) = (s / (cin / STEP), s % (cin / STEP));
+                let (kh, kw) = (tap / g.kernel[1], tap % g.kernel[1]);
+                (kh * g.dilation[0] * p.width + kw * g.dilation[1]) * cin + chunk * STEP
+            })
+            .collect(),
+        None => (0..steps).map(|s| s * STEP).collect(),
+    };
     // As the vector kernels: channel tiles in groups whose weights fit in half of L2,
     // pixel blocks the outer loop within a group.
     let group_len = crate::split::channel_group_len(2 * panel_stride);
@@ -123,23 +236,48 @@ pub(super) unsafe fn run_amx(job: &Job, px: Range<usize>, co: Range<usize>) {
     unsafe { asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly)) };
     for group_start in co.clone().step_by(group_len) {
         let group = group_start..co.end.min(group_start + group_len);
-        let mut q0 = px.start;
-        while q0 < px.end {
-            let rows = BLOCK_PIXELS.min(px.end - q0);
-            let (a, a_stride) = if job.pointwise && rows == BLOCK_PIXELS {
-                // safety: pixels q0..q0+32 are output pixels (rows == 32), so input
-                // pixels of a pointwise layer, `cin` bytes each.
-                (unsafe { job.input.as_ptr().add(q0 * g.cin) }, g.cin)
+        let mut q = px.start;
+        while q < px.end {
+            // The block: two segments, the origin of each one's A tile and their row stride.
+            let (segments, a0, a1, a_stride) = if let Some(p) = padded {
+                let first = segment_at(g, q, px.end);
+                let q1 = first.q0 + first.len;
+                let second = if q1 < px.end {
+                    segment_at(g, q1, px.end)
+                } else {
+                    Segment { q0: q1, len: 0 }
+                };
+                let a0 = p.origin(g, first.q0);
+                let a1 = if second.len > 0 { p.origin(g, second.q0) } else { a0 };
+                ([first, second], a0, a1, g.stride[1] * cin)
             } else {
-                let lines = BLOCK_PIXELS * k_bytes / 64;
-                if gathered.len() < lines {
-                    gathered = vec![Line([0; 64]); lines];
-                }
-                // safety: AVX-512 is enabled here; `job` is checked and taken (contract);
-                // the buffer has 32 rows of `k_bytes` (a multiple of 64); the pixels are
-                // this task's.
-                unsafe { gather(job, q0, rows, gathered.as_mut_ptr().cast()) };
-                (gathered.as_ptr().cast::<u8>(), k_bytes)
+                let rows = BLOCK_PIXELS.min(px.end - q);
+                let segments = [
+                    Segment {
+                        q0: q,
+                        len: rows.min(TILE_ROWS),
+                    },
+                    Segment {
+                        q0: q + TILE_ROWS,
+                        len: rows.saturating_sub(TILE_ROWS),
+                    },
+                ];
+                let (a, a_stride) = if job.pointwise && rows == BLOCK_PIXELS {
+                    // pixels q..q+32 are output pixels (rows == 32), so input pixels of a
+                    // pointwise layer, `cin` bytes each.
+                    (job.input.as_ptr().wrapping_add(q * cin), cin)
+                } else {
+                    let lines = BLOCK_PIXELS * k_bytes / 64;
+                    if gathered.len() < lines {
+                        gathered = vec![Line([0; 64]); lines];
+                    }
+                    // safety: AVX-512 is enabled here; `job` is checked and taken
+                    // (contract); the buffer has 32 rows of `k_bytes` (a multiple of 64);
+                    // the pixels are this task's.
+                    unsafe { gather(job, q, rows, gathered.as_mut_ptr().cast()) };
+                    (gathered.as_ptr().cast::<u8>(), k_bytes)
+                };
+                (segments, a, a.wrapping_add(TILE_ROWS * a_stride), a_stride)
             };
             for ct in group.clone() {
                 let first_panel = ct * 2;
@@ -147,29 +285,41 @@ pub(super) unsafe fn run_amx(job: &Job, px: Range<usize>, co: Range<usize>) {
                 let slot = pending.map_or(0, |p| 1 - p.slot);
                 // safety: `first_panel < panels`; the weights hold `panels` panels.
                 let w = unsafe { job.weights.as_ptr().add(first_panel * panel_stride) };
-                // safety: tiles configured above; the A rows (32 at `a_stride` from `a`,
-                // `k_bytes` each) and B rows (`steps * 16` of 64 bytes from `w`, and from
-                // `w + panel_stride` when a second panel exists) are readable: the input
-                // or the gather buffer, and the weights.
-                unsafe { multiply_block(a, a_stride, w, panel_stride, steps, two_panels, &mut sums[slot]) };
-                prefetch_block(job, q0, rows, first_panel);
+                // safety: tiles configured above. A: 16 rows at `a_stride` from `a0` and
+                // from `a1`, plus each step's offset, 64 bytes each, are readable: inside
+                // the pointwise input (32 whole pixels), the gather buffer (32 rows of
+                // `k_bytes`), or the padded input with its slack (the window of a segment's
+                // first pixel, then 15 pixels on). B: `steps * 16` rows of 64 bytes from
+                // `w`, and from `w + panel_stride` when a second panel exists.
+                unsafe {
+                    multiply_block(
+                        a0,
+                        a1,
+                        a_stride,
+                        &step_offsets,
+                        w,
+                        panel_stride,
+                        two_panels,
+                        &mut sums[slot],
+                    )
+                };
+                prefetch_block(job, segments, first_panel);
                 if let Some(p) = pending {
                     // safety: as this function's contract; the block's pixels are ours.
-                    unsafe { store_block(job, p.q0, p.rows, p.first_panel, &sums[p.slot]) };
+                    unsafe { store_block(job, p.segments, p.first_panel, &sums[p.slot]) };
                 }
                 pending = Some(Pending {
-                    q0,
-                    rows,
+                    segments,
                     first_panel,
                     slot,
                 });
             }
-            q0 += rows;
+            q = segments[1].q0 + segments[1].len;
         }
     }
     if let Some(p) = pending {
         // safety: as above.
-        unsafe { store_block(job, p.q0, p.rows, p.first_panel, &sums[p.slot]) };
+        unsafe { store_block(job, p.segments, p.first_panel, &sums[p.slot]) };
     }
     GATHER_BUFFER.set(gathered);
     // Back to the init state: the next context switch saves no tile data.
@@ -180,22 +330,21 @@ pub(super) unsafe fn run_amx(job: &Job, px: Range<usize>, co: Range<usize>) {
 /// A block whose sums are stored in `sums[slot]` and whose epilogue has not run yet.
 #[derive(Clone, Copy)]
 struct Pending {
-    q0: usize,
-    rows: usize,
+    segments: [Segment; 2],
     first_panel: usize,
     slot: usize,
 }
 
-/// Asks for the f32 cache lines that the epilogue of the block at `q0` (run in the next
-/// iteration) writes and reads as the residual, so they arrive while the tile unit
+/// Asks for the f32 cache lines that the epilogue of the block of `segments` (run in the
+/// next iteration) writes and reads as the residual, so they arrive while the tile unit
 /// works. A 56x56 64 -> 256 1x1 layer, one thread: f32 output 350 -> 300 µs, f32
 /// residual 457 -> 350 µs; prefetching u8 outputs and residuals changed nothing.
 #[inline(always)]
-fn prefetch_block(job: &Job, q0: usize, rows: usize, first_panel: usize) {
+fn prefetch_block(job: &Job, segments: [Segment; 2], first_panel: usize) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     let cout = job.g.cout;
     let channels = (2 * PANEL).min(cout - first_panel * PANEL);
-    let first = q0 * cout + first_panel * PANEL;
+
     let (out, out_elem): (*const u8, usize) = match job.out {
         OutPtr::F32(p) => (p.cast_const().cast(), 4),
         OutPtr::U8 { .. } => (std::ptr::null(), 0),
@@ -205,8 +354,9 @@ fn prefetch_block(job: &Job, q0: usize, rows: usize, first_panel: usize) {
         QResidual::F32(r) => (r.as_ptr().cast(), 4),
         QResidual::U8 { .. } => (std::ptr::null(), 0),
     };
-    for i in 0..rows {
-        let at = first + i * cout;
+    let pixels = segments.iter().flat_map(|s| s.q0..s.q0 + s.len);
+    for q in pixels {
+        let at = q * cout + first_panel * PANEL;
         for line in (0..channels * out_elem).step_by(64) {
             // safety: a prefetch never faults, whatever the address.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(out.wrapping_add(at * out_elem + line).cast()) };
@@ -292,25 +442,29 @@ unsafe fn copy_64s(src: *const u8, dst: *mut u8, len: usize) {
     }
 }
 
-/// The sums of one 32-pixel by 32-channel block (16 channels when `!two_panels`; the
-/// other half of `sums` is then zero) over the whole reduction, into `sums`.
+/// The sums of one block of 32 pixels (two A tiles) by 32 channels (16 when
+/// `!two_panels`; the other half of `sums` is then zero) over the whole reduction, into
+/// `sums`.
 ///
 /// # Safety
-/// Tiles configured 16 x 64 bytes; 32 rows of `steps * 64` bytes at `a_stride` from `a`
-/// and `steps * 16` rows of 64 bytes from `w` (and from `w + panel_stride` when
-/// `two_panels`) readable.
+/// Tiles configured 16 x 64 bytes; for every step s, 16 rows of 64 bytes at `a_stride`
+/// from `a0 + step_offsets[s]` and from `a1 + step_offsets[s]` readable, and `steps * 16`
+/// rows of 64 bytes from `w` (and from `w + panel_stride` when `two_panels`), `steps =
+/// step_offsets.len()`.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn multiply_block(
-    a: *const u8,
+    a0: *const u8,
+    a1: *const u8,
     a_stride: usize,
+    step_offsets: &[usize],
     w: *const i8,
     panel_stride: usize,
-    steps: usize,
     two_panels: bool,
     sums: &mut Sums,
 ) {
     // safety (every asm block): the tiles are configured (caller) and every address is
-    // inside the ranges of the contract: step s reads A bytes s*64.. of each row and B
+    // inside the ranges of the contract: step s reads the A rows from its offset and B
     // rows 16s.. of each panel.
     unsafe {
         asm!(
@@ -320,9 +474,9 @@ unsafe fn multiply_block(
             "tilezero tmm3",
             options(nostack, nomem)
         );
-        for s in 0..steps {
-            let a0 = a.add(s * STEP);
-            let a1 = a0.add(TILE_ROWS * a_stride);
+        for (s, &offset) in step_offsets.iter().enumerate() {
+            let a0 = a0.add(offset);
+            let a1 = a1.add(offset);
             let b0 = w.add(s * B_TILE_BYTES);
             if two_panels {
                 asm!(
@@ -375,13 +529,15 @@ unsafe fn multiply_block(
     }
 }
 
-/// Bias, then the shared epilogue, for pixels `q0..q0+rows` of a block.
+/// Bias, then the shared epilogue, for the block's two segments: sum rows 0.. hold
+/// pixels `segments[0]`, rows 16.. pixels `segments[1]` (each `(first pixel, count)`,
+/// count <= 16).
 ///
 /// # Safety
 /// AVX-512 F/BW/VL usable; as `run_amx` for the output elements of these pixels and the
 /// channels of panels `first_panel..first_panel + 2` below `cout`.
 #[inline(always)]
-unsafe fn store_block(job: &Job, q0: usize, rows: usize, first_panel: usize, sums: &Sums) {
+unsafe fn store_block(job: &Job, segments: [Segment; 2], first_panel: usize, sums: &Sums) {
     let cout = job.g.cout;
     // safety (this block): AVX-512 is enabled (caller); `bias` has `cout` elements, so the
     // lanes below `cout` are readable; every `sums` row has 32 i32.
@@ -393,24 +549,40 @@ unsafe fn store_block(job: &Job, q0: usize, rows: usize, first_panel: usize, sum
                 *b = Vnni512::load_i32(job.bias.as_ptr().add(ch), PANEL.min(cout - ch));
             }
         }
-        let load = |i: usize| -> [__m512i; 2] {
-            let row = sums.0[i].as_ptr();
-            [
-                Vnni512::add_i32(Vnni512::load_i32(row, PANEL), bias[0]),
-                Vnni512::add_i32(Vnni512::load_i32(row.add(PANEL), PANEL), bias[1]),
-            ]
-        };
-        let mut i = 0;
-        while i + TILE_ROWS <= rows {
-            let acc: [[__m512i; 2]; TILE_ROWS] = std::array::from_fn(|r| load(i + r));
-            // safety: pixels q0+i.. q0+i+16 are within this task's (caller).
-            epilogue::<Vnni512, TILE_ROWS, 2>(job, q0 + i, first_panel, &acc);
-            i += TILE_ROWS;
+        // Plain loops and a function, not closures or `array::from_fn`: those were not
+        // inlined into this AVX-512 code, and every intrinsic became a call (4x slower).
+        for (half, seg) in segments.into_iter().enumerate() {
+            let first_row = half * TILE_ROWS;
+            if seg.len == TILE_ROWS {
+                let mut acc = [[Vnni512::zero(); 2]; TILE_ROWS];
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = biased_row(sums, first_row + r, &bias);
+                }
+                // safety: the segment's pixels are this task's (caller).
+                epilogue::<Vnni512, TILE_ROWS, 2>(job, seg.q0, first_panel, &acc);
+            } else {
+                for i in 0..seg.len {
+                    // safety: as above, one pixel.
+                    let acc = [biased_row(sums, first_row + i, &bias)];
+                    epilogue::<Vnni512, 1, 2>(job, seg.q0 + i, first_panel, &acc);
+                }
+            }
         }
-        while i < rows {
-            // safety: as above, one pixel.
-            epilogue::<Vnni512, 1, 2>(job, q0 + i, first_panel, &[load(i)]);
-            i += 1;
-        }
+    }
+}
+
+/// Row `i` of `sums` plus the bias, as two zmm vectors.
+///
+/// # Safety
+/// AVX-512 F usable.
+#[inline(always)]
+unsafe fn biased_row(sums: &Sums, i: usize, bias: &[__m512i; 2]) -> [__m512i; 2] {
+    let row = sums.0[i].as_ptr();
+    // safety: AVX-512 (contract); a `sums` row has 32 i32.
+    unsafe {
+        [
+            Vnni512::add_i32(Vnni512::load_i32(row, PANEL), bias[0]),
+            Vnni512::add_i32(Vnni512::load_i32(row.add(PANEL), PANEL), bias[1]),
+        ]
     }
 }

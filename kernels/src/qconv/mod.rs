@@ -493,10 +493,17 @@ fn run_tier(tier: Int8Tier, par: &dyn ParallelFor, job: &Job) {
             unsafe { x86::run_avx512_vnni(job, px, co) }
         }),
         #[cfg(target_arch = "x86_64")]
-        Int8Tier::Amx => run_amx_tasks(par, job, |px, co| {
-            // safety: as above, and the caller checked `amx::takes`.
-            unsafe { amx::run_amx(job, px, co) }
-        }),
+        Int8Tier::Amx => {
+            let padded = (!job.pointwise && amx::reads_padded(job.g)).then(|| amx::PaddedInput::new(job, par));
+            run_amx_tasks(par, job, |px, co| {
+                // safety: as above; the caller checked `amx::takes`; `padded` is made
+                // from `job` exactly when `run_amx` needs it.
+                unsafe { amx::run_amx(job, padded.as_ref(), px, co) }
+            });
+            if let Some(p) = padded {
+                p.recycle();
+            }
+        }
         #[cfg(target_arch = "x86_64")]
         Int8Tier::Avx512Vnni256 => run_tasks(par, job, x86::Vnni256Tiles, |px, co| {
             // safety: as above.
@@ -585,10 +592,10 @@ fn run_tasks<T: Tiling>(
     crate::split::run_tasks::<T>(par, &work, task)
 }
 
-/// `run_tasks` for the AMX kernel. A layer it gathers (not pointwise) is split by
-/// pixels unless its weights exceed 3x the gathered windows: every task of a channel
-/// split gathers all the windows again, which on one thread takes a quarter of a 14x14
-/// 256-channel 3x3 layer's time. With T threads a pixel split streams the weights T
+/// `run_tasks` for the AMX kernel. A layer it gathers (neither pointwise nor reading a
+/// padded input) is split by pixels unless its weights exceed 3x the gathered windows:
+/// every task of a channel split gathers all the windows again, which on one thread took
+/// a quarter of a 14x14 256-channel 3x3 layer's time. With T threads a pixel split streams the weights T
 /// times and gathers once, a channel split the reverse; gathering (a read and a write)
 /// costs about twice streaming, hence the factor for 2 threads. Those layers in the
 /// model, batch 1, 2 threads: 0.107-0.113 -> 0.102 ms.
@@ -601,7 +608,11 @@ fn run_amx_tasks(par: &dyn ParallelFor, job: &Job, task: impl Fn(Range<usize>, R
         pixels: pixels(g),
         panels,
         weights: g.kernel[0] * g.kernel[1] * g.cin * panels * PANEL,
-        input: if job.pointwise { pixels(g) * g.cin } else { 3 * windows },
+        input: if job.pointwise || amx::reads_padded(g) {
+            pixels(g) * g.cin
+        } else {
+            3 * windows
+        },
     };
     crate::split::run_tasks::<amx::AmxTiles>(par, &work, task)
 }
