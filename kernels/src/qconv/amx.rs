@@ -137,13 +137,13 @@ impl PaddedInput {
         let slack = (TILE_ROWS * g.stride[1] + 1) * cin;
         let mut lines = PADDED_BUFFER.take();
         lines.resize((rows * row_bytes + slack).div_ceil(64), Line([0; 64]));
-        let data = lines.as_mut_ptr().cast::<u8>() as usize;
+        let data = RowsPtr(lines.as_mut_ptr().cast::<u8>());
         let tasks = par.threads().min(rows).max(1);
         par.run(tasks, &|t| {
             for r in t * rows / tasks..(t + 1) * rows / tasks {
                 // safety: the buffer holds `rows * row_bytes` bytes and more, and every
                 // task writes its own rows `r` only, while `lines` is not otherwise used.
-                let dst = unsafe { std::slice::from_raw_parts_mut((data as *mut u8).add(r * row_bytes), row_bytes) };
+                let dst = unsafe { std::slice::from_raw_parts_mut(data.at(r * row_bytes), row_bytes) };
                 let (n, y) = (r / height, r % height);
                 if y < top || y >= top + g.in_h {
                     dst.fill(job.x_zero);
@@ -170,6 +170,22 @@ impl PaddedInput {
         let (n, oh, ow) = (q / plane, q % plane / g.out_w, q % g.out_w);
         let at = ((n * self.height + oh * g.stride[0]) * self.width + ow * g.stride[1]) * g.cin;
         self.lines.as_ptr().cast::<u8>().wrapping_add(at)
+    }
+}
+
+/// The padded buffer's bytes, shared by the tasks that write its rows.
+#[derive(Clone, Copy)]
+struct RowsPtr(*mut u8);
+
+// safety: only `PaddedInput::new` uses it, where each task writes disjoint rows and the
+// buffer outlives the parallel run.
+unsafe impl Sync for RowsPtr {}
+
+impl RowsPtr {
+    /// The address `offset` bytes in (a method, so closures capture the whole `Sync`
+    /// wrapper rather than its pointer field).
+    fn at(self, offset: usize) -> *mut u8 {
+        self.0.wrapping_add(offset)
     }
 }
 
