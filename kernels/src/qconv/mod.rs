@@ -126,6 +126,20 @@ impl Int8Tier {
         }
     }
 
+    /// Whether this tier is at or below `cap` in the automatic order scalar < avx2 <
+    /// avx-vnni < avx512-vnni-256 < avx512-vnni < amx (`avx2-act7` counts as `avx2`).
+    fn within(self, cap: Int8Tier) -> bool {
+        let rank = |t: Int8Tier| match t {
+            Int8Tier::Scalar => 0,
+            Int8Tier::Avx2 | Int8Tier::Avx2Act7 => 1,
+            Int8Tier::AvxVnni => 2,
+            Int8Tier::Avx512Vnni256 => 3,
+            Int8Tier::Avx512Vnni => 4,
+            Int8Tier::Amx => 5,
+        };
+        rank(self) <= rank(cap)
+    }
+
     /// The next tier to try when this one is not supported.
     fn fallback(self) -> Int8Tier {
         match self {
@@ -146,22 +160,6 @@ impl std::str::FromStr for Int8Tier {
             let names: Vec<&str> = Int8Tier::ALL.iter().map(|t| t.name()).collect();
             format!("unknown INT8 tier {s:?} (expected one of: {})", names.join(", "))
         })
-    }
-}
-
-impl Int8Tier {
-    /// Whether this tier is at or below `cap` in the automatic order scalar < avx2 <
-    /// avx-vnni < avx512-vnni-256 < avx512-vnni < amx (`avx2-act7` counts as `avx2`).
-    fn within(self, cap: Int8Tier) -> bool {
-        let rank = |t: Int8Tier| match t {
-            Int8Tier::Scalar => 0,
-            Int8Tier::Avx2 | Int8Tier::Avx2Act7 => 1,
-            Int8Tier::AvxVnni => 2,
-            Int8Tier::Avx512Vnni256 => 3,
-            Int8Tier::Avx512Vnni => 4,
-            Int8Tier::Amx => 5,
-        };
-        rank(self) <= rank(cap)
     }
 }
 
