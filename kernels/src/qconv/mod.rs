@@ -493,7 +493,8 @@ fn run_tier(tier: Int8Tier, par: &dyn ParallelFor, job: &Job) {
         #[cfg(target_arch = "x86_64")]
         Int8Tier::Amx => {
             let padded = (!job.pointwise && amx::reads_padded(job.g)).then(|| amx::PaddedInput::new(job, par));
-            run_amx_tasks(par, job, |px, co| {
+            let gathers = !job.pointwise && padded.is_none();
+            run_amx_tasks(par, job, gathers, |px, co| {
                 // safety: as above; the caller checked `amx::takes`; `padded` is made
                 // from `job` exactly when `run_amx` needs it.
                 unsafe { amx::run_amx(job, padded.as_ref(), px, co) }
@@ -579,38 +580,37 @@ fn run_tasks<T: Tiling>(
     _tiling: T,
     task: impl Fn(Range<usize>, Range<usize>) + Sync,
 ) {
+    let input = pixels(job.g) * job.g.cin;
+    crate::split::run_tasks::<T>(par, &work(job, input), task)
+}
+
+/// The sizes that decide `job`'s split, with `input` the bytes one pass over all pixels
+/// reads.
+fn work(job: &Job, input: usize) -> crate::split::Work {
     let g = job.g;
     let panels = g.cout.div_ceil(PANEL);
-    let work = crate::split::Work {
+    crate::split::Work {
         pixels: pixels(g),
         panels,
         weights: g.kernel[0] * g.kernel[1] * g.cin * panels * PANEL,
-        input: pixels(g) * g.cin,
-    };
-    crate::split::run_tasks::<T>(par, &work, task)
+        input,
+    }
 }
 
-/// `run_tasks` for the AMX kernel. A layer it gathers (neither pointwise nor reading a
-/// padded input) is split by pixels unless its weights exceed 3x the gathered windows:
-/// every task of a channel split gathers all the windows again, which on one thread took
-/// a quarter of a 14x14 256-channel 3x3 layer's time. With T threads a pixel split streams the weights T
+/// `run_tasks` for the AMX kernel. A layer it `gathers` windows for is split by pixels
+/// unless its weights exceed 3x the gathered windows: every task of a channel split
+/// gathers all the windows again, which on one thread took a quarter of a 14x14
+/// 256-channel 3x3 layer's time. With T threads a pixel split streams the weights T
 /// times and gathers once, a channel split the reverse; gathering (a read and a write)
 /// costs about twice streaming, hence the factor for 2 threads. Those layers in the
 /// model, batch 1, 2 threads: 0.107-0.113 -> 0.102 ms.
 #[cfg(target_arch = "x86_64")]
-fn run_amx_tasks(par: &dyn ParallelFor, job: &Job, task: impl Fn(Range<usize>, Range<usize>) + Sync) {
+fn run_amx_tasks(par: &dyn ParallelFor, job: &Job, gathers: bool, task: impl Fn(Range<usize>, Range<usize>) + Sync) {
     let g = job.g;
-    let panels = g.cout.div_ceil(PANEL);
-    let windows = pixels(g) * g.kernel[0] * g.kernel[1] * g.cin;
-    let work = crate::split::Work {
-        pixels: pixels(g),
-        panels,
-        weights: g.kernel[0] * g.kernel[1] * g.cin * panels * PANEL,
-        input: if job.pointwise || amx::reads_padded(g) {
-            pixels(g) * g.cin
-        } else {
-            3 * windows
-        },
+    let input = if gathers {
+        3 * pixels(g) * g.kernel[0] * g.kernel[1] * g.cin
+    } else {
+        pixels(g) * g.cin
     };
-    crate::split::run_tasks::<amx::AmxTiles>(par, &work, task)
+    crate::split::run_tasks::<amx::AmxTiles>(par, &work(job, input), task)
 }
