@@ -297,28 +297,23 @@ pub(super) unsafe fn run_amx(job: &Job, padded: Option<&PaddedInput>, px: Range<
             };
             for ct in group.clone() {
                 let first_panel = ct * 2;
-                let two_panels = panels - first_panel >= 2;
                 let slot = pending.map_or(0, |p| 1 - p.slot);
                 // safety: `first_panel < panels`; the weights hold `panels` panels.
-                let w = unsafe { job.weights.as_ptr().add(first_panel * panel_stride) };
+                let w0 = unsafe { job.weights.as_ptr().add(first_panel * panel_stride) };
+                // A last tile with one panel multiplies it twice: the second half of its
+                // sums lies past `cout` and is never stored.
+                let w1 = if panels - first_panel >= 2 {
+                    w0.wrapping_add(panel_stride)
+                } else {
+                    w0
+                };
                 // safety: tiles configured above. A: 16 rows at `a_stride` from `a0` and
                 // from `a1`, plus each step's offset, 64 bytes each, are readable: inside
                 // the pointwise input (32 whole pixels), the gather buffer (32 rows of
                 // `k_bytes`), or the padded input with its slack (the window of a segment's
                 // first pixel, then 15 pixels on). B: `steps * 16` rows of 64 bytes from
-                // `w`, and from `w + panel_stride` when a second panel exists.
-                unsafe {
-                    multiply_block(
-                        a0,
-                        a1,
-                        a_stride,
-                        &step_offsets,
-                        w,
-                        panel_stride,
-                        two_panels,
-                        &mut sums[slot],
-                    )
-                };
+                // `w0` and from `w1`, each a panel of the weights.
+                unsafe { multiply_block(a0, a1, a_stride, &step_offsets, w0, w1, &mut sums[slot]) };
                 prefetch_block(job, segments, first_panel);
                 if let Some(p) = pending {
                     // safety: as this function's contract; the block's pixels are ours.
@@ -458,25 +453,21 @@ unsafe fn copy_64s(src: *const u8, dst: *mut u8, len: usize) {
     }
 }
 
-/// The sums of one block of 32 pixels (two A tiles) by 32 channels (16 when
-/// `!two_panels`; the other half of `sums` is then zero) over the whole reduction, into
-/// `sums`.
+/// The sums of one block of 32 pixels (two A tiles) by 32 channels (the panels at `w0`
+/// and `w1`) over the whole reduction, into `sums`.
 ///
 /// # Safety
 /// Tiles configured 16 x 64 bytes; for every step s, 16 rows of 64 bytes at `a_stride`
 /// from `a0 + step_offsets[s]` and from `a1 + step_offsets[s]` readable, and `steps * 16`
-/// rows of 64 bytes from `w` (and from `w + panel_stride` when `two_panels`), `steps =
-/// step_offsets.len()`.
-#[allow(clippy::too_many_arguments)]
+/// rows of 64 bytes from `w0` and from `w1`, `steps = step_offsets.len()`.
 #[inline(always)]
 unsafe fn multiply_block(
     a0: *const u8,
     a1: *const u8,
     a_stride: usize,
     step_offsets: &[usize],
-    w: *const i8,
-    panel_stride: usize,
-    two_panels: bool,
+    w0: *const i8,
+    w1: *const i8,
     sums: &mut Sums,
 ) {
     // safety (every asm block): the tiles are configured (caller) and every address is
@@ -491,42 +482,23 @@ unsafe fn multiply_block(
             options(nostack, nomem)
         );
         for (s, &offset) in step_offsets.iter().enumerate() {
-            let a0 = a0.add(offset);
-            let a1 = a1.add(offset);
-            let b0 = w.add(s * B_TILE_BYTES);
-            if two_panels {
-                asm!(
-                    "tileloadd tmm4, [{a0} + {sa}*1]",
-                    "tileloadd tmm6, [{b0} + {sb}*1]",
-                    "tdpbusd tmm0, tmm4, tmm6",
-                    "tileloadd tmm7, [{b1} + {sb}*1]",
-                    "tdpbusd tmm1, tmm4, tmm7",
-                    "tileloadd tmm5, [{a1} + {sa}*1]",
-                    "tdpbusd tmm2, tmm5, tmm6",
-                    "tdpbusd tmm3, tmm5, tmm7",
-                    a0 = in(reg) a0,
-                    a1 = in(reg) a1,
-                    b0 = in(reg) b0,
-                    b1 = in(reg) b0.add(panel_stride),
-                    sa = in(reg) a_stride,
-                    sb = in(reg) STEP,
-                    options(nostack, readonly)
-                );
-            } else {
-                asm!(
-                    "tileloadd tmm4, [{a0} + {sa}*1]",
-                    "tileloadd tmm6, [{b0} + {sb}*1]",
-                    "tdpbusd tmm0, tmm4, tmm6",
-                    "tileloadd tmm5, [{a1} + {sa}*1]",
-                    "tdpbusd tmm2, tmm5, tmm6",
-                    a0 = in(reg) a0,
-                    a1 = in(reg) a1,
-                    b0 = in(reg) b0,
-                    sa = in(reg) a_stride,
-                    sb = in(reg) STEP,
-                    options(nostack, readonly)
-                );
-            }
+            asm!(
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm6, [{b0} + {sb}*1]",
+                "tdpbusd tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{b1} + {sb}*1]",
+                "tdpbusd tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{a1} + {sa}*1]",
+                "tdpbusd tmm2, tmm5, tmm6",
+                "tdpbusd tmm3, tmm5, tmm7",
+                a0 = in(reg) a0.add(offset),
+                a1 = in(reg) a1.add(offset),
+                b0 = in(reg) w0.add(s * B_TILE_BYTES),
+                b1 = in(reg) w1.add(s * B_TILE_BYTES),
+                sa = in(reg) a_stride,
+                sb = in(reg) STEP,
+                options(nostack, readonly)
+            );
         }
         let c = sums.0.as_mut_ptr().cast::<i32>();
         let row = 2 * PANEL * 4;
