@@ -214,6 +214,19 @@ pub fn weight_rows(packed: &[f32], cout: usize, cin: usize, kh: usize, kw: usize
     rows
 }
 
+/// Writes `rows` (as [`weight_rows`] returns them) back into the packed layout.
+pub fn set_weight_rows(packed: &mut [f32], rows: &[f32], cout: usize, cin: usize, kh: usize, kw: usize) {
+    let mut row = rows.iter();
+    for co in 0..cout {
+        for k in 0..kh * kw {
+            for ci in 0..cin {
+                packed[(((co / PACK_LANES) * kh * kw + k) * cin + ci) * PACK_LANES + co % PACK_LANES] =
+                    *row.next().expect("rows hold cout x kh x kw x cin weights");
+            }
+        }
+    }
+}
+
 /// Each output channel's grid step (`max|w| / 127` in f32, the kernels' scale; 1 for an
 /// all-zero channel).
 pub fn weight_steps(rows: &[f32], cout: usize) -> Result<Vec<f32>, String> {
@@ -282,6 +295,29 @@ pub fn quantize_conv(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows out and back in give the packed tensor again, ragged last panel included
+    /// (its padding lanes stay as they were).
+    #[test]
+    fn weight_rows_go_back_where_they_came_from() {
+        let (cout, cin, kh, kw): (usize, usize, usize, usize) = (20, 5, 3, 3);
+        let packed: Vec<f32> = (0..cout.div_ceil(PACK_LANES) * PACK_LANES * kh * kw * cin)
+            .map(|i| i as f32)
+            .collect();
+        let rows = weight_rows(&packed, cout, cin, kh, kw);
+        assert_eq!(rows.len(), cout * kh * kw * cin);
+        let mut back = vec![-1.0; packed.len()];
+        set_weight_rows(&mut back, &rows, cout, cin, kh, kw);
+        for (i, (&b, &p)) in back.iter().zip(&packed).enumerate() {
+            let lane = i % PACK_LANES;
+            let panel = i / (PACK_LANES * kh * kw * cin);
+            if panel * PACK_LANES + lane < cout {
+                assert_eq!(b, p, "index {i}");
+            } else {
+                assert_eq!(b, -1.0, "padding lane written at {i}");
+            }
+        }
+    }
 
     /// A 1x1 conv's packed weights rounded to the nearest step.
     fn nearest(packed: &[f32], cout: usize, cin: usize) -> RoundedWeights {
