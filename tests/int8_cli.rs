@@ -178,6 +178,68 @@ fn npy_arrays_calibrate_too() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--precision fp16 --calibrate` rounds the convolutions with GPTQ onto exact f16
+/// values and reports the accuracy on held-out images; `--weight-rounding nearest` keeps
+/// plain rounding with the same report.
+#[test]
+fn calibrated_fp16_rounds_with_gptq_and_reports() {
+    let dir = scratch("fp16");
+    std::fs::create_dir_all(dir.join("icons")).unwrap();
+    write_images(&dir.join("icons"), 12);
+    let model = fixture("tiny_bn/model.onnx");
+    let icons = dir.join("icons");
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.join(name);
+        let mut args = vec![
+            model.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--precision",
+            "fp16",
+            "--calibrate",
+            icons.to_str().unwrap(),
+            "--pseudo-samples",
+            "8",
+        ];
+        args.extend_from_slice(extra);
+        let o = convert(&args);
+        assert!(o.status.success(), "{}", text(&o));
+        (out, text(&o))
+    };
+    let (gptq, printed) = run("gptq.qpw", &[]);
+    // 9 calibration images plus 5 pseudo-images; 3 held-out images and 8 pseudo-images.
+    assert!(
+        printed.contains("fp16        gptq weight rounding, 14 calibration samples"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("images (3)") && printed.contains("all (11)"),
+        "{printed}"
+    );
+    let (nearest, printed) = run("nearest.qpw", &["--weight-rounding", "nearest"]);
+    assert!(
+        printed.contains("fp16        nearest weight rounding, 0 calibration samples"),
+        "{printed}"
+    );
+
+    let info = Command::new(env!("CARGO_BIN_EXE_qp-engine"))
+        .args(["info", gptq.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let shown = text(&info);
+    assert!(info.status.success(), "{shown}");
+    assert!(
+        shown.contains("precision   fp16") && shown.contains("gptq weight rounding"),
+        "{shown}"
+    );
+
+    // Same file size (every value an f16), different weights: GPTQ moved some roundings.
+    let (a, b) = (std::fs::read(&gptq).unwrap(), std::fs::read(&nearest).unwrap());
+    assert_eq!(a.len(), b.len());
+    assert_ne!(a, b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn misuse_is_a_clear_error() {
     let model = fixture("tiny_bn/model.onnx");
@@ -213,7 +275,7 @@ fn misuse_is_a_clear_error() {
         ),
         (
             vec![model, "-o", out, "--calibrate", empty.to_str().unwrap()],
-            "applies to --precision int8 only",
+            "applies to --precision int8 and fp16 only",
         ),
         (
             vec![
@@ -234,6 +296,10 @@ fn misuse_is_a_clear_error() {
         (
             vec![model, "-o", out, "--precision", "int8", "--weight-rounding", "up"],
             "expected gptq or nearest",
+        ),
+        (
+            vec![model, "-o", out, "--precision", "fp16", "--weight-rounding", "gptq"],
+            "GPTQ rounding to f16 needs calibration data: --calibrate DIR",
         ),
     ];
     for (args, want) in cases {

@@ -33,9 +33,9 @@ struct Args {
     /// fewer multiplies, 16/9 the weight bytes of those layers.
     #[arg(long)]
     direct_conv: bool,
-    /// INT8 calibration data: a directory of PNG/JPEG images (preprocessed as the model's
-    /// metadata says) and/or <input>.npy arrays. Repeatable. Every fourth image is held
-    /// out for the accuracy report.
+    /// Calibration data (int8, and fp16 rounding): a directory of PNG/JPEG images
+    /// (preprocessed as the model's metadata says) and/or <input>.npy arrays. Repeatable.
+    /// Every fourth image is held out for the accuracy report.
     #[arg(long, value_name = "DIR")]
     calibrate: Vec<PathBuf>,
     /// INT8: which convolutions stay FP32: aggressive (none), balanced (the stem),
@@ -45,13 +45,13 @@ struct Args {
     /// INT8 activation clipping: mse, minmax, percentile (99.99%) or percentileNN.N.
     #[arg(long, default_value = "mse", value_parser = parse_method)]
     calibration_method: qp::quant::range::Method,
-    /// INT8: calibration samples (images spread evenly over what --calibrate holds).
+    /// Calibration samples (images spread evenly over what --calibrate holds).
     #[arg(long, default_value_t = 64)]
     calibration_samples: usize,
-    /// INT8: held-out images for the accuracy report.
+    /// Held-out images for the accuracy report (int8, and fp16 with --calibrate).
     #[arg(long, default_value_t = 48)]
     holdout_samples: usize,
-    /// INT8: pseudo-images added to the accuracy report.
+    /// Pseudo-images added to the accuracy report.
     #[arg(long, default_value_t = 32)]
     pseudo_samples: usize,
     /// INT8: also evaluate every profile and clipping method (accuracy, latency).
@@ -68,10 +68,11 @@ struct Args {
     /// nearest rounding, 0 with gptq.
     #[arg(long)]
     bias_correction_samples: Option<usize>,
-    /// INT8: weight rounding: nearest, or gptq (each rounding error compensated by the
-    /// weights not yet rounded, against the layer's calibration inputs).
-    #[arg(long, default_value = "nearest", value_parser = parse_rounding)]
-    weight_rounding: qp::quant::WeightRounding,
+    /// Weight rounding: nearest, or gptq (each rounding error compensated by the weights
+    /// not yet rounded, against the layer's calibration inputs). Default: nearest for
+    /// int8; for fp16 gptq with --calibrate, nearest without.
+    #[arg(long, value_parser = parse_rounding)]
+    weight_rounding: Option<qp::quant::WeightRounding>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -130,8 +131,8 @@ fn main() -> ExitCode {
             weight_rounding: args.weight_rounding,
         },
     };
-    if !matches!(args.precision, PrecisionArg::Int8) && !args.calibrate.is_empty() {
-        eprintln!("qp-convert: error: --calibrate applies to --precision int8 only");
+    if matches!(args.precision, PrecisionArg::Fp32) && !args.calibrate.is_empty() {
+        eprintln!("qp-convert: error: --calibrate applies to --precision int8 and fp16 only");
         return ExitCode::FAILURE;
     }
     let start = std::time::Instant::now();
@@ -174,6 +175,9 @@ fn main() -> ExitCode {
                 );
                 if let Some(report) = meta.reports.get("quantization") {
                     print!("{}", qp::quant::report_text(report));
+                }
+                if let Some(report) = meta.reports.get("fp16") {
+                    print!("{}", qp::quant::half::report_text(report));
                 }
             }
             ExitCode::SUCCESS

@@ -175,6 +175,8 @@ fn info(model: &Path, json: bool) -> Result<()> {
     for (k, v) in &m.reports {
         if k == "quantization" {
             print!("{}", qp::quant::report_text(v));
+        } else if k == "fp16" {
+            print!("{}", qp::quant::half::report_text(v));
         } else {
             println!("report      {k}: {v}");
         }

@@ -51,7 +51,9 @@ pub struct Int8Options {
     /// Calibration samples the bias correction measures on; 0 turns it off; `None`: the
     /// weight rounding's default (`quant::default_bias_correction_samples`).
     pub bias_correction_samples: Option<usize>,
-    pub weight_rounding: quant::WeightRounding,
+    /// `None`: the precision's default (INT8: `quant::DEFAULT_WEIGHT_ROUNDING`; FP16:
+    /// GPTQ with calibration data, nearest without).
+    pub weight_rounding: Option<quant::WeightRounding>,
 }
 
 impl Default for Int8Options {
@@ -67,7 +69,7 @@ impl Default for Int8Options {
             sensitivity: false,
             keep_fp32: Vec::new(),
             bias_correction_samples: None,
-            weight_rounding: quant::DEFAULT_WEIGHT_ROUNDING,
+            weight_rounding: None,
         }
     }
 }
@@ -179,7 +181,43 @@ pub fn convert_bytes(onnx_bytes: &[u8], default_name: &str, options: &ConvertOpt
     converted.meta.stats.onnx_ops = imported.onnx_ops.clone();
     match options.precision {
         Precision::Fp32 => {}
-        Precision::Fp16 => store_weights_as_f16(&mut converted)?,
+        Precision::Fp16 => {
+            let o = &options.int8;
+            let rounding = o.weight_rounding.unwrap_or(if o.calibrate.is_empty() {
+                quant::WeightRounding::Nearest
+            } else {
+                quant::WeightRounding::Gptq
+            });
+            if o.calibrate.is_empty() {
+                if rounding == quant::WeightRounding::Gptq {
+                    bail!("GPTQ rounding to f16 needs calibration data: --calibrate DIR");
+                }
+                store_weights_as_f16(&mut converted, None)?;
+            } else {
+                let (calibration, holdout) = quant::dataset::load_sets(
+                    &converted.meta,
+                    &o.calibrate,
+                    o.calibration_samples,
+                    o.holdout_samples,
+                    o.pseudo_samples,
+                    0x5eed,
+                )?;
+                let fp32 = converted.to_bytes()?;
+                let samples = match rounding {
+                    quant::WeightRounding::Gptq => {
+                        Some(quant::half::rounding_samples(&converted, &calibration, 0x5eed ^ 3)?)
+                    }
+                    quant::WeightRounding::Nearest => None,
+                };
+                store_weights_as_f16(&mut converted, samples.as_deref())?;
+                let calibrated = samples.map_or(0, |s| s.len());
+                let report = quant::half::report(&converted, &fp32, &holdout, rounding, calibrated)?;
+                converted
+                    .meta
+                    .reports
+                    .insert("fp16".into(), serde_json::to_value(&report)?);
+            }
+        }
         Precision::Int8 => {
             let o = &options.int8;
             let (calibration, holdout) = quant::dataset::load_sets(
@@ -200,10 +238,12 @@ pub fn convert_bytes(onnx_bytes: &[u8], default_name: &str, options: &ConvertOpt
                     compare: o.compare,
                     sensitivity: o.sensitivity,
                     keep_fp32: o.keep_fp32.clone(),
-                    bias_correction_samples: o
-                        .bias_correction_samples
-                        .unwrap_or_else(|| quant::default_bias_correction_samples(o.weight_rounding)),
-                    weight_rounding: o.weight_rounding,
+                    bias_correction_samples: o.bias_correction_samples.unwrap_or_else(|| {
+                        quant::default_bias_correction_samples(
+                            o.weight_rounding.unwrap_or(quant::DEFAULT_WEIGHT_ROUNDING),
+                        )
+                    }),
+                    weight_rounding: o.weight_rounding.unwrap_or(quant::DEFAULT_WEIGHT_ROUNDING),
                 },
             )?;
         }
@@ -231,27 +271,35 @@ pub fn convert_file(input: &Path, output: &Path, options: &ConvertOptions) -> Re
 /// layers (dense layers under 1% of the weights) stay f32. On the full QualityNet that
 /// keeps 0.3 MB in f32; the file is 50% of the f32 one.
 /// Values outside the f16 range would become infinite: refused, naming the tensor.
-fn store_weights_as_f16(c: &mut Converted) -> Result<()> {
+/// With `calibration` samples the conv and dense weights are rounded with GPTQ against
+/// their inputs on those samples instead of to nearest.
+fn store_weights_as_f16(c: &mut Converted, calibration: Option<&[quant::dataset::Sample]>) -> Result<()> {
     let total: usize = c.tensors.iter().map(|t| t.len()).sum();
     let model_inputs: Vec<usize> = c.meta.inputs.iter().map(|i| i.value).collect();
-    for node in &c.meta.nodes {
-        let reads_input = node.inputs.iter().any(|v| model_inputs.contains(v));
-        let small_head = matches!(node.op, Op::Dense { .. }) && c.tensors[node.params[0]].len() * 100 < total;
-        if reads_input || small_head {
-            continue;
+    let halved: Vec<usize> = (0..c.meta.nodes.len())
+        .filter(|&n| {
+            let node = &c.meta.nodes[n];
+            let reads_input = node.inputs.iter().any(|v| model_inputs.contains(v));
+            let small_head = matches!(node.op, Op::Dense { .. }) && c.tensors[node.params[0]].len() * 100 < total;
+            !reads_input && !small_head && matches!(node.op, Op::Conv { .. } | Op::Dense { .. })
+        })
+        .collect();
+    for &n in &halved {
+        let id = c.meta.nodes[n].params[0];
+        let values = c.tensors[id].as_f32().unwrap_or_default();
+        if let Some(v) = values.iter().find(|v| v.abs() > half::f16::MAX.to_f32()) {
+            bail!(
+                "weight {} holds {v}, outside the f16 range; convert with fp32",
+                c.meta.tensors[id].name
+            );
         }
-        if matches!(node.op, Op::Conv { .. } | Op::Dense { .. }) {
-            let id = node.params[0];
-            let spec = &mut c.meta.tensors[id];
-            let values = c.tensors[id].as_f32().unwrap_or_default();
-            if let Some(v) = values.iter().find(|v| v.abs() > half::f16::MAX.to_f32()) {
-                bail!(
-                    "weight {} holds {v}, outside the f16 range; convert with fp32",
-                    spec.name
-                );
-            }
-            spec.dtype = DType::F16;
-        }
+    }
+    if let Some(samples) = calibration {
+        quant::half::round_weights(c, &halved, samples)?;
+    }
+    for n in halved {
+        let id = c.meta.nodes[n].params[0];
+        c.meta.tensors[id].dtype = DType::F16;
     }
     c.meta.precision = "fp16".into();
     Ok(())

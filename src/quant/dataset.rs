@@ -252,7 +252,7 @@ pub fn load_sets(
     seed: u64,
 ) -> Result<(Vec<Sample>, Vec<NamedSet>)> {
     if paths.is_empty() {
-        bail!("INT8 conversion needs calibration data: --calibrate DIR (PNG/JPEG images or <input>.npy files)");
+        bail!("calibration needs data: --calibrate DIR (PNG/JPEG images or <input>.npy files)");
     }
     let mut images = Vec::new();
     let mut arrays = Vec::new();

@@ -9,6 +9,7 @@ pub mod calibrate;
 pub mod correct;
 pub mod dataset;
 pub mod gptq;
+pub mod half;
 pub mod range;
 pub mod rewrite;
 
@@ -488,6 +489,25 @@ fn latency_ms(model: &[u8], sample: &Sample) -> Result<f64> {
 }
 
 /// The quantization report as text, for `qp-convert` and `qp-engine info`.
+/// One line per model output of an accuracy figure, as the reports print them, the
+/// deltas with `digits` decimals.
+pub fn accuracy_line(label: &str, a: &Accuracy, digits: usize) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    for o in &a.outputs {
+        let _ = write!(
+            s,
+            "{label:<28} {:<10} mean |d| {:.digits$} (bias {:+.digits$})  p99 {:.digits$}  max {:.digits$}  r {:.4}",
+            o.output, o.mean_abs_delta, o.mean_delta, o.p99_abs_delta, o.max_abs_delta, o.pearson_r
+        );
+        if let Some(f) = &a.pooled_features {
+            let _ = write!(s, "  features cos {:.4} (min {:.4})", f.mean, f.min);
+        }
+        s.push('\n');
+    }
+    s
+}
+
 pub fn report_text(value: &serde_json::Value) -> String {
     use std::fmt::Write;
     let Ok(r) = serde_json::from_value::<QuantizationReport>(value.clone()) else {
@@ -512,19 +532,7 @@ pub fn report_text(value: &serde_json::Value) -> String {
             r.fp32_convolutions.join(", ")
         }
     );
-    let line = |s: &mut String, label: &str, a: &Accuracy| {
-        for o in &a.outputs {
-            let _ = write!(
-                s,
-                "{label:<28} {:<10} mean |d| {:.4} (bias {:+.4})  p99 {:.4}  max {:.4}  r {:.4}",
-                o.output, o.mean_abs_delta, o.mean_delta, o.p99_abs_delta, o.max_abs_delta, o.pearson_r
-            );
-            if let Some(f) = &a.pooled_features {
-                let _ = write!(s, "  features cos {:.4} (min {:.4})", f.mean, f.min);
-            }
-            s.push('\n');
-        }
-    };
+    let line = |s: &mut String, label: &str, a: &Accuracy| s.push_str(&accuracy_line(label, a, 4));
     let _ = writeln!(s, "accuracy vs FP32 (held out):");
     for a in &r.accuracy {
         line(&mut s, &format!("  {} ({})", a.set, a.samples), a);
