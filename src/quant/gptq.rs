@@ -406,13 +406,12 @@ mod tests {
         }
     }
 
-    fn output_error(w: &[f32], q: &[i8], step: &[f32], rows: usize, h: &Array2<f64>) -> f64 {
+    /// `sum_r (w_r - q_r)ᵀ H (w_r - q_r)` over the rows: the output error of weights `q`.
+    fn output_error(w: &[f32], q: &[f32], rows: usize, h: &Array2<f64>) -> f64 {
         let cols = h.nrows();
         let mut total = 0.0;
         for r in 0..rows {
-            let d: Vec<f64> = (0..cols)
-                .map(|c| w[r * cols + c] as f64 - q[r * cols + c] as f64 * step[r] as f64)
-                .collect();
+            let d: Vec<f64> = (0..cols).map(|c| (w[r * cols + c] - q[r * cols + c]) as f64).collect();
             for i in 0..cols {
                 for j in 0..cols {
                     total += d[i] * h[[i, j]] * d[j];
@@ -422,36 +421,42 @@ mod tests {
         total
     }
 
-    /// On correlated inputs the compensated rounding leaves a smaller output error than
-    /// nearest rounding, on the same grid.
-    #[test]
-    fn compensated_rounding_beats_nearest_on_correlated_inputs() {
-        let (rows, cols) = (8, 150);
-        let mut rng = crate::bench::inputs::SplitMix64::new(7);
-        // Inputs with a strong shared component: neighbouring pixels of an image.
-        let mut moment = InputMoment::new(cols);
+    const ROWS: usize = 8;
+    const COLS: usize = 150;
+
+    /// A layer's weights (ROWS x COLS) and the moment of inputs with a strong shared
+    /// component, like neighbouring pixels of an image.
+    fn correlated_layer(seed: u64) -> (InputMoment, Vec<f32>) {
+        let mut rng = crate::bench::inputs::SplitMix64::new(seed);
+        let mut moment = InputMoment::new(COLS);
         let mut xs = Vec::new();
         for _ in 0..400 {
             let common = (rng.uniform() * 2.0) as f32;
-            for _ in 0..cols {
+            for _ in 0..COLS {
                 xs.push(common + 0.3 * (rng.uniform() as f32 - 0.5));
             }
         }
         moment.add(&xs, 400);
-        let w: Vec<f32> = (0..rows * cols).map(|_| rng.uniform() as f32 - 0.5).collect();
+        let w = (0..ROWS * COLS).map(|_| rng.uniform() as f32 - 0.5).collect();
+        (moment, w)
+    }
+
+    /// On correlated inputs the compensated rounding leaves a smaller output error than
+    /// nearest rounding, on the same grid.
+    #[test]
+    fn compensated_rounding_beats_nearest_on_correlated_inputs() {
+        let (moment, w) = correlated_layer(7);
         // A coarse grid, so rounding errors are large.
-        let step: Vec<f32> = vec![0.05; rows];
+        let step: Vec<f32> = vec![0.05; ROWS];
         let h = moment.mean();
-        let gptq = round(&w, rows, &step, 127.0, &moment).unwrap();
-        let plain = nearest(&w, rows, cols, &step, 127.0);
-        let (e_gptq, e_plain) = (
-            output_error(&w, &gptq, &step, rows, &h),
-            output_error(&w, &plain, &step, rows, &h),
-        );
+        let dequantized = |q: &[i8]| -> Vec<f32> { q.iter().map(|&k| k as f32 * step[0]).collect() };
+        let gptq = dequantized(&round(&w, ROWS, &step, 127.0, &moment).unwrap());
+        let plain = dequantized(&nearest(&w, ROWS, COLS, &step, 127.0));
+        let (e_gptq, e_plain) = (output_error(&w, &gptq, ROWS, &h), output_error(&w, &plain, ROWS, &h));
         assert!(e_gptq < 0.5 * e_plain, "gptq {e_gptq:e} vs nearest {e_plain:e}");
         // Every weight stays within one step or so of its value.
-        for k in 0..rows * cols {
-            assert!((w[k] - gptq[k] as f32 * step[k / cols]).abs() < 4.0 * step[0]);
+        for (&g, &v) in gptq.iter().zip(&w) {
+            assert!((v - g).abs() < 4.0 * step[0]);
         }
     }
 
@@ -459,39 +464,16 @@ mod tests {
     /// rounding each weight to its nearest f16.
     #[test]
     fn compensated_f16_rounding_beats_nearest_and_stays_on_the_grid() {
-        let (rows, cols) = (8, 150);
-        let mut rng = crate::bench::inputs::SplitMix64::new(11);
-        let mut moment = InputMoment::new(cols);
-        let mut xs = Vec::new();
-        for _ in 0..400 {
-            let common = (rng.uniform() * 2.0) as f32;
-            for _ in 0..cols {
-                xs.push(common + 0.3 * (rng.uniform() as f32 - 0.5));
-            }
-        }
-        moment.add(&xs, 400);
-        let w: Vec<f32> = (0..rows * cols).map(|_| rng.uniform() as f32 - 0.5).collect();
+        let (moment, w) = correlated_layer(11);
         let h = moment.mean();
-        let error = |q: &[f32]| -> f64 {
-            let mut total = 0.0;
-            for r in 0..rows {
-                let d: Vec<f64> = (0..cols).map(|c| (w[r * cols + c] - q[r * cols + c]) as f64).collect();
-                for i in 0..cols {
-                    for j in 0..cols {
-                        total += d[i] * h[[i, j]] * d[j];
-                    }
-                }
-            }
-            total
-        };
-        let gptq = round_to_f16(&w, rows, &moment).unwrap();
+        let gptq = round_to_f16(&w, ROWS, &moment).unwrap();
         let plain: Vec<f32> = w.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
         for (&g, &v) in gptq.iter().zip(&w) {
             assert_eq!(half::f16::from_f32(g).to_f32(), g, "{g} is not an f16");
             // Compensation moves weights by a few f16 steps of the largest ones (2.4e-4).
             assert!((g - v).abs() <= 2e-3, "{g} strayed from {v}");
         }
-        let (e_gptq, e_plain) = (error(&gptq), error(&plain));
+        let (e_gptq, e_plain) = (output_error(&w, &gptq, ROWS, &h), output_error(&w, &plain, ROWS, &h));
         assert!(e_gptq < 0.5 * e_plain, "gptq {e_gptq:e} vs nearest {e_plain:e}");
     }
 
