@@ -56,6 +56,20 @@ pub struct Int8Options {
     pub weight_rounding: Option<quant::WeightRounding>,
 }
 
+impl Int8Options {
+    /// The calibration samples and the named held-out sets (`quant::dataset::load_sets`).
+    fn load_sets(&self, meta: &ModelMeta) -> Result<(Vec<quant::dataset::Sample>, Vec<quant::dataset::NamedSet>)> {
+        quant::dataset::load_sets(
+            meta,
+            &self.calibrate,
+            self.calibration_samples,
+            self.holdout_samples,
+            self.pseudo_samples,
+            0x5eed,
+        )
+    }
+}
+
 impl Default for Int8Options {
     fn default() -> Self {
         Int8Options {
@@ -181,53 +195,10 @@ pub fn convert_bytes(onnx_bytes: &[u8], default_name: &str, options: &ConvertOpt
     converted.meta.stats.onnx_ops = imported.onnx_ops.clone();
     match options.precision {
         Precision::Fp32 => {}
-        Precision::Fp16 => {
-            let o = &options.int8;
-            let rounding = o.weight_rounding.unwrap_or(if o.calibrate.is_empty() {
-                quant::WeightRounding::Nearest
-            } else {
-                quant::WeightRounding::Gptq
-            });
-            if o.calibrate.is_empty() {
-                if rounding == quant::WeightRounding::Gptq {
-                    bail!("GPTQ rounding to f16 needs calibration data: --calibrate DIR");
-                }
-                store_weights_as_f16(&mut converted, None)?;
-            } else {
-                let (calibration, holdout) = quant::dataset::load_sets(
-                    &converted.meta,
-                    &o.calibrate,
-                    o.calibration_samples,
-                    o.holdout_samples,
-                    o.pseudo_samples,
-                    0x5eed,
-                )?;
-                let fp32 = converted.to_bytes()?;
-                let samples = match rounding {
-                    quant::WeightRounding::Gptq => {
-                        Some(quant::half::rounding_samples(&converted, &calibration, 0x5eed ^ 3)?)
-                    }
-                    quant::WeightRounding::Nearest => None,
-                };
-                store_weights_as_f16(&mut converted, samples.as_deref())?;
-                let calibrated = samples.map_or(0, |s| s.len());
-                let report = quant::half::report(&converted, &fp32, &holdout, rounding, calibrated)?;
-                converted
-                    .meta
-                    .reports
-                    .insert("fp16".into(), serde_json::to_value(&report)?);
-            }
-        }
+        Precision::Fp16 => halve_weights(&mut converted, &options.int8)?,
         Precision::Int8 => {
             let o = &options.int8;
-            let (calibration, holdout) = quant::dataset::load_sets(
-                &converted.meta,
-                &o.calibrate,
-                o.calibration_samples,
-                o.holdout_samples,
-                o.pseudo_samples,
-                0x5eed,
-            )?;
+            let (calibration, holdout) = o.load_sets(&converted.meta)?;
             converted = quant::quantize(
                 &converted,
                 &quant::QuantizeOptions {
@@ -264,6 +235,36 @@ pub fn convert_file(input: &Path, output: &Path, options: &ConvertOptions) -> Re
         .write(output)
         .with_context(|| format!("writing {}", output.display()))?;
     Ok((converted, size))
+}
+
+/// `--precision fp16`: f16 weights, rounded with GPTQ where there is calibration data
+/// (unless `o.weight_rounding` says nearest), with an accuracy report on the held-out data.
+fn halve_weights(converted: &mut Converted, o: &Int8Options) -> Result<()> {
+    let rounding = o.weight_rounding.unwrap_or(if o.calibrate.is_empty() {
+        quant::WeightRounding::Nearest
+    } else {
+        quant::WeightRounding::Gptq
+    });
+    if o.calibrate.is_empty() {
+        if rounding == quant::WeightRounding::Gptq {
+            bail!("GPTQ rounding to f16 needs calibration data: --calibrate DIR");
+        }
+        return store_weights_as_f16(converted, None);
+    }
+    let (calibration, holdout) = o.load_sets(&converted.meta)?;
+    let fp32 = converted.to_bytes()?;
+    let samples = match rounding {
+        quant::WeightRounding::Gptq => Some(quant::half::rounding_samples(converted, &calibration, 0x5eed ^ 3)?),
+        quant::WeightRounding::Nearest => None,
+    };
+    store_weights_as_f16(converted, samples.as_deref())?;
+    let calibrated = samples.map_or(0, |s| s.len());
+    let report = quant::half::report(converted, &fp32, &holdout, rounding, calibrated)?;
+    converted
+        .meta
+        .reports
+        .insert("fp16".into(), serde_json::to_value(&report)?);
+    Ok(())
 }
 
 /// Marks conv and dense weight tensors f16, except where rounding costs most and saves
