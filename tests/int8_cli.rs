@@ -24,6 +24,17 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// What `qp-engine info` prints about `model`.
+fn engine_info(model: &Path) -> String {
+    let info = Command::new(env!("CARGO_BIN_EXE_qp-engine"))
+        .args(["info", model.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let shown = text(&info);
+    assert!(info.status.success(), "{shown}");
+    shown
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("qp-int8-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -77,12 +88,7 @@ fn images_calibrate_and_the_report_is_printed_and_stored() {
         "{printed}"
     );
 
-    let info = Command::new(env!("CARGO_BIN_EXE_qp-engine"))
-        .args(["info", out.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let shown = text(&info);
-    assert!(info.status.success(), "{shown}");
+    let shown = engine_info(&out);
     assert!(shown.contains("precision   int8"), "{shown}");
     assert!(shown.contains("accuracy vs FP32 (held out)"), "{shown}");
 
@@ -178,16 +184,16 @@ fn npy_arrays_calibrate_too() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `--precision fp16 --calibrate` rounds the convolutions with GPTQ onto exact f16
+/// `--precision fp16 --calibrate` rounds the conv and dense weights with GPTQ onto f16
 /// values and reports the accuracy on held-out images; `--weight-rounding nearest` keeps
 /// plain rounding with the same report.
 #[test]
 fn calibrated_fp16_rounds_with_gptq_and_reports() {
     let dir = scratch("fp16");
-    std::fs::create_dir_all(dir.join("icons")).unwrap();
-    write_images(&dir.join("icons"), 12);
-    let model = fixture("tiny_bn/model.onnx");
     let icons = dir.join("icons");
+    std::fs::create_dir_all(&icons).unwrap();
+    write_images(&icons, 12);
+    let model = fixture("tiny_bn/model.onnx");
     let run = |name: &str, extra: &[&str]| {
         let out = dir.join(name);
         let mut args = vec![
@@ -222,12 +228,7 @@ fn calibrated_fp16_rounds_with_gptq_and_reports() {
         "{printed}"
     );
 
-    let info = Command::new(env!("CARGO_BIN_EXE_qp-engine"))
-        .args(["info", gptq.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let shown = text(&info);
-    assert!(info.status.success(), "{shown}");
+    let shown = engine_info(&gptq);
     assert!(
         shown.contains("precision   fp16") && shown.contains("gptq weight rounding"),
         "{shown}"
