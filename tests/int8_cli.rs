@@ -302,6 +302,10 @@ fn misuse_is_a_clear_error() {
             vec![model, "-o", out, "--precision", "fp16", "--weight-rounding", "gptq"],
             "GPTQ rounding to f16 needs calibration data: --calibrate DIR",
         ),
+        (
+            vec![model, "-o", out, "--weight-rounding", "gptq"],
+            "--weight-rounding applies to --precision int8 and fp16 only",
+        ),
     ];
     for (args, want) in cases {
         let o = convert(&args);

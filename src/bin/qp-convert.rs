@@ -131,9 +131,15 @@ fn main() -> ExitCode {
             weight_rounding: args.weight_rounding,
         },
     };
-    if matches!(args.precision, PrecisionArg::Fp32) && !args.calibrate.is_empty() {
-        eprintln!("qp-convert: error: --calibrate applies to --precision int8 and fp16 only");
-        return ExitCode::FAILURE;
+    if matches!(args.precision, PrecisionArg::Fp32) {
+        let given = [
+            (!args.calibrate.is_empty(), "--calibrate"),
+            (args.weight_rounding.is_some(), "--weight-rounding"),
+        ];
+        if let Some((_, flag)) = given.iter().find(|(set, _)| *set) {
+            eprintln!("qp-convert: error: {flag} applies to --precision int8 and fp16 only");
+            return ExitCode::FAILURE;
+        }
     }
     let start = std::time::Instant::now();
     match convert_file(&args.model, &output, &options) {
