@@ -257,7 +257,7 @@ fn halve_weights(converted: &mut Converted, o: &Int8Options) -> Result<()> {
         quant::WeightRounding::Gptq => Some(quant::half::rounding_samples(converted, &calibration, 0x5eed ^ 3)?),
         quant::WeightRounding::Nearest => None,
     };
-    store_weights_as_f16(converted, samples.as_deref())?;
+    store_weights_as_f16(converted, samples.as_deref().map(|s| (s, fp32.as_slice())))?;
     let calibrated = samples.map_or(0, |s| s.len());
     let report = quant::half::report(converted, &fp32, &holdout, rounding, calibrated)?;
     converted
@@ -272,9 +272,10 @@ fn halve_weights(converted: &mut Converted, o: &Int8Options) -> Result<()> {
 /// layers (dense layers under 1% of the weights) stay f32. On the full QualityNet that
 /// keeps 0.3 MB in f32; the file is 50% of the f32 one.
 /// Values outside the f16 range would become infinite: refused, naming the tensor.
-/// With `calibration` samples the conv and dense weights are rounded with GPTQ against
-/// their inputs on those samples instead of to nearest.
-fn store_weights_as_f16(c: &mut Converted, calibration: Option<&[quant::dataset::Sample]>) -> Result<()> {
+/// With `gptq` (calibration samples, and the FP32 model's bytes) the conv and dense
+/// weights are rounded with GPTQ against their inputs on those samples instead of to
+/// nearest.
+fn store_weights_as_f16(c: &mut Converted, gptq: Option<(&[quant::dataset::Sample], &[u8])>) -> Result<()> {
     let total: usize = c.tensors.iter().map(|t| t.len()).sum();
     let model_inputs: Vec<usize> = c.meta.inputs.iter().map(|i| i.value).collect();
     let halved: Vec<usize> = (0..c.meta.nodes.len())
@@ -295,8 +296,8 @@ fn store_weights_as_f16(c: &mut Converted, calibration: Option<&[quant::dataset:
             );
         }
     }
-    if let Some(samples) = calibration {
-        quant::half::round_weights(c, &halved, samples)?;
+    if let Some((samples, fp32)) = gptq {
+        quant::half::round_weights(c, fp32, &halved, samples)?;
     }
     for n in halved {
         let id = c.meta.nodes[n].params[0];

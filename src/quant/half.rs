@@ -42,16 +42,17 @@ pub fn rounding_samples(model: &Converted, calibration: &[Sample], seed: u64) ->
 }
 
 /// Rounds the weights of `layers` (convolutions and dense layers of the FP32 model
-/// `model`) to f16 values with GPTQ against their inputs on `samples`, in place: the
-/// tensors stay f32 in memory, each value exactly an f16, and are written as f16.
-pub fn round_weights(model: &mut Converted, layers: &[usize], samples: &[Sample]) -> Result<()> {
+/// `model`, `fp32` its bytes) to f16 values with GPTQ against their inputs on `samples`,
+/// in place: the tensors stay f32 in memory, each value exactly an f16, and are written
+/// as f16.
+pub fn round_weights(model: &mut Converted, fp32: &[u8], layers: &[usize], samples: &[Sample]) -> Result<()> {
     let started = std::time::Instant::now();
     tracing::info!(
         "measuring the inputs of {} layers on {} samples for GPTQ rounding to f16",
         layers.len(),
         samples.len()
     );
-    let mut moments = gptq::input_moments(&model.to_bytes()?, samples, layers)?;
+    let mut moments = gptq::input_moments(fp32, samples, layers)?;
     let meta = &model.meta;
     let work: Vec<(usize, gptq::InputMoment)> = layers
         .iter()
