@@ -306,6 +306,14 @@ fn misuse_is_a_clear_error() {
             vec![model, "-o", out, "--weight-rounding", "gptq"],
             "--weight-rounding applies to --precision int8 and fp16 only",
         ),
+        (
+            vec![model, "-o", out, "--precision", "fp16", "--profile", "conservative"],
+            "--profile applies to --precision int8 only",
+        ),
+        (
+            vec![model, "-o", out, "--compare"],
+            "--compare applies to --precision int8 only",
+        ),
     ];
     for (args, want) in cases {
         let o = convert(&args);

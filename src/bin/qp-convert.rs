@@ -40,11 +40,13 @@ struct Args {
     calibrate: Vec<PathBuf>,
     /// INT8: which convolutions stay FP32: aggressive (none), balanced (the stem),
     /// conservative (the stem, the projection shortcuts and the last residual block).
-    #[arg(long, default_value = "balanced", value_parser = parse_profile)]
-    profile: qp::quant::Profile,
+    /// Default: balanced.
+    #[arg(long, value_parser = parse_profile)]
+    profile: Option<qp::quant::Profile>,
     /// INT8 activation clipping: mse, minmax, percentile (99.99%) or percentileNN.N.
-    #[arg(long, default_value = "mse", value_parser = parse_method)]
-    calibration_method: qp::quant::range::Method,
+    /// Default: mse.
+    #[arg(long, value_parser = parse_method)]
+    calibration_method: Option<qp::quant::range::Method>,
     /// Calibration samples (images spread evenly over what --calibrate holds).
     #[arg(long, default_value_t = 64)]
     calibration_samples: usize,
@@ -118,8 +120,8 @@ fn main() -> ExitCode {
         },
         direct_conv: args.direct_conv,
         int8: Int8Options {
-            profile: args.profile,
-            method: args.calibration_method,
+            profile: args.profile.unwrap_or(qp::quant::DEFAULT_PROFILE),
+            method: args.calibration_method.unwrap_or(qp::quant::DEFAULT_METHOD),
             calibrate: args.calibrate.clone(),
             calibration_samples: args.calibration_samples,
             holdout_samples: args.holdout_samples,
@@ -131,15 +133,30 @@ fn main() -> ExitCode {
             weight_rounding: args.weight_rounding,
         },
     };
-    if matches!(args.precision, PrecisionArg::Fp32) {
-        let given = [
-            (!args.calibrate.is_empty(), "--calibrate"),
-            (args.weight_rounding.is_some(), "--weight-rounding"),
-        ];
-        if let Some((_, flag)) = given.iter().find(|(set, _)| *set) {
-            eprintln!("qp-convert: error: {flag} applies to --precision int8 and fp16 only");
-            return ExitCode::FAILURE;
-        }
+    // A flag the precision does not use is refused rather than silently ignored.
+    let int8_only = [
+        (args.profile.is_some(), "--profile"),
+        (args.calibration_method.is_some(), "--calibration-method"),
+        (args.compare, "--compare"),
+        (args.sensitivity, "--sensitivity"),
+        (!args.keep_fp32.is_empty(), "--keep-fp32"),
+        (args.bias_correction_samples.is_some(), "--bias-correction-samples"),
+    ];
+    let calibrated = [
+        (!args.calibrate.is_empty(), "--calibrate"),
+        (args.weight_rounding.is_some(), "--weight-rounding"),
+    ];
+    let first = |flags: &[(bool, &'static str)]| flags.iter().find(|(set, _)| *set).map(|&(_, flag)| flag);
+    let unused = match args.precision {
+        PrecisionArg::Int8 => None,
+        PrecisionArg::Fp16 => first(&int8_only).map(|f| (f, "int8")),
+        PrecisionArg::Fp32 => first(&calibrated)
+            .map(|f| (f, "int8 and fp16"))
+            .or_else(|| first(&int8_only).map(|f| (f, "int8"))),
+    };
+    if let Some((flag, precisions)) = unused {
+        eprintln!("qp-convert: error: {flag} applies to --precision {precisions} only");
+        return ExitCode::FAILURE;
     }
     let start = std::time::Instant::now();
     match convert_file(&args.model, &output, &options) {
