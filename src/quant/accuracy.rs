@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::dataset::{batch, Sample, RUN_BATCH};
+use super::dataset::{batch, NamedSet, Sample, RUN_BATCH};
 use crate::engine::{Engine, EngineOptions};
 use crate::format::QpwFile;
 use crate::graph::op::Op;
@@ -48,6 +48,47 @@ pub struct Outputs {
     pub names: Vec<String>,
     pub values: Vec<Vec<f32>>,
     pub features: Option<(String, Vec<Vec<f32>>)>,
+}
+
+impl Outputs {
+    /// The outputs of several runs as one, in order (the sets of a report, joined into
+    /// its `all` row without running the models again).
+    pub fn concat(parts: &[Outputs]) -> Outputs {
+        let first = &parts[0];
+        Outputs {
+            samples: parts.iter().map(|p| p.samples).sum(),
+            names: first.names.clone(),
+            values: (0..first.values.len())
+                .map(|k| parts.iter().flat_map(|p| p.values[k].iter().copied()).collect())
+                .collect(),
+            features: first.features.as_ref().map(|(node, _)| {
+                let all = parts
+                    .iter()
+                    .flat_map(|p| p.features.iter().flat_map(|(_, f)| f.iter().cloned()))
+                    .collect();
+                (node.clone(), all)
+            }),
+        }
+    }
+}
+
+/// Runs `model` (file bytes) over each set's samples.
+pub fn run_sets(model: &[u8], sets: &[NamedSet]) -> Result<Vec<Outputs>> {
+    sets.iter().map(|(_, samples)| run_model(model, samples)).collect()
+}
+
+/// The accuracy of `test` against `reference` (outputs of `run_sets` on `sets`) on each
+/// set, then over all of them (`all`).
+pub fn compare_sets(sets: &[NamedSet], reference: &[Outputs], test: &[Outputs]) -> Vec<Accuracy> {
+    let mut rows: Vec<Accuracy> = sets
+        .iter()
+        .zip(reference.iter().zip(test))
+        .map(|((name, _), (r, t))| compare(name, r, t))
+        .collect();
+    if !sets.is_empty() {
+        rows.push(compare("all", &Outputs::concat(reference), &Outputs::concat(test)));
+    }
+    rows
 }
 
 /// Runs `model` (file bytes) over `samples`.
@@ -184,5 +225,36 @@ mod tests {
         let neg: Vec<f32> = r.iter().map(|x| -x).collect();
         assert!((pearson(&r, &neg) + 1.0).abs() < 1e-12);
         assert!((cosine(&[1.0, 0.0], &[0.0, 2.0])).abs() < 1e-12);
+    }
+
+    /// Outputs of `n` samples, one output of two values each, and 3-float features.
+    fn outputs(n: usize, offset: f32) -> Outputs {
+        Outputs {
+            samples: n,
+            names: vec!["y".into()],
+            values: vec![(0..2 * n).map(|i| i as f32 + offset).collect()],
+            features: Some(("pool".into(), (0..n).map(|i| vec![i as f32 + offset; 3]).collect())),
+        }
+    }
+
+    /// The `all` row of joined sets is the comparison of the joined outputs, sample for
+    /// sample in set order.
+    #[test]
+    fn joined_sets_compare_as_one() {
+        let sets: Vec<NamedSet> = vec![("a".into(), vec![]), ("b".into(), vec![])];
+        let reference = [outputs(2, 0.0), outputs(3, 10.0)];
+        let test = [outputs(2, 0.5), outputs(3, 10.0)];
+        let joined = Outputs::concat(&reference);
+        assert_eq!(joined.samples, 5);
+        assert_eq!(joined.values[0], [0.0, 1.0, 2.0, 3.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0]);
+        assert_eq!(joined.features.as_ref().unwrap().1.len(), 5);
+        let rows = compare_sets(&sets, &reference, &test);
+        let names: Vec<&str> = rows.iter().map(|r| r.set.as_str()).collect();
+        assert_eq!(names, ["a", "b", "all"]);
+        assert_eq!(rows[2].samples, 5);
+        // Set a moved every value by 0.5 (4 of the 10), set b none.
+        assert!((rows[2].outputs[0].mean_abs_delta - 0.2).abs() < 1e-6);
+        assert!((rows[2].outputs[0].max_abs_delta - 0.5).abs() < 1e-6);
+        assert_eq!(rows[1].outputs[0].max_abs_delta, 0.0);
     }
 }

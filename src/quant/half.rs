@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::accuracy::{compare, run_model, Accuracy};
+use super::accuracy::{compare_sets, run_sets, Accuracy};
 use super::dataset::{self, NamedSet, Sample};
 use super::{gptq, rewrite, WeightRounding};
 use crate::convert::{Converted, TensorData};
@@ -87,7 +87,7 @@ pub fn round_weights(model: &mut Converted, fp32: &[u8], layers: &[usize], sampl
 }
 
 /// The accuracy of the f16 model `half` against `fp32` (its FP32 original, as bytes) on
-/// the held-out sets.
+/// each held-out set and over all of them.
 pub fn report(
     half: &Converted,
     fp32: &[u8],
@@ -95,16 +95,11 @@ pub fn report(
     weight_rounding: WeightRounding,
     calibration_samples: usize,
 ) -> Result<HalfReport> {
-    let bytes = half.to_bytes()?;
-    let mut accuracy = Vec::new();
-    let mut all = Vec::new();
-    for (name, samples) in holdout {
-        accuracy.push(compare(name, &run_model(fp32, samples)?, &run_model(&bytes, samples)?));
-        all.extend(samples.iter().cloned());
-    }
-    if holdout.len() > 1 {
-        accuracy.push(compare("all", &run_model(fp32, &all)?, &run_model(&bytes, &all)?));
-    }
+    let accuracy = compare_sets(
+        holdout,
+        &run_sets(fp32, holdout)?,
+        &run_sets(&half.to_bytes()?, holdout)?,
+    );
     Ok(HalfReport {
         weight_rounding,
         calibration_samples,

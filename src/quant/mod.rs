@@ -20,7 +20,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use self::accuracy::{compare, run_model, Accuracy, Outputs};
+use self::accuracy::{compare, compare_sets, run_model, run_sets, Accuracy, Outputs};
 use self::dataset::Sample;
 use self::range::{Histogram, Method, QuantParams};
 use self::rewrite::RoundedWeights;
@@ -350,20 +350,12 @@ pub fn quantize(fp32: &Converted, options: &QuantizeOptions) -> Result<Converted
         bail!("the accuracy report needs held-out samples");
     }
     tracing::info!("FP32 outputs of {} held-out samples", all.len());
-    let reference_sets: Vec<(String, Outputs)> = options
-        .holdout
-        .iter()
-        .map(|(name, s)| Ok((name.clone(), run_model(&fp32_bytes, s)?)))
-        .collect::<Result<_>>()?;
-    let reference_all = run_model(&fp32_bytes, &all)?;
+    let reference_sets = run_sets(&fp32_bytes, &options.holdout)?;
+    let reference_all = Outputs::concat(&reference_sets);
 
     let mut model = build(options.profile, options.method, None)?;
     let bytes = model.to_bytes()?;
-    let mut report_accuracy = Vec::new();
-    for ((name, s), (_, reference)) in options.holdout.iter().zip(&reference_sets) {
-        report_accuracy.push(compare(name, reference, &run_model(&bytes, s)?));
-    }
-    report_accuracy.push(compare("all", &reference_all, &run_model(&bytes, &all)?));
+    let report_accuracy = compare_sets(&options.holdout, &reference_sets, &run_sets(&bytes, &options.holdout)?);
 
     let mut candidates = Vec::new();
     if options.compare {
