@@ -246,7 +246,10 @@ mod tests {
         let test = [outputs(2, 0.5), outputs(3, 10.0)];
         let joined = Outputs::concat(&reference);
         assert_eq!(joined.samples, 5);
-        assert_eq!(joined.values[0], [0.0, 1.0, 2.0, 3.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0]);
+        assert_eq!(
+            joined.values[0],
+            [0.0, 1.0, 2.0, 3.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0]
+        );
         assert_eq!(joined.features.as_ref().unwrap().1.len(), 5);
         let rows = compare_sets(&sets, &reference, &test);
         let names: Vec<&str> = rows.iter().map(|r| r.set.as_str()).collect();

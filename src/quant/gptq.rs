@@ -107,16 +107,16 @@ fn patches(input: &[f32], images: usize, shape: &[usize], window: &Window, out_h
     rows
 }
 
-/// Input moments of the convolutions and dense layers `convs` (node indices of the
+/// Input moments of the convolutions and dense layers `layers` (node indices of the
 /// direct-convolution FP32 model `fp32`) over `samples`.
-pub fn input_moments(fp32: &[u8], samples: &[Sample], convs: &[usize]) -> Result<BTreeMap<usize, InputMoment>> {
+pub fn input_moments(fp32: &[u8], samples: &[Sample], layers: &[usize]) -> Result<BTreeMap<usize, InputMoment>> {
     if samples.is_empty() {
         bail!("weight rounding needs at least one calibration sample");
     }
     let file = QpwFile::from_bytes(fp32).context("loading the FP32 model for weight rounding")?;
     let meta: ModelMeta = file.meta.clone();
     let mut engine = Engine::from_file(file, EngineOptions::default())?;
-    struct Conv {
+    struct Layer {
         node: usize,
         input: usize,
         /// The input's `[C, H, W]` (a dense layer's `[in]` as `[in, 1, 1]`).
@@ -126,7 +126,7 @@ pub fn input_moments(fp32: &[u8], samples: &[Sample], convs: &[usize]) -> Result
     }
     let mut wanted = BTreeMap::new();
     let mut moments = BTreeMap::new();
-    for &n in convs {
+    for &n in layers {
         let node = &meta.nodes[n];
         let input = node.inputs[0];
         // A dense layer is a 1x1 convolution over a 1x1 map.
@@ -150,7 +150,7 @@ pub fn input_moments(fp32: &[u8], samples: &[Sample], convs: &[usize]) -> Result
         };
         wanted.insert(
             n,
-            Conv {
+            Layer {
                 node: n,
                 input,
                 shape,
@@ -174,7 +174,7 @@ pub fn input_moments(fp32: &[u8], samples: &[Sample], convs: &[usize]) -> Result
                 meta.nodes[c.node].name
             );
         }
-        // Each convolution's patches and moment update, in parallel (each owns its sum).
+        // Each layer's patches and moment update, in parallel (each owns its sum).
         moments.par_iter_mut().for_each(|(n, moment)| {
             let c = &wanted[n];
             let rows = patches(&seen[&c.input], chunk.len(), &c.shape, &c.window, c.out_hw);
