@@ -314,6 +314,18 @@ fn misuse_is_a_clear_error() {
             vec![model, "-o", out, "--compare"],
             "--compare applies to --precision int8 only",
         ),
+        (
+            vec![model, "-o", out, "--holdout-samples", "10"],
+            "--holdout-samples applies to --precision int8 and fp16 only",
+        ),
+        (
+            vec![model, "-o", out, "--precision", "fp16", "--pseudo-samples", "4"],
+            "--pseudo-samples needs --calibrate DIR",
+        ),
+        (
+            vec![model, "-o", out, "--precision", "int8", "--calibration-samples", "8"],
+            "--calibration-samples needs --calibrate DIR",
+        ),
     ];
     for (args, want) in cases {
         let o = convert(&args);

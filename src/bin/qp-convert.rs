@@ -47,15 +47,17 @@ struct Args {
     /// Default: mse.
     #[arg(long, value_parser = parse_method)]
     calibration_method: Option<qp::quant::range::Method>,
-    /// Calibration samples (images spread evenly over what --calibrate holds).
-    #[arg(long, default_value_t = 64)]
-    calibration_samples: usize,
-    /// Held-out images for the accuracy report (int8, and fp16 with --calibrate).
-    #[arg(long, default_value_t = 48)]
-    holdout_samples: usize,
-    /// Pseudo-images added to the accuracy report.
-    #[arg(long, default_value_t = 32)]
-    pseudo_samples: usize,
+    /// Calibration samples (images spread evenly over what --calibrate holds). Needs
+    /// --calibrate. Default: 64.
+    #[arg(long)]
+    calibration_samples: Option<usize>,
+    /// Held-out images for the accuracy report (int8, and fp16 with --calibrate). Needs
+    /// --calibrate. Default: 48.
+    #[arg(long)]
+    holdout_samples: Option<usize>,
+    /// Pseudo-images added to the accuracy report. Needs --calibrate. Default: 32.
+    #[arg(long)]
+    pseudo_samples: Option<usize>,
     /// INT8: also evaluate every profile and clipping method (accuracy, latency).
     #[arg(long)]
     compare: bool,
@@ -111,6 +113,7 @@ fn main() -> ExitCode {
         .without_time()
         .init();
     let output = args.output.clone().unwrap_or_else(|| args.model.with_extension("qpw"));
+    let defaults = Int8Options::default();
     let options = ConvertOptions {
         name: args.name.clone(),
         precision: match args.precision {
@@ -123,9 +126,9 @@ fn main() -> ExitCode {
             profile: args.profile.unwrap_or(qp::quant::DEFAULT_PROFILE),
             method: args.calibration_method.unwrap_or(qp::quant::DEFAULT_METHOD),
             calibrate: args.calibrate.clone(),
-            calibration_samples: args.calibration_samples,
-            holdout_samples: args.holdout_samples,
-            pseudo_samples: args.pseudo_samples,
+            calibration_samples: args.calibration_samples.unwrap_or(defaults.calibration_samples),
+            holdout_samples: args.holdout_samples.unwrap_or(defaults.holdout_samples),
+            pseudo_samples: args.pseudo_samples.unwrap_or(defaults.pseudo_samples),
             compare: args.compare,
             sensitivity: args.sensitivity,
             keep_fp32: args.keep_fp32.clone(),
@@ -142,6 +145,12 @@ fn main() -> ExitCode {
         (!args.keep_fp32.is_empty(), "--keep-fp32"),
         (args.bias_correction_samples.is_some(), "--bias-correction-samples"),
     ];
+    // What only a calibrated conversion reads (int8 always is; fp16 is with --calibrate).
+    let sample_counts = [
+        (args.calibration_samples.is_some(), "--calibration-samples"),
+        (args.holdout_samples.is_some(), "--holdout-samples"),
+        (args.pseudo_samples.is_some(), "--pseudo-samples"),
+    ];
     let calibrated = [
         (!args.calibrate.is_empty(), "--calibrate"),
         (args.weight_rounding.is_some(), "--weight-rounding"),
@@ -151,11 +160,16 @@ fn main() -> ExitCode {
         PrecisionArg::Int8 => None,
         PrecisionArg::Fp16 => first(&int8_only).map(|f| (f, "int8")),
         PrecisionArg::Fp32 => first(&calibrated)
+            .or_else(|| first(&sample_counts))
             .map(|f| (f, "int8 and fp16"))
             .or_else(|| first(&int8_only).map(|f| (f, "int8"))),
     };
     if let Some((flag, precisions)) = unused {
         eprintln!("qp-convert: error: {flag} applies to --precision {precisions} only");
+        return ExitCode::FAILURE;
+    }
+    if let (true, Some(flag)) = (args.calibrate.is_empty(), first(&sample_counts)) {
+        eprintln!("qp-convert: error: {flag} needs --calibrate DIR (it counts calibration data)");
         return ExitCode::FAILURE;
     }
     let start = std::time::Instant::now();
