@@ -120,6 +120,17 @@ fn images_calibrate_and_the_report_is_printed_and_stored() {
     assert_eq!(sets[1]["samples"], 4);
     let cosine = sets[1]["pooled_features"]["mean"].as_f64().unwrap();
     assert!(cosine > 0.9 && cosine <= 1.0 + 1e-9, "{cosine}");
+    // --accuracy-held-out keeps the icons the conversion held out: 3 of the 12.
+    let held_out = Command::new(env!("CARGO_BIN_EXE_qp-engine"))
+        .args(["bench", "--model", out.to_str().unwrap(), "--accuracy", fp32.to_str().unwrap()])
+        .args(["--accuracy-images", dir.join("icons").to_str().unwrap()])
+        .args(["--accuracy-samples", "8", "--accuracy-held-out", "--json"])
+        .output()
+        .unwrap();
+    assert!(held_out.status.success(), "{}", text(&held_out));
+    let sets: serde_json::Value = serde_json::from_slice(&held_out.stdout).unwrap();
+    assert_eq!(sets[1]["set"], "held-out images");
+    assert_eq!(sets[1]["samples"], 3);
 
     // QP_MAX_INT8 caps the INT8 kernels; an unknown tier is refused, not ignored.
     let bench_capped = |cap: &str| {

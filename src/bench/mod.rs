@@ -63,11 +63,16 @@ pub struct BenchArgs {
     #[arg(long, value_name = "REFERENCE.qpw")]
     pub accuracy: Option<PathBuf>,
     /// Folder of PNG/JPEG images for --accuracy (preprocessed as the model says).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", requires = "accuracy")]
     pub accuracy_images: Option<PathBuf>,
     /// Samples of each kind for --accuracy.
     #[arg(long, default_value_t = 32)]
     pub accuracy_samples: usize,
+    /// Only the --accuracy-images that `qp-convert --calibrate DIR` holds out from
+    /// calibration (every fourth file in name order), for a model calibrated on that
+    /// same folder: none of them was calibrated on.
+    #[arg(long, requires = "accuracy_images")]
+    pub accuracy_held_out: bool,
 }
 
 /// Which kernel tiers a bench measures.
@@ -389,11 +394,24 @@ fn accuracy(args: &BenchArgs, meta: &ModelMeta, reference: &Path) -> Result<()> 
         dataset::pseudo_images(meta, args.accuracy_samples, INPUT_SEED)?,
     )];
     if let Some(dir) = &args.accuracy_images {
-        let files = dataset::spread(&dataset::image_files(dir)?, args.accuracy_samples);
-        if files.is_empty() {
-            bail!("--accuracy-images {}: no PNG or JPEG files", dir.display());
+        let mut files = dataset::image_files(dir)?;
+        let mut set = "images";
+        if args.accuracy_held_out {
+            files = dataset::held_out_files(&files);
+            set = "held-out images";
         }
-        sets.push(("images".to_string(), dataset::from_images(meta, &files, INPUT_SEED)?));
+        let files = dataset::spread(&files, args.accuracy_samples);
+        if files.is_empty() {
+            bail!(
+                "--accuracy-images {}: no PNG or JPEG files{}",
+                dir.display(),
+                match args.accuracy_held_out {
+                    true => " held out (every fourth; give at least four)",
+                    false => "",
+                }
+            );
+        }
+        sets.push((set.to_string(), dataset::from_images(meta, &files, INPUT_SEED)?));
     }
     let mut results = Vec::new();
     for (name, samples) in &sets {

@@ -239,6 +239,23 @@ pub fn pseudo_images(meta: &ModelMeta, n: usize, seed: u64) -> Result<Vec<Sample
         .collect()
 }
 
+/// Whether the `index`-th image (in `image_files` order) or `.npy` row of the calibration
+/// data is held out: every fourth, never calibrated on.
+pub fn is_held_out(index: usize) -> bool {
+    index % 4 == 3
+}
+
+/// The files of `files` (one calibration directory's `image_files`) that `load_sets`
+/// holds out: what `qp-engine bench --accuracy-held-out` measures on.
+pub fn held_out_files(files: &[PathBuf]) -> Vec<PathBuf> {
+    files
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| is_held_out(*i))
+        .map(|(_, f)| f.clone())
+        .collect()
+}
+
 /// Calibration and held-out sets from `paths` (directories of images and/or
 /// `<input>.npy` files): every fourth image (or row) is held out and never calibrated
 /// on; each pool is then thinned evenly to its count. `pseudo` pseudo-images join the
@@ -275,9 +292,10 @@ pub fn load_sets(
                 .join(", ")
         );
     }
-    let split = |n: usize| n % 4 == 3;
-    let (held_images, cal_images): (Vec<_>, Vec<_>) = images.into_iter().enumerate().partition(|(i, _)| split(*i));
-    let (held_arrays, cal_arrays): (Vec<_>, Vec<_>) = arrays.into_iter().enumerate().partition(|(i, _)| split(*i));
+    let (held_images, cal_images): (Vec<_>, Vec<_>) =
+        images.into_iter().enumerate().partition(|(i, _)| is_held_out(*i));
+    let (held_arrays, cal_arrays): (Vec<_>, Vec<_>) =
+        arrays.into_iter().enumerate().partition(|(i, _)| is_held_out(*i));
     let strip = |v: Vec<(usize, PathBuf)>| v.into_iter().map(|(_, p)| p).collect::<Vec<_>>();
     let strip_s = |v: Vec<(usize, Sample)>| v.into_iter().map(|(_, s)| s).collect::<Vec<_>>();
 
