@@ -122,7 +122,13 @@ fn images_calibrate_and_the_report_is_printed_and_stored() {
     assert!(cosine > 0.9 && cosine <= 1.0 + 1e-9, "{cosine}");
     // --accuracy-held-out keeps the icons the conversion held out: 3 of the 12.
     let held_out = Command::new(env!("CARGO_BIN_EXE_qp-engine"))
-        .args(["bench", "--model", out.to_str().unwrap(), "--accuracy", fp32.to_str().unwrap()])
+        .args([
+            "bench",
+            "--model",
+            out.to_str().unwrap(),
+            "--accuracy",
+            fp32.to_str().unwrap(),
+        ])
         .args(["--accuracy-images", dir.join("icons").to_str().unwrap()])
         .args(["--accuracy-samples", "8", "--accuracy-held-out", "--json"])
         .output()
