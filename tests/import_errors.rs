@@ -579,3 +579,54 @@ fn a_dilated_max_pool_window_that_skips_the_input_is_an_error() {
     let msg = model_err(&model(13, graph), "dilated pool");
     assert_mentions(&msg, &["pool", "padding"], "dilated pool");
 }
+
+#[test]
+fn non_finite_weights_are_errors() {
+    // A NaN weight ahead of a ReLU does not show at run time (max(NaN, 0) is 0): the
+    // prediction would just be wrong. Every non-finite parameter is refused, by name.
+    for (index, value, shown) in [
+        (0, f32::NAN, "NaN"),
+        (1, f32::INFINITY, "inf"),
+        (0, f32::NEG_INFINITY, "-inf"),
+    ] {
+        let mut m = conv_relu();
+        m.graph.as_mut().unwrap().initializer[index].float_data[2] = value;
+        let msg = model_err(&m, shown);
+        let tensor = ["\"w\"", "\"b\""][index];
+        assert_mentions(
+            &msg,
+            &["node \"conv\"", tensor, &format!("({shown})"), "non-finite"],
+            shown,
+        );
+    }
+}
+
+#[test]
+fn a_batch_norm_variance_without_a_square_root_is_an_error() {
+    // -1e-5 plus the default epsilon (1e-5) is 0. A NaN variance is refused as a
+    // non-finite parameter (above).
+    let bn_params = ["gamma", "beta", "mean", "var"];
+    for var in [-1.0f32, -1e-5] {
+        let mut m = conv_relu();
+        let g = m.graph.as_mut().unwrap();
+        g.node[0].output = vec!["c0".into()];
+        let mut inputs = vec!["c0"];
+        inputs.extend(bn_params);
+        g.node
+            .insert(1, node("BatchNormalization", "bn", &inputs, &["c"], vec![]));
+        for p in bn_params {
+            let mut t = floats(p, &[4]);
+            t.float_data = vec![1.0; 4];
+            if p == "var" {
+                t.float_data[3] = var;
+            }
+            g.initializer.push(t);
+        }
+        let msg = model_err(&m, "bn variance");
+        assert_mentions(
+            &msg,
+            &["BatchNormalization node \"bn\"", "channel 3", "must be positive"],
+            "bn variance",
+        );
+    }
+}

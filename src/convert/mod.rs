@@ -171,7 +171,11 @@ pub fn convert_bytes(onnx_bytes: &[u8], default_name: &str, options: &ConvertOpt
     let model = onnx::decode_model(onnx_bytes)?;
     let imported = onnx::import_model(&model)?;
     let mut graph = imported.graph.clone();
+    // Before the passes, to name the tensors as the ONNX file does; after them for what
+    // folding computed.
+    check_parameters_finite(&graph)?;
     passes::run_all(&mut graph)?;
+    check_parameters_finite(&graph)?;
 
     let name = options.name.clone().unwrap_or_else(|| {
         if default_name.is_empty() {
@@ -224,6 +228,28 @@ pub fn convert_bytes(onnx_bytes: &[u8], default_name: &str, options: &ConvertOpt
     crate::plan::validate::validate(&converted.meta)
         .map_err(|e| anyhow!("the converted model is not runnable: {e}"))?;
     Ok(converted)
+}
+
+/// Refuses a model with a NaN or infinite parameter, naming the node and the tensor.
+/// Such a weight does not fail at run time, it gives wrong answers: a ReLU's max turns a
+/// NaN into 0, so one NaN weight in the stem moved a prediction without a trace. Checked
+/// before lowering, which mixes weights (Winograd turns an infinity into NaNs).
+fn check_parameters_finite(g: &Graph) -> Result<()> {
+    for node in &g.nodes {
+        for &v in node.inputs.iter().flatten() {
+            let Some(data) = g.constant(v).and_then(|c| c.as_f32()) else {
+                continue;
+            };
+            if let Some(x) = data.iter().find(|x| !x.is_finite()) {
+                bail!(
+                    "node {:?}: parameter {:?} holds a non-finite value ({x}); the model's weights are damaged",
+                    node.name,
+                    g.values[v].name
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads `input`, converts it and writes `output`.

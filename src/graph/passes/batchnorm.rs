@@ -54,6 +54,16 @@ pub fn run(g: &mut Graph) -> Result<()> {
                 .collect(),
             None => vec![0.0; cout],
         };
+        // A variance at or below -epsilon has no square root: the fold would write NaN or
+        // infinite weights.
+        if let Some(o) = (0..cout).find(|&o| var[o] + epsilon as f64 <= 0.0) {
+            bail!(
+                "BatchNormalization node {:?}: channel {o} has variance {} with epsilon {epsilon}; \
+                 variance + epsilon must be positive",
+                bn.name,
+                var[o]
+            );
+        }
         let mut nw = Vec::with_capacity(w.len());
         let mut nb = Vec::with_capacity(cout);
         for o in 0..cout {
