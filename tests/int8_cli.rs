@@ -97,44 +97,25 @@ fn images_calibrate_and_the_report_is_printed_and_stored() {
     assert!(convert(&[model.to_str().unwrap(), "-o", fp32.to_str().unwrap()])
         .status
         .success());
-    let bench = Command::new(env!("CARGO_BIN_EXE_qp-engine"))
-        .args([
-            "bench",
-            "--model",
-            out.to_str().unwrap(),
-            "--accuracy",
-            fp32.to_str().unwrap(),
-        ])
-        .args([
-            "--accuracy-images",
-            dir.join("icons").to_str().unwrap(),
-            "--accuracy-samples",
-            "4",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(bench.status.success(), "{}", text(&bench));
-    let sets: serde_json::Value = serde_json::from_slice(&bench.stdout).unwrap();
+    // The sets `bench --accuracy` measured on, as its JSON.
+    let bench_accuracy = |extra: &[&str]| -> serde_json::Value {
+        let o = Command::new(env!("CARGO_BIN_EXE_qp-engine"))
+            .args(["bench", "--model", out.to_str().unwrap()])
+            .args(["--accuracy", fp32.to_str().unwrap(), "--json"])
+            .args(["--accuracy-images", dir.join("icons").to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let sets = bench_accuracy(&["--accuracy-samples", "4"]);
     assert_eq!(sets[0]["set"], "pseudo-images");
     assert_eq!(sets[1]["samples"], 4);
     let cosine = sets[1]["pooled_features"]["mean"].as_f64().unwrap();
     assert!(cosine > 0.9 && cosine <= 1.0 + 1e-9, "{cosine}");
     // --accuracy-held-out keeps the icons the conversion held out: 3 of the 12.
-    let held_out = Command::new(env!("CARGO_BIN_EXE_qp-engine"))
-        .args([
-            "bench",
-            "--model",
-            out.to_str().unwrap(),
-            "--accuracy",
-            fp32.to_str().unwrap(),
-        ])
-        .args(["--accuracy-images", dir.join("icons").to_str().unwrap()])
-        .args(["--accuracy-samples", "8", "--accuracy-held-out", "--json"])
-        .output()
-        .unwrap();
-    assert!(held_out.status.success(), "{}", text(&held_out));
-    let sets: serde_json::Value = serde_json::from_slice(&held_out.stdout).unwrap();
+    let sets = bench_accuracy(&["--accuracy-samples", "8", "--accuracy-held-out"]);
     assert_eq!(sets[1]["set"], "held-out images");
     assert_eq!(sets[1]["samples"], 3);
 

@@ -402,14 +402,12 @@ fn accuracy(args: &BenchArgs, meta: &ModelMeta, reference: &Path) -> Result<()> 
         }
         let files = dataset::spread(&files, args.accuracy_samples);
         if files.is_empty() {
-            bail!(
-                "--accuracy-images {}: no PNG or JPEG files{}",
-                dir.display(),
-                match args.accuracy_held_out {
-                    true => " held out (every fourth; give at least four)",
-                    false => "",
-                }
-            );
+            let held_out = if args.accuracy_held_out {
+                " held out (every fourth; give at least four)"
+            } else {
+                ""
+            };
+            bail!("--accuracy-images {}: no PNG or JPEG files{held_out}", dir.display());
         }
         sets.push((set.to_string(), dataset::from_images(meta, &files, INPUT_SEED)?));
     }
