@@ -411,15 +411,18 @@ fn accuracy(args: &BenchArgs, meta: &ModelMeta, reference: &Path) -> Result<()> 
         }
         sets.push((set.to_string(), dataset::from_images(meta, &files, INPUT_SEED)?));
     }
-    let mut results = Vec::new();
-    for (name, samples) in &sets {
-        let want = accuracy::run_model(&reference_bytes, samples)?;
-        let got = accuracy::run_model(&model, samples)?;
-        if want.names != got.names {
-            bail!("the models have different outputs: {:?} vs {:?}", got.names, want.names);
-        }
-        results.push(accuracy::compare(name, &want, &got));
+    let (want, got) = (
+        accuracy::run_sets(&reference_bytes, &sets)?,
+        accuracy::run_sets(&model, &sets)?,
+    );
+    if want[0].names != got[0].names {
+        bail!(
+            "the models have different outputs: {:?} vs {:?}",
+            got[0].names,
+            want[0].names
+        );
     }
+    let results = accuracy::compare_each(&sets, &want, &got);
     if args.json {
         println!("{}", serde_json::to_string(&results)?);
         return Ok(());

@@ -78,13 +78,17 @@ pub fn run_sets(model: &[u8], sets: &[NamedSet]) -> Result<Vec<Outputs>> {
 }
 
 /// The accuracy of `test` against `reference` (outputs of `run_sets` on `sets`) on each
-/// set, then over all of them (`all`).
-pub fn compare_sets(sets: &[NamedSet], reference: &[Outputs], test: &[Outputs]) -> Vec<Accuracy> {
-    let mut rows: Vec<Accuracy> = sets
-        .iter()
+/// set.
+pub fn compare_each(sets: &[NamedSet], reference: &[Outputs], test: &[Outputs]) -> Vec<Accuracy> {
+    sets.iter()
         .zip(reference.iter().zip(test))
         .map(|((name, _), (r, t))| compare(name, r, t))
-        .collect();
+        .collect()
+}
+
+/// `compare_each`, then over all the sets (`all`).
+pub fn compare_sets(sets: &[NamedSet], reference: &[Outputs], test: &[Outputs]) -> Vec<Accuracy> {
+    let mut rows = compare_each(sets, reference, test);
     if !sets.is_empty() {
         rows.push(compare("all", &Outputs::concat(reference), &Outputs::concat(test)));
     }
