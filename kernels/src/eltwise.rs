@@ -102,10 +102,13 @@ pub fn relu_scalar(x: &mut [f32]) {
     }
 }
 
-/// Scalar reference for [`sigmoid_inplace`] (libm `exp`).
+/// Scalar reference for [`sigmoid_inplace`] (libm `exp`, of a non-positive argument
+/// only: `exp(-x)` overflows below x = -88.7 and would raise the overflow flag the
+/// executors count, for a result that is just 0).
 pub fn sigmoid_scalar(x: &mut [f32]) {
     for v in x {
-        *v = 1.0 / (1.0 + (-*v).exp());
+        let e = (-v.abs()).exp();
+        *v = if *v >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
     }
 }
 

@@ -8,6 +8,7 @@ pub mod cpu;
 pub mod cpuinfo;
 pub mod dense;
 pub mod eltwise;
+pub mod fpstatus;
 pub mod mapping;
 pub mod parallel;
 pub mod peak;

@@ -2,11 +2,20 @@
 //! `ParallelFor`, and each kernel splits its own output into disjoint tasks, so the
 //! disjointness that makes the writes safe is proven inside this crate.
 
+use crate::fpstatus::{self, FpExceptions};
+
 /// Runs `f(0..tasks)`, possibly concurrently; returns when all calls have returned.
 pub trait ParallelFor: Sync {
     /// Threads that may run tasks at once (for choosing a task count).
     fn threads(&self) -> usize;
     fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync));
+    /// The floating-point exception flags raised by the tasks run since the last call
+    /// (see `fpstatus`), and clears them. Called between jobs, on the thread that calls
+    /// `run`. The default reads the calling thread's only, which is right for
+    /// implementations that run every task there.
+    fn take_fp_exceptions(&self) -> FpExceptions {
+        fpstatus::take()
+    }
 }
 
 /// Runs every task on the calling thread.
@@ -88,6 +97,8 @@ struct TeamShared {
     panicked: std::sync::atomic::AtomicBool,
     shutdown: std::sync::atomic::AtomicBool,
     sleepers: std::sync::atomic::AtomicUsize,
+    /// Floating-point exception flags the helpers raised since the caller last took them.
+    fp_exceptions: std::sync::atomic::AtomicU32,
     park: std::sync::Mutex<()>,
     wake: std::sync::Condvar,
 }
@@ -96,7 +107,7 @@ impl SpinTeam {
     /// A team of `helpers` threads besides the caller; each runs `on_start(i)` first
     /// (`i` in 1..=helpers), e.g. to pin itself to a core.
     pub fn new(helpers: usize, on_start: impl Fn(usize) + Send + Sync + 'static) -> std::io::Result<SpinTeam> {
-        use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+        use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
         let shared = std::sync::Arc::new(TeamShared {
             parties: helpers + 1,
             epoch: AtomicU64::new(0),
@@ -106,6 +117,7 @@ impl SpinTeam {
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             sleepers: AtomicUsize::new(0),
+            fp_exceptions: AtomicU32::new(0),
             park: std::sync::Mutex::new(()),
             wake: std::sync::Condvar::new(),
         });
@@ -122,6 +134,9 @@ impl SpinTeam {
                     // A failed start hook (say, pinning) must not lose the helper: every
                     // job waits for all of them.
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| on_start(i)));
+                    // A new thread starts with its creator's floating-point flags; they
+                    // are not this team's.
+                    fpstatus::take();
                     helper_loop(&shared, i);
                 })?;
             team.helpers.push(handle);
@@ -250,6 +265,11 @@ fn helper_loop(shared: &TeamShared, i: usize) {
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tasks.for_each(f))).is_err() {
                 shared.panicked.store(true, Relaxed);
             }
+            // Published by the `done` increment's release, before the caller can read it.
+            let raised = fpstatus::take();
+            if !raised.is_empty() {
+                shared.fp_exceptions.fetch_or(raised.bits(), Relaxed);
+            }
         }
         shared.done.fetch_add(1, Release);
     }
@@ -261,6 +281,11 @@ impl ParallelFor for SpinTeam {
     }
     fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         SpinTeam::run(self, tasks, f)
+    }
+    /// The caller's flags and those every helper raised in the jobs since the last call.
+    fn take_fp_exceptions(&self) -> FpExceptions {
+        let helpers = self.shared.fp_exceptions.swap(0, std::sync::atomic::Ordering::Relaxed);
+        fpstatus::take().union(FpExceptions::from_bits(helpers))
     }
 }
 
@@ -341,5 +366,34 @@ mod spin_team_tests {
             assert!(result.is_err(), "task {bad}'s panic was lost");
             assert!(counts(&team, 9).iter().all(|&c| c == 1));
         }
+    }
+
+    #[test]
+    fn an_overflow_on_any_thread_reaches_the_caller_once() {
+        let team = SpinTeam::new(2, |_| {}).unwrap();
+        team.take_fp_exceptions();
+        // Task 5 runs on the last helper, task 0 on the caller.
+        for bad in [5, 0] {
+            team.run(6, &|t| {
+                let scale = if t == bad { 10.0 } else { 1.0 };
+                std::hint::black_box(std::hint::black_box(3e38f32) * scale);
+            });
+            assert_eq!(team.take_fp_exceptions().describe(), "overflow", "task {bad}");
+            assert!(team.take_fp_exceptions().is_empty(), "taking clears the flags");
+        }
+        team.run(6, &|_| {
+            std::hint::black_box(std::hint::black_box(3e38f32) * 0.5);
+        });
+        assert!(team.take_fp_exceptions().is_empty());
+    }
+
+    #[test]
+    fn helpers_do_not_report_the_flags_they_started_with() {
+        // Threads start with their creator's flags: raise one, then start the team.
+        std::hint::black_box(std::hint::black_box(3e38f32) * 10.0);
+        let team = SpinTeam::new(2, |_| {}).unwrap();
+        fpstatus::take();
+        team.run(6, &|_| {});
+        assert!(team.take_fp_exceptions().is_empty());
     }
 }
