@@ -324,12 +324,21 @@ impl Engine {
                 )));
             }
         }
-        match &self.pool {
+        let ran = match &self.pool {
             Some(pool) => {
                 let (file, weights) = (&self.file, &self.weights);
                 pool.enter(|| crate::exec::fast::run(file, weights, &plan, arena, isa, pool, timings, observe, last))
             }
             None => crate::exec::run_reference(&self.file, &self.weights, &plan, arena, timings),
+        };
+        if let Err(overflow) = ran {
+            let node = &meta.nodes[overflow.node];
+            return Err(EngineError::BadInput(format!(
+                "the model's arithmetic left the f32 range at node {:?} ({}): the inputs are far outside \
+                 the values this model works with, and it has no meaningful output for them",
+                node.name,
+                overflow.raised.describe()
+            )));
         }
         if last.is_some() {
             return Ok(Vec::new());

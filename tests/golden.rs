@@ -175,6 +175,74 @@ fn non_finite_inputs_are_refused_with_their_index() {
 }
 
 #[test]
+fn inputs_that_overflow_the_model_are_refused_naming_the_node() {
+    // Finite inputs near f32::MAX overflow the first convolution. The fast executor's
+    // ReLU would turn the resulting NaN into 0 and answer something plausible; every
+    // executor must refuse instead, and answer the next clean run.
+    let dir = fixtures().join("tiny_bn");
+    let image = qp::npy::read(&dir.join("inputs/image.npy")).unwrap();
+    let params = qp::npy::read(&dir.join("inputs/params.npy")).unwrap();
+    let huge = Tensor::new(
+        image.shape.clone(),
+        image
+            .data
+            .iter()
+            .map(|v| if *v >= 0.0 { 3e38 } else { -3e38 })
+            .collect(),
+    );
+    for (exec, options) in executors() {
+        let mut engine = Engine::from_file(convert_case(&dir).unwrap(), options).unwrap();
+        let err = engine
+            .run(&[("image", huge.clone()), ("params", params.clone())])
+            .expect_err("an overflowing input must be refused")
+            .to_string();
+        assert!(
+            err.contains("left the f32 range at node") && err.contains("overflow"),
+            "{exec}: {err}"
+        );
+        let first = &engine.meta().nodes[0].name;
+        assert!(
+            err.contains(&format!("{first:?}")),
+            "{exec}: {err} does not name {first}"
+        );
+        let clean = engine
+            .run(&[("image", image.clone()), ("params", params.clone())])
+            .unwrap_or_else(|e| panic!("{exec}: clean inputs after the overflow: {e}"));
+        assert!(clean[0].1.data.iter().all(|v| v.is_finite()), "{exec}");
+    }
+}
+
+#[test]
+fn large_inputs_that_stay_in_range_are_answered() {
+    // 1e20 times the sample image saturates the sigmoid (a logit far below -88) without
+    // any value leaving the f32 range: an answer (0), not an error, on every executor.
+    let dir = fixtures().join("tiny_bn");
+    let image = qp::npy::read(&dir.join("inputs/image.npy")).unwrap();
+    let params = qp::npy::read(&dir.join("inputs/params.npy")).unwrap();
+    let mut answers = Vec::new();
+    for scale in [1e20f32, -1e20] {
+        let big = Tensor::new(image.shape.clone(), image.data.iter().map(|v| v * scale).collect());
+        for (exec, options) in executors() {
+            let mut engine = Engine::from_file(convert_case(&dir).unwrap(), options).unwrap();
+            let out = engine
+                .run(&[("image", big.clone()), ("params", params.clone())])
+                .unwrap_or_else(|e| panic!("{exec}, scale {scale}: {e}"));
+            assert!(
+                out[0].1.data.iter().all(|v| (0.0..=1.0).contains(v)),
+                "{exec}: {:?}",
+                out[0].1.data
+            );
+            answers.extend(out[0].1.data.iter().copied());
+        }
+    }
+    // Saturated on both sides somewhere, or the test shows nothing about the sigmoid.
+    assert!(
+        answers.iter().any(|&v| v < 1e-30) && answers.iter().any(|&v| v > 1.0 - 1e-6),
+        "{answers:?}"
+    );
+}
+
+#[test]
 fn batch_sizes_agree_with_each_other() {
     // The same sample must give the same answer alone and inside a batch.
     let dir = fixtures().join("tiny_bn");

@@ -56,7 +56,9 @@ pub fn store_output(isa: Isa, shape: &[usize], batch: usize, src: &[f32], dst: &
 pub type Observer<'a> = &'a mut (dyn FnMut(usize, &[f32]) + Send);
 
 /// Runs the nodes up to and including `last` (every node when `None`); `timings`, if
-/// given, receives each node's wall time in seconds.
+/// given, receives each node's wall time in seconds. Stops at the first node that
+/// overflows (the floating-point flags of every thread that ran its tasks, read after
+/// the node; what `observe` raises is not counted).
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     file: &QpwFile,
@@ -68,9 +70,10 @@ pub fn run(
     mut timings: Option<&mut Vec<f64>>,
     mut observe: Option<Observer<'_>>,
     last: Option<usize>,
-) {
+) -> Result<(), super::Overflow> {
     let meta = &file.meta;
     let end = last.map_or(meta.nodes.len(), |l| (l + 1).min(meta.nodes.len()));
+    par.take_fp_exceptions();
     for (index, node) in meta.nodes[..end].iter().enumerate() {
         let start = timings.as_ref().map(|_| Instant::now());
         let out_v = node.outputs[0];
@@ -87,11 +90,17 @@ pub fn run(
         if let (Some(t), Some(s)) = (timings.as_deref_mut(), start) {
             t.push(s.elapsed().as_secs_f64());
         }
+        let raised = par.take_fp_exceptions();
+        if !raised.is_empty() {
+            return Err(super::Overflow { node: index, raised });
+        }
         if let Some(f) = observe.as_mut() {
             let slot = &plan.slots[out_v];
             f(index, &arena[slot.offset..slot.offset + slot.len]);
+            par.take_fp_exceptions();
         }
     }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -9,18 +9,30 @@ pub mod reference;
 
 use crate::format::QpwFile;
 use crate::plan::Plan;
+use qp_kernels::fpstatus::{self, FpExceptions};
 
-/// Runs every node of `file` with the reference executor. Inputs must already be in
-/// their arena slots; outputs are left in theirs.
+/// A node whose arithmetic left the f32 range (overflow, an invalid operation or a
+/// division by zero): its output, and so the model's, means nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Overflow {
+    /// The node's index in the model's node list.
+    pub node: usize,
+    pub raised: FpExceptions,
+}
+
+/// Runs every node of `file` with the reference executor, on the calling thread. Inputs
+/// must already be in their arena slots; outputs are left in theirs. Stops at the first
+/// node that overflows.
 pub fn run_reference(
     file: &QpwFile,
     weights: &params::Params,
     plan: &Plan,
     arena: &mut [f32],
     mut timings: Option<&mut Vec<f64>>,
-) {
+) -> Result<(), Overflow> {
     let meta = &file.meta;
-    for node in &meta.nodes {
+    fpstatus::take();
+    for (index, node) in meta.nodes.iter().enumerate() {
         let start = std::time::Instant::now();
         let out_v = node.outputs[0];
         let in_slots: Vec<_> = node.inputs.iter().map(|&v| &plan.slots[v]).collect();
@@ -41,5 +53,10 @@ pub fn run_reference(
         if let Some(t) = timings.as_deref_mut() {
             t.push(start.elapsed().as_secs_f64());
         }
+        let raised = fpstatus::take();
+        if !raised.is_empty() {
+            return Err(Overflow { node: index, raised });
+        }
     }
+    Ok(())
 }

@@ -76,6 +76,10 @@ impl ParallelFor for PinnedPool {
     fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         self.team.run(tasks, f)
     }
+
+    fn take_fp_exceptions(&self) -> qp_kernels::fpstatus::FpExceptions {
+        self.team.take_fp_exceptions()
+    }
 }
 
 #[cfg(test)]

@@ -138,7 +138,11 @@ pub fn activate(x: f32, a: Activation) -> f32 {
 }
 
 pub fn sigmoid(x: f32) -> f32 {
-    (1.0 / (1.0 + (-(x as f64)).exp())) as f32
+    // exp of a non-positive argument only: exp(-x) for x below about -709 would overflow
+    // f64 and raise the overflow flag the executors count, for a result that is just 0.
+    let x = x as f64;
+    let e = (-x.abs()).exp();
+    (if x >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) }) as f32
 }
 
 /// Index of weight (co, ci, ky, kx) in the packed layout `[co/16][kh][kw][cin][16]`.
