@@ -212,3 +212,106 @@ fn an_int8_model_serves_and_shows_its_quantization_report() {
     );
     assert_eq!(served, direct[0]);
 }
+
+/// The real engine, each run after a pause: requests sent while one runs queue up and
+/// are batched together, deterministically.
+struct PausedEngine {
+    engine: Engine,
+    pause: std::time::Duration,
+    runs: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl qp::serve::InferenceBackend for PausedEngine {
+    fn meta(&self) -> &qp::format::meta::ModelMeta {
+        self.engine.meta()
+    }
+    fn run(&mut self, inputs: &[(&str, Tensor)]) -> Result<Vec<(String, Tensor)>, qp::engine::EngineError> {
+        self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(self.pause);
+        self.engine.run(inputs)
+    }
+    fn info(&self) -> qp::serve::BackendInfo {
+        qp::serve::BackendInfo {
+            executor: "optimized".into(),
+            ..Default::default()
+        }
+    }
+}
+
+#[test]
+fn an_input_that_overflows_the_model_fails_only_its_own_request() {
+    // Three requests batched together, one of them with values near f32::MAX that
+    // overflow the first convolution: the engine refuses the whole batch, and the
+    // server must then answer each request on its own, not fail the other two.
+    let dir = tempfile::tempdir().unwrap();
+    let path = convert("tiny_bn", dir.path(), "qualitynet");
+    let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let spec = {
+        let (path, runs) = (path.clone(), runs.clone());
+        ModelSpec {
+            name: "qualitynet".into(),
+            path: Some(path.clone()),
+            load: Box::new(move || {
+                let engine = Engine::load(&path, EngineOptions::default())?;
+                let pause = std::time::Duration::from_millis(300);
+                Ok(Box::new(PausedEngine { engine, pause, runs }) as Box<dyn qp::serve::InferenceBackend>)
+            }),
+        }
+    };
+    let a = args(&["--max-batch", "8", "--max-delay-us", "2000000", "--cache-entries", "0"]);
+    let server = qp::serve::start(&a, vec![spec], false).expect("serves");
+    let addr = server.local_addr();
+    let info = get(addr, "/model?model=qualitynet").json();
+    let image_spec: qp::format::meta::ImagePreprocess =
+        serde_json::from_value(info["inputs"][0]["image"].clone()).unwrap();
+    let (h, w) = (image_spec.height, image_spec.width);
+    let image = |k: usize| -> Vec<f32> {
+        (0..3 * h * w)
+            .map(|i| ((i * 31 + k * 7) % 97) as f32 / 97.0 - 0.5)
+            .collect()
+    };
+    let params = vec![0.25f32; 8];
+    let body = |data: Vec<f32>| {
+        json!({"inputs": [
+            {"name": "image", "shape": [1, 3, h, w], "datatype": "FP32", "data": data},
+            {"name": "params", "shape": [1, 8], "datatype": "FP32", "data": params.clone()},
+        ]})
+    };
+    // The first request finds the engine idle and runs alone; the next three arrive
+    // during its pause and make one batch.
+    let first = {
+        let b = body(image(0));
+        std::thread::spawn(move || post_json(addr, "/v2/models/qualitynet/infer", &b))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let overflowing: Vec<f32> = image(1).iter().map(|v| if *v >= 0.0 { 3e38 } else { -3e38 }).collect();
+    let bodies = [body(image(2)), body(overflowing), body(image(3))];
+    let threads: Vec<_> = bodies
+        .into_iter()
+        .map(|b| std::thread::spawn(move || post_json(addr, "/v2/models/qualitynet/infer", &b)))
+        .collect();
+    assert_eq!(first.join().unwrap().status, 200);
+    let replies: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for (k, r) in [(2usize, &replies[0]), (3, &replies[2])] {
+        assert_eq!(r.status, 200, "a clean request failed with its batch: {}", r.text());
+        let got: Vec<f32> = serde_json::from_value(r.json()["outputs"][0]["data"].clone()).unwrap();
+        let direct = run_engine(
+            &path,
+            vec![
+                ("image", Tensor::new(vec![1, 3, h, w], image(k))),
+                ("params", Tensor::new(vec![1, 8], params.clone())),
+            ],
+        );
+        assert_eq!(got, direct);
+    }
+    assert_eq!(replies[1].status, 400, "{}", replies[1].text());
+    assert_eq!(replies[1].error_code(), "bad_input");
+    assert!(
+        replies[1].text().contains("left the f32 range"),
+        "{}",
+        replies[1].text()
+    );
+    // One run alone, the batch of three, then each of the three again alone.
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 5);
+    server.shutdown().unwrap();
+}
