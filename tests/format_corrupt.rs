@@ -783,3 +783,68 @@ fn crafted_geometry_and_io_are_refused() {
     p.meta.inputs.push(io);
     expect(&p, "input named twice", &["used twice"]);
 }
+
+/// `bytes` with one element of the first tensor of `dtype` replaced by `value`'s bits
+/// (little-endian) and that tensor's checksum recomputed: a file every checksum vouches
+/// for. Returns the file, the tensor's index and the element's.
+fn with_element(bytes: &[u8], dtype: qp::format::meta::DType, value: &[u8]) -> (Vec<u8>, usize, usize) {
+    let meta = QpwFile::from_bytes(bytes).unwrap().meta.clone();
+    let id = meta
+        .tensors
+        .iter()
+        .position(|t| t.dtype == dtype && t.dims.iter().product::<usize>() > 2)
+        .unwrap();
+    let entries = entries_of(bytes);
+    let (offset, len) = (entries[id].offset as usize, entries[id].len as usize);
+    let at = len / value.len() / 2;
+    let mut out = bytes.to_vec();
+    out[offset + at * value.len()..offset + (at + 1) * value.len()].copy_from_slice(value);
+    let sum = checksum(&out[offset..offset + len]);
+    let out = with_entries(&out, |e| e[id].checksum = sum);
+    (out, id, at)
+}
+
+#[test]
+fn a_non_finite_weight_is_refused_even_with_matching_checksums() {
+    use qp::format::meta::DType;
+    let half = {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_folded/model.onnx");
+        let options = ConvertOptions {
+            precision: qp::convert::Precision::Fp16,
+            ..Default::default()
+        };
+        convert_bytes(&std::fs::read(path).unwrap(), "tiny_folded", &options)
+            .and_then(|c| c.to_bytes())
+            .unwrap()
+    };
+    let cases: [(&str, &[u8], DType, Vec<u8>); 5] = [
+        ("tiny_folded", conv_model(), DType::F32, f32::NAN.to_le_bytes().to_vec()),
+        (
+            "tiny_folded",
+            conv_model(),
+            DType::F32,
+            f32::NEG_INFINITY.to_le_bytes().to_vec(),
+        ),
+        (
+            "feature_model",
+            dense_model(),
+            DType::F32,
+            f32::INFINITY.to_le_bytes().to_vec(),
+        ),
+        ("tiny_folded fp16", &half, DType::F16, 0x7e00u16.to_le_bytes().to_vec()),
+        ("tiny_folded fp16", &half, DType::F16, 0xfc00u16.to_le_bytes().to_vec()),
+    ];
+    for (case, bytes, dtype, value) in cases {
+        let (damaged, id, at) = with_element(bytes, dtype, &value);
+        let e = load_err(&damaged);
+        assert_gist(&e, &format!("tensor {id} ("), case);
+        assert_gist(&e, &format!("element {at} is not finite"), case);
+        // The largest finite value in the same place is a valid, if odd, weight.
+        let finite = match dtype {
+            DType::F16 => 0x7bffu16.to_le_bytes().to_vec(),
+            _ => f32::MAX.to_le_bytes().to_vec(),
+        };
+        let (odd, _, _) = with_element(bytes, dtype, &finite);
+        QpwFile::from_bytes(&odd).unwrap_or_else(|e| panic!("{case}: a finite weight was refused: {e}"));
+    }
+}
