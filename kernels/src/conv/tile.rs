@@ -41,6 +41,11 @@ pub(super) trait Vector {
     /// prefetch never faults.
     #[inline(always)]
     fn prefetch(_p: *const f32) {}
+    /// `prefetch` for a line about to be written (where the ISA can ask for it owned).
+    #[inline(always)]
+    fn prefetch_write(p: *const f32) {
+        Self::prefetch(p)
+    }
 
     /// `load` when `n == LANES`, else `load_partial`.
     #[inline(always)]
@@ -395,7 +400,7 @@ pub(super) unsafe fn tile_in<V: Vector, const MR: usize, const NV: usize>(
     for i in 0..MR {
         let next = (q0 + MR + i) * cout + first_panel * PANEL;
         for v in (0..NV).step_by(PANEL / V::LANES) {
-            V::prefetch(out.wrapping_add(next + v * V::LANES));
+            V::prefetch_write(out.wrapping_add(next + v * V::LANES));
             if let (Some(r), true) = (job.residual, c1 == cin) {
                 V::prefetch(r.as_ptr().wrapping_add(next + v * V::LANES));
             }
