@@ -7,6 +7,7 @@ mod conv_support;
 use conv_support::{geometry, Threads};
 use proptest::prelude::*;
 use qp_kernels::cpu::{features, Features, Isa};
+use qp_kernels::fpstatus;
 use qp_kernels::parallel::{ParallelFor, Serial};
 use qp_kernels::qconv::{
     calls_per_tier, effective_tier, int8_tier, int8_tier_capped, pack_weights_s8, packed_weight_len, qconv2d_nhwc,
@@ -360,6 +361,35 @@ macro_rules! tier_tests {
                             _ => 0,
                         };
                         assert_eq!(got[i], want, "relu {relu}, residual {r} at {i}");
+                    }
+                }
+            }
+
+            #[test]
+            fn huge_finite_values_raise_no_floating_point_flag() {
+                if !supported($tier) {
+                    return;
+                }
+                // The executors refuse a run that raised an overflow or invalid flag, so
+                // requantizing a finite value far outside i32 (clamped to 0 or 255) must
+                // raise none, on every tier alike.
+                let g = geometry(1, [5, 7], 20, 37, [1, 1], [1, 1], [1, 1], [0; 4]);
+                for relu in [false, true] {
+                    let mut p = Problem::new(g, 13, max_input($tier)).with(ResidualKind::F32, relu, true);
+                    for (i, r) in p.residual_f32.iter_mut().enumerate() {
+                        *r = if i % 2 == 0 { -1e30 } else { 1e30 };
+                    }
+                    fpstatus::take();
+                    let got = p.run($tier, &Serial);
+                    let raised = fpstatus::take();
+                    assert!(raised.is_empty(), "relu {relu}: {}", raised.describe());
+                    for (i, &q) in got.iter().enumerate() {
+                        let want = match (i % 2 == 0, relu) {
+                            (false, _) => 255,
+                            (true, true) => OUT_ZERO as u32,
+                            (true, false) => 0,
+                        };
+                        assert_eq!(q, want, "relu {relu} at {i}");
                     }
                 }
             }

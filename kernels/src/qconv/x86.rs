@@ -112,7 +112,11 @@ macro_rules! ymm_epilogue {
         #[inline(always)]
         unsafe fn to_i32_round(a: __m256) -> __m256i {
             // Rounds as MXCSR says: to nearest even, the only mode Rust code runs in.
-            _mm256_cvtps_epi32(a)
+            // Values below i32's range are raised to its bottom first: the conversion
+            // gives i32::MIN for them either way, but raised the invalid-operation flag,
+            // which makes the executors refuse the run (the AVX-512 conversion
+            // suppresses it). NaN also becomes i32::MIN, as before.
+            _mm256_cvtps_epi32(_mm256_max_ps(a, _mm256_set1_ps(-2_147_483_648.0)))
         }
         #[inline(always)]
         unsafe fn splat_i32(x: i32) -> __m256i {
