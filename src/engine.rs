@@ -334,8 +334,9 @@ impl Engine {
         if let Err(overflow) = ran {
             let node = &meta.nodes[overflow.node];
             return Err(EngineError::BadInput(format!(
-                "the model's arithmetic left the f32 range at node {:?} ({}): the inputs are far outside \
-                 the values this model works with, and it has no meaningful output for them",
+                "the model's arithmetic left the f32 range at node {:?} ({}) on these inputs, so it has \
+                 no meaningful output for them: they are far outside the values the model works with \
+                 (or its weights are)",
                 node.name,
                 overflow.raised.describe()
             )));

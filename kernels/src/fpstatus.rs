@@ -10,9 +10,10 @@
 //! after each node instead of scanning the values.
 //!
 //! Only the invalid-operation, division-by-zero and overflow flags count: underflow,
-//! denormal and inexact results are ordinary in a network. Conversions that may leave
-//! i32's range in the INT8 epilogues (AVX-512) suppress their flag on purpose, as they
-//! clamp afterwards.
+//! denormal and inexact results are ordinary in a network. So that an ordinary result
+//! raises none of them, the sigmoids take `exp` of non-positive arguments only, and the
+//! INT8 epilogues' float-to-int conversions, which can see values below i32's range
+//! before they clamp, raise no flag (AVX-512 suppresses it, the ymm tiers clamp first).
 
 /// The exception flags that mean a value left the f32 range.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
