@@ -8,6 +8,8 @@
 //! Work is split into disjoint (pixel-tile range, channel-tile range) tasks handed to the
 //! caller's `ParallelFor`; the disjointness argument lives in `run_tasks` below.
 
+#[cfg(target_arch = "x86_64")]
+mod band;
 mod reference;
 mod tile;
 mod winograd;
@@ -282,6 +284,12 @@ pub fn conv2d_nhwc(
         return;
     }
     with_job(g, input, weights, bias, residual, act, output, |job| match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if band::takes(g) => run_tasks(par, job, x86::Avx512Tiles, |px, co| {
+            // safety: as below, and `band::takes` holds; the band kernel's tiles are the
+            // general kernel's (14 pixels x 32 channels), so the ranges fit it.
+            unsafe { band::run(job, px, co) }
+        }),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => run_tasks(par, job, x86::Avx512Tiles, |px, co| {
             // safety: `effective_isa` returned Avx512, so `features()` reported AVX-512
