@@ -313,5 +313,91 @@ fn an_input_that_overflows_the_model_fails_only_its_own_request() {
     );
     // One run alone, the batch of three, then each of the three again alone.
     assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 5);
+
+    // One request of three samples, the middle one overflowing: refused whole, naming
+    // the sample.
+    let mut data = image(4);
+    data.extend(image(1).iter().map(|v| if *v >= 0.0 { 3e38f32 } else { -3e38 }));
+    data.extend(image(5));
+    let batch = json!({"inputs": [
+        {"name": "image", "shape": [3, 3, h, w], "datatype": "FP32", "data": data},
+        {"name": "params", "shape": [3, 8], "datatype": "FP32", "data": params.repeat(3)},
+    ]});
+    let r = post_json(addr, "/v2/models/qualitynet/infer", &batch);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.error_code(), "bad_input");
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.starts_with("sample 1 of the batch: ") && message.contains("left the f32 range"),
+        "{message}"
+    );
+    // The batch, then samples 0 and 1 alone.
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 8);
+    // Every refused run is counted: the batch of three requests, the overflowing request
+    // alone, the three-sample batch and its sample 1 alone.
+    let metrics = get(addr, "/metrics").text();
+    assert!(
+        metrics.contains("qp_engine_failed_runs_total{model=\"qualitynet\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("qp_engine_runs_total{model=\"qualitynet\"} 8"),
+        "{metrics}"
+    );
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_batch_item_the_engine_refuses_is_named() {
+    // The feature model with its features' ranges widened to f32::MAX and left
+    // unnormalized, so an item can pass the server's checks and still overflow the model.
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/feature_model/model.onnx");
+    let mut model = qp::onnx::proto::ModelProto::decode(&std::fs::read(src).unwrap()[..]).unwrap();
+    let entry = model
+        .metadata_props
+        .iter_mut()
+        .find(|p| p.key.as_deref() == Some("qp.features.features"))
+        .expect("the fixture describes its features");
+    let mut features: Value = serde_json::from_str(entry.value.as_deref().unwrap()).unwrap();
+    for f in features.as_array_mut().unwrap() {
+        f["min"] = json!(0.0);
+        f["max"] = json!(f32::MAX);
+        f["normalize"] = json!(false);
+    }
+    entry.value = Some(features.to_string());
+    let onnx = dir.path().join("wide.onnx");
+    std::fs::write(&onnx, model.encode_to_vec()).unwrap();
+    let qpw = dir.path().join("wide.qpw");
+    convert_file(&onnx, &qpw, &ConvertOptions::default()).expect("converts");
+
+    let a = args(&["--cache-entries", "0"]);
+    let spec = ModelSpec::from_file("wide".into(), qpw, EngineOptions::default());
+    let server = qp::serve::start(&a, vec![spec], false).expect("serves");
+    let addr = server.local_addr();
+    let item = |v: f64| -> Value {
+        features
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| (f["name"].as_str().unwrap().to_string(), json!(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let r = post_json(addr, "/predict/batch", &json!({"items": [item(0.5), item(0.25)]}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = post_json(
+        addr,
+        "/predict/batch",
+        &json!({"items": [item(0.5), item(3e38), item(0.25)]}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.error_code(), "bad_input");
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.starts_with("items[1]: ") && message.contains("left the f32 range"),
+        "{message}"
+    );
     server.shutdown().unwrap();
 }

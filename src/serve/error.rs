@@ -14,6 +14,9 @@ pub struct ApiError {
     pub message: String,
     /// Seconds, sent as `Retry-After` (503 and 429).
     pub retry_after: Option<u64>,
+    /// For an error about one sample of a multi-sample job: its index among the job's
+    /// samples, which the handler turns into a location in its request (`items[3]`).
+    pub sample: Option<usize>,
 }
 
 impl ApiError {
@@ -23,6 +26,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            sample: None,
         }
     }
 
@@ -43,6 +47,20 @@ impl ApiError {
     pub fn at(mut self, location: &str) -> ApiError {
         self.message = format!("{location}: {}", self.message);
         self
+    }
+
+    /// Marks the error as one sample's (see `sample`).
+    pub fn for_sample(mut self, sample: usize) -> ApiError {
+        self.sample = Some(sample);
+        self
+    }
+
+    /// Turns `sample` into a location with `locate(sample)`, if the error has one.
+    pub fn locate_sample(mut self, locate: impl FnOnce(usize) -> String) -> ApiError {
+        match self.sample.take() {
+            Some(k) => self.at(&locate(k)),
+            None => self,
+        }
     }
 
     /// The JSON code for a status that arrived without one (axum's own rejections,

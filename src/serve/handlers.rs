@@ -287,7 +287,10 @@ pub async fn predict_batch(
         let state = state.clone();
         let id = id.clone();
         async move {
-            let answers = state.infer(&model, samples, &id).await?;
+            let answers = state
+                .infer(&model, samples, &id)
+                .await
+                .map_err(|e| e.locate_sample(|k| format!("items[{}]", indices[k])))?;
             Ok::<_, ApiError>((model, indices, answers))
         }
     });

@@ -311,7 +311,10 @@ pub async fn infer(
     body_kind(&headers, false)?;
     let body = read_json(request.into_body(), state.limits.max_body_bytes).await?;
     let parsed = parse_infer(&model, &body, state.limits.max_request_batch)?;
-    let answers = state.infer(&model, parsed.samples, &request_id(&headers)).await?;
+    let answers = state
+        .infer(&model, parsed.samples, &request_id(&headers))
+        .await
+        .map_err(|e| e.locate_sample(|k| format!("sample {k} of the batch")))?;
     let all_cached = answers.iter().all(|(_, cached)| *cached);
     let outputs: Vec<Value> = model
         .meta

@@ -54,7 +54,8 @@ impl AppState {
     }
 
     /// Answers each sample from the cache or the model; the flag says which.
-    /// Every sample must already match the model's input shapes.
+    /// Every sample must already match the model's input shapes. An error about one
+    /// sample carries its index in `samples` (`ApiError::sample`).
     pub async fn infer(
         &self,
         model: &ModelWorker,
@@ -106,7 +107,12 @@ impl AppState {
             }
             let outputs = answer
                 .await
-                .map_err(|_| ApiError::internal("the model thread stopped before answering"))??;
+                .map_err(|_| ApiError::internal("the model thread stopped before answering"))?
+                // The job held only the samples missing from the cache: name the caller's.
+                .map_err(|mut e| {
+                    e.sample = e.sample.map(|j| missing[j]);
+                    e
+                })?;
             let n = missing.len();
             let mut cache = self.cache.lock().unwrap();
             for (j, &i) in missing.iter().enumerate() {

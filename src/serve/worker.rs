@@ -11,7 +11,8 @@
 //!
 //! Inputs that pass the HTTP checks can still be refused by the engine (values that make
 //! the model's arithmetic overflow); a batch refused that way runs again one request at
-//! a time, so only the request whose inputs caused it gets the error.
+//! a time, so only the request whose inputs caused it gets the error, and a request of
+//! several samples learns which of its samples it was.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -292,11 +293,60 @@ fn serve_queue(
     }
 }
 
+/// Why the engine gave no outputs for a batch.
+enum RunFailure {
+    /// The engine refused the inputs (`EngineError::BadInput`): values that pass the HTTP
+    /// checks but overflow the model.
+    Refused(String),
+    /// Anything else: the server's fault, not the request's.
+    Failed(ApiError),
+}
+
+impl RunFailure {
+    fn into_api(self) -> ApiError {
+        match self {
+            RunFailure::Refused(msg) => ApiError::bad_request("bad_input", msg),
+            RunFailure::Failed(e) => e,
+        }
+    }
+}
+
+/// Runs one batch of `samples` samples; `gather(i, data)` appends the batch's values of
+/// model input `i` to `data`.
+fn run_engine(
+    backend: &mut dyn InferenceBackend,
+    meta: &ModelMeta,
+    samples: usize,
+    gather: impl Fn(usize, &mut Vec<f32>),
+) -> Result<JobOutputs, RunFailure> {
+    let inputs: Vec<(&str, Tensor)> = meta
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let per_sample: usize = spec.shape.iter().product();
+            let mut data = Vec::with_capacity(per_sample * samples);
+            gather(i, &mut data);
+            let mut shape = vec![samples];
+            shape.extend_from_slice(&spec.shape);
+            (spec.name.as_str(), Tensor { shape, data })
+        })
+        .collect();
+    match catch_unwind(AssertUnwindSafe(|| backend.run(&inputs))) {
+        Ok(Ok(outputs)) => order_outputs(meta, outputs, samples).map_err(RunFailure::Failed),
+        Ok(Err(EngineError::BadInput(msg))) => Err(RunFailure::Refused(msg)),
+        Ok(Err(e)) => Err(RunFailure::Failed(ApiError::internal(format!("inference failed: {e}")))),
+        Err(_) => Err(RunFailure::Failed(ApiError::internal(
+            "inference failed: the engine panicked",
+        ))),
+    }
+}
+
 fn run_batch(
     name: &str,
     backend: &mut dyn InferenceBackend,
     meta: &ModelMeta,
-    jobs: Vec<Job>,
+    mut jobs: Vec<Job>,
     samples: usize,
     metrics: &Metrics,
 ) {
@@ -305,44 +355,29 @@ fn run_batch(
         .iter()
         .map(|j| start.saturating_duration_since(j.enqueued).as_secs_f64())
         .collect();
-    let inputs: Vec<(&str, Tensor)> = meta
-        .inputs
-        .iter()
-        .enumerate()
-        .map(|(i, spec)| {
-            let mut data = Vec::with_capacity(jobs.iter().map(|j| j.inputs[i].len()).sum());
-            for job in &jobs {
-                data.extend_from_slice(&job.inputs[i]);
-            }
-            let mut shape = vec![samples];
-            shape.extend_from_slice(&spec.shape);
-            (spec.name.as_str(), Tensor { shape, data })
-        })
-        .collect();
-    let result = match catch_unwind(AssertUnwindSafe(|| backend.run(&inputs))) {
-        Ok(Ok(outputs)) => order_outputs(meta, outputs, samples),
-        Ok(Err(EngineError::BadInput(msg))) => Err(ApiError::bad_request("bad_input", msg)),
-        Ok(Err(e)) => Err(ApiError::internal(format!("inference failed: {e}"))),
-        Err(_) => Err(ApiError::internal("inference failed: the engine panicked")),
-    };
-    if let (Err(e), true) = (&result, jobs.len() > 1) {
-        if e.code == "bad_input" {
-            // Inputs that pass validation can still be refused by the engine (values
-            // that overflow the model): one request's inputs must not fail the others
-            // batched with it, so each runs again alone and gets its own answer.
-            tracing::debug!(
-                model = name,
-                jobs = jobs.len(),
-                "a batch refused its inputs; running each request alone"
-            );
-            for job in jobs {
-                let samples = job.samples;
-                run_batch(name, backend, meta, vec![job], samples, metrics);
-            }
-            return;
+    let result = run_engine(backend, meta, samples, |i, data| {
+        for job in &jobs {
+            data.extend_from_slice(&job.inputs[i]);
         }
-    }
+    });
     let compute = start.elapsed();
+    let refused = matches!(result, Err(RunFailure::Refused(_)));
+    if refused && jobs.len() > 1 {
+        // One request's inputs must not fail the others batched with it: each runs again
+        // alone and gets its own answer. The refused run counts as a failed run; the
+        // jobs' queue time is counted once, by the reruns.
+        metrics.record_run(name, samples, &[], compute.as_secs_f64(), false);
+        tracing::debug!(
+            model = name,
+            jobs = jobs.len(),
+            "a batch refused its inputs; running each request alone"
+        );
+        for job in jobs {
+            let samples = job.samples;
+            run_batch(name, backend, meta, vec![job], samples, metrics);
+        }
+        return;
+    }
     metrics.record_run(name, samples, &queue_seconds, compute.as_secs_f64(), result.is_ok());
     let request_ids = || jobs.iter().map(|j| j.request_id.as_str()).collect::<Vec<_>>();
     // Field values are only evaluated when the event is enabled.
@@ -368,7 +403,16 @@ fn run_batch(
                 let _ = job.reply.send(Ok(part));
             }
         }
-        Err(e) => {
+        Err(RunFailure::Refused(msg)) if samples > 1 => {
+            // A request of several samples is refused whole, naming the first sample the
+            // engine refuses on its own.
+            let job = jobs.pop().expect("a refused batch of one job");
+            let error = first_refused_sample(name, backend, meta, &job, metrics)
+                .unwrap_or_else(|| ApiError::bad_request("bad_input", msg));
+            let _ = job.reply.send(Err(error));
+        }
+        Err(failure) => {
+            let e = failure.into_api();
             if e.status.is_server_error() {
                 tracing::error!(model = name, request_ids = ?request_ids(), "{}", e.message);
             }
@@ -377,6 +421,32 @@ fn run_batch(
             }
         }
     }
+}
+
+/// Runs each sample of `job` alone until the engine refuses one; that sample's error,
+/// marked with its index. `None` if every sample runs alone (or another error stops the
+/// search).
+fn first_refused_sample(
+    name: &str,
+    backend: &mut dyn InferenceBackend,
+    meta: &ModelMeta,
+    job: &Job,
+    metrics: &Metrics,
+) -> Option<ApiError> {
+    let sizes: Vec<usize> = job.inputs.iter().map(|input| input.len() / job.samples).collect();
+    for k in 0..job.samples {
+        let start = Instant::now();
+        let result = run_engine(backend, meta, 1, |i, data| {
+            data.extend_from_slice(&job.inputs[i][k * sizes[i]..(k + 1) * sizes[i]]);
+        });
+        metrics.record_run(name, 1, &[], start.elapsed().as_secs_f64(), result.is_ok());
+        match result {
+            Ok(_) => continue,
+            Err(RunFailure::Refused(msg)) => return Some(ApiError::bad_request("bad_input", msg).for_sample(k)),
+            Err(RunFailure::Failed(_)) => return None,
+        }
+    }
+    None
 }
 
 /// Puts the engine's outputs in the metadata's output order and checks their sizes.
