@@ -93,6 +93,13 @@ macro_rules! tier_tests {
                 }
 
                 #[test]
+                fn matches_scalar_on_random_pointwise_whole_tiles(p in arb_pointwise_whole_tiles_problem(), threads in 1usize..=3) {
+                    if supported($isa) {
+                        check_tier($isa, &Threads::new(threads), &p).map_err(TestCaseError::fail)?;
+                    }
+                }
+
+                #[test]
                 fn threaded_split_matches_scalar(p in arb_problem(), threads in 2usize..=5) {
                     if supported($isa) {
                         check_tier($isa, &Threads::new(threads), &p).map_err(TestCaseError::fail)?;

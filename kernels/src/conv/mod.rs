@@ -3,14 +3,20 @@
 //! Three tiers share one packed weight layout, `[ceil(cout/16)][kh][kw][cin][16]`:
 //! - `reference`: plain loops, the oracle every other tier is tested against;
 //! - `x86`: AVX2+FMA and AVX-512 instantiations of one generic register-tile kernel
-//!   (`tile`), an implicit GEMM of MR output pixels by NR output channels.
+//!   (`tile`), an implicit GEMM of MR output pixels by NR output channels;
+//! - `band` (the stem) and `pointwise` (1x1 layers): AVX-512 kernels with the same tiles
+//!   whose pixels read evenly spaced rows, on the hand-scheduled loop of `strided_rows`.
 //!
 //! Work is split into disjoint (pixel-tile range, channel-tile range) tasks handed to the
 //! caller's `ParallelFor`; the disjointness argument lives in `run_tasks` below.
 
 #[cfg(target_arch = "x86_64")]
 mod band;
+#[cfg(target_arch = "x86_64")]
+mod pointwise;
 mod reference;
+#[cfg(target_arch = "x86_64")]
+mod strided_rows;
 mod tile;
 mod winograd;
 #[cfg(target_arch = "x86_64")]
@@ -289,6 +295,19 @@ pub fn conv2d_nhwc(
             // safety: as below, and `band::takes` holds; the band kernel's tiles are the
             // general kernel's (14 pixels x 32 channels), so the ranges fit it.
             unsafe { band::run(job, px, co) }
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if pointwise::takes(job) => run_tasks(par, job, x86::Avx512Tiles, |px, co| {
+            // Whole 14-pixel tiles to the pointwise kernel, a ragged last one to the general.
+            let whole = px.start + (px.end - px.start) / x86::AVX512_MR * x86::AVX512_MR;
+            // safety: as below, and `pointwise::takes` holds; `whole` is a multiple of the
+            // tile (so is `px.start`), and the two ranges split this task's pixels.
+            unsafe {
+                pointwise::run(job, px.start..whole, co.clone());
+                if whole < px.end {
+                    x86::run_avx512(job, whole..px.end, co);
+                }
+            }
         }),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => run_tasks(par, job, x86::Avx512Tiles, |px, co| {

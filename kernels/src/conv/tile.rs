@@ -215,7 +215,7 @@ pub(super) unsafe fn run_range<V: Vector, const MR: usize, const NV: usize, cons
 /// the core while every pixel tile passes (1x1 convolutions with cin 1024-2048 otherwise
 /// stream their weights and inputs through L2 together). Small layers stay in one block,
 /// which keeps whole kernel rows contiguous.
-fn cin_blocks(taps_cin: usize, cin: usize, panels_per_tile: usize) -> usize {
+pub(super) fn cin_blocks(taps_cin: usize, cin: usize, panels_per_tile: usize) -> usize {
     const TILE_WEIGHT_BUDGET: usize = 64 << 10;
     const BLOCK_CHANNELS: usize = 256;
     let tile_weight_bytes = taps_cin * panels_per_tile * PANEL * 4;
@@ -542,7 +542,7 @@ pub(super) unsafe fn tile_in<V: Vector, const MR: usize, const NV: usize>(
 /// The ISA of `V` is enabled; the tile's MR pixels are inside the output and its
 /// `NV * LANES` channels below `cout`; this task owns those output elements.
 #[inline(always)]
-unsafe fn finish_whole_tile<V: Vector, const MR: usize, const NV: usize>(
+pub(super) unsafe fn finish_whole_tile<V: Vector, const MR: usize, const NV: usize>(
     job: &Job,
     acc: [[V::R; NV]; MR],
     q0: usize,

@@ -141,7 +141,7 @@ impl Vector for Avx2 {
     }
 }
 
-const AVX512_MR: usize = 14;
+pub(super) const AVX512_MR: usize = 14;
 const AVX2_MR: usize = 6;
 
 pub(super) struct Avx512Tiles;

@@ -1,0 +1,103 @@
+//! AVX-512 1x1 stride-1 unpadded convolution (a plain GEMM over NHWC pixels) on the
+//! hand-scheduled loop of `strided_rows`.
+//!
+//! Why it exists: half of ResNet-50's time is 1x1 layers, and the general tile's loop
+//! reloads row pointers from the stack every step. A 1x1 stride-1 layer's tile reads 14
+//! consecutive input pixels, `cin` floats apart, which `accumulate_14x2` addresses from
+//! three registers.
+//!
+//! Taken when `takes` says so (whole 32-channel tiles); the caller hands the ragged last
+//! pixel tile to the general kernel. Same products in the same order as the general
+//! kernel, so the outputs are bit-identical.
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use super::strided_rows::{accumulate_14x2, MR};
+use super::tile::{cin_blocks, finish_whole_tile, Vector};
+use super::x86::Avx512;
+use super::{Job, PANEL};
+
+/// Whether this kernel runs the layer on AVX-512.
+pub(super) fn takes(job: &Job) -> bool {
+    job.pointwise && job.g.cin > 0 && job.g.cout.is_multiple_of(2 * PANEL)
+}
+
+/// Output pixels `px` (whole tiles from a multiple of 14) by 32-channel tiles `co`, in
+/// the general kernel's loop order (`tile::run_range`).
+///
+/// # Safety
+/// AVX-512 F/BW/VL/DQ must be usable; `job` passed `check_args` and `takes(job)` holds;
+/// `px.start` and `px.end - px.start` are multiples of 14 and `px.end <= pixels`; no other
+/// thread writes the output elements of (`px` x channels of `co`) meanwhile.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+#[inline(never)]
+pub(super) unsafe fn run(job: &Job, px: Range<usize>, co: Range<usize>) {
+    let g = job.g;
+    let (cin, cout) = (g.cin, g.cout);
+    assert!(
+        takes(job)
+            && px.start.is_multiple_of(MR)
+            && (px.end - px.start).is_multiple_of(MR)
+            && px.end <= g.pixels()
+            && job.input.len() == g.input_len()
+    );
+    let panel_stride = cin * PANEL;
+    let blocks = cin_blocks(cin, cin, 2);
+    let group_len = if blocks == 1 {
+        crate::split::channel_group_len(cin * 2 * PANEL * 4)
+    } else {
+        1
+    };
+    let (input, out) = (job.input.as_ptr(), job.output.ptr);
+    for group_start in co.clone().step_by(group_len) {
+        let group = group_start..co.end.min(group_start + group_len);
+        for block in 0..blocks {
+            let (c0, c1) = (block * cin / blocks, (block + 1) * cin / blocks);
+            let last_block = c1 == cin;
+            for q0 in px.clone().step_by(MR) {
+                for ct in group.clone() {
+                    let ch0 = ct * 2 * PANEL;
+                    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+                    if c0 > 0 {
+                        // Resume from the partial sums the previous block stored.
+                        for (i, row) in acc.iter_mut().enumerate() {
+                            for (v, a) in row.iter_mut().enumerate() {
+                                // safety: pixel q0 + i < pixels, channels ch0 + 16 v .. +16
+                                // <= cout: inside the output, this task's.
+                                *a = unsafe { Avx512::load(out.add((q0 + i) * cout + ch0 + v * PANEL)) };
+                            }
+                        }
+                    }
+                    for i in 0..MR {
+                        // The lines the next pixel tile writes (and adds as residual).
+                        let next = (q0 + MR + i) * cout + ch0;
+                        for v in 0..2 {
+                            Avx512::prefetch_write(out.wrapping_add(next + v * PANEL));
+                            if let (Some(r), true) = (job.residual, last_block) {
+                                Avx512::prefetch(r.as_ptr().wrapping_add(next + v * PANEL));
+                            }
+                        }
+                    }
+                    // safety: pixel q0 + i (i < 14) has `cin` input floats from
+                    // `(q0 + i) * cin`, so `c1 - c0 >= 1` floats from channel c0; the
+                    // panels 2 ct and 2 ct + 1 exist (cout is whole 32-channel tiles) and
+                    // hold `cin` rows of 16 floats, rows c0..c1 read.
+                    unsafe {
+                        accumulate_14x2(
+                            &mut acc,
+                            input.add(q0 * cin + c0),
+                            cin as isize,
+                            job.weights.as_ptr().add(2 * ct * panel_stride + c0 * PANEL),
+                            panel_stride,
+                            c1 - c0,
+                        )
+                    };
+                    // safety: the tile's 14 pixels are inside the output and its 32
+                    // channels below cout; this task owns them.
+                    unsafe { finish_whole_tile::<Avx512, MR, 2>(job, acc, q0, ch0, last_block) };
+                }
+            }
+        }
+    }
+}
