@@ -301,7 +301,8 @@ pub fn conv2d_nhwc(
             // Whole 14-pixel tiles to the pointwise kernel, a ragged last one to the general.
             let whole = px.start + (px.end - px.start) / x86::AVX512_MR * x86::AVX512_MR;
             // safety: as below, and `pointwise::takes` holds; `whole` is a multiple of the
-            // tile (so is `px.start`), and the two ranges split this task's pixels.
+            // tile (so is `px.start`), and the two ranges split this task's pixels (the
+            // second is empty unless the stride is 1: output rows are whole tiles).
             unsafe {
                 pointwise::run(job, px.start..whole, co.clone());
                 if whole < px.end {

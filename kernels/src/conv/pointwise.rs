@@ -1,10 +1,10 @@
-//! AVX-512 1x1 stride-1 unpadded convolution (a plain GEMM over NHWC pixels) on the
-//! hand-scheduled loop of `strided_rows`.
+//! AVX-512 1x1 unpadded convolution (a GEMM over NHWC pixels) on the hand-scheduled loop
+//! of `strided_rows`.
 //!
 //! Why it exists: half of ResNet-50's time is 1x1 layers, and the general tile's loop
-//! reloads row pointers from the stack every step. A 1x1 stride-1 layer's tile reads 14
-//! consecutive input pixels, `cin` floats apart, which `accumulate_14x2` addresses from
-//! three registers.
+//! reloads row pointers from the stack every step. A 1x1 layer's tile reads 14 input
+//! pixels `stride_w * cin` floats apart (consecutive ones at stride 1), which
+//! `accumulate_14x2` addresses from three registers.
 //!
 //! Taken when `takes` says so (whole 32-channel tiles); the caller hands the ragged last
 //! pixel tile to the general kernel. Same products in the same order as the general
@@ -18,9 +18,16 @@ use super::tile::{cin_blocks, finish_whole_tile, Vector};
 use super::x86::Avx512;
 use super::{Job, PANEL};
 
-/// Whether this kernel runs the layer on AVX-512.
+/// Whether this kernel runs the layer on AVX-512: 1x1, unpadded, whole 32-channel tiles,
+/// and either stride 1 (consecutive pixels, so tiles may span output rows) or output rows
+/// of whole tiles (the stride-2 shortcuts: a tile's pixels `stride_w * cin` floats apart).
 pub(super) fn takes(job: &Job) -> bool {
-    job.pointwise && job.g.cin > 0 && job.g.cout.is_multiple_of(2 * PANEL)
+    let g = job.g;
+    g.kernel == [1, 1]
+        && g.pads == [0; 4]
+        && g.cin > 0
+        && g.cout.is_multiple_of(2 * PANEL)
+        && (g.stride == [1, 1] || g.out_w.is_multiple_of(MR))
 }
 
 /// Output pixels `px` (whole tiles from a multiple of 14) by 32-channel tiles `co`, in
@@ -50,6 +57,13 @@ pub(super) unsafe fn run(job: &Job, px: Range<usize>, co: Range<usize>) {
         1
     };
     let (input, out) = (job.input.as_ptr(), job.output.ptr);
+    let [sh, sw] = g.stride;
+    // Input offset of output pixel q (the first of its tile); its tile's pixels follow
+    // `sw * cin` floats apart, in one output row unless the stride is 1.
+    let input_at = |q: usize| {
+        let (n, oy, ox) = (q / (g.out_h * g.out_w), q / g.out_w % g.out_h, q % g.out_w);
+        ((n * g.in_h + oy * sh) * g.in_w + ox * sw) * cin
+    };
     for group_start in co.clone().step_by(group_len) {
         let group = group_start..co.end.min(group_start + group_len);
         for block in 0..blocks {
@@ -79,15 +93,16 @@ pub(super) unsafe fn run(job: &Job, px: Range<usize>, co: Range<usize>) {
                             }
                         }
                     }
-                    // safety: pixel q0 + i (i < 14) has `cin` input floats from
-                    // `(q0 + i) * cin`, so `c1 - c0 >= 1` floats from channel c0; the
-                    // panels 2 ct and 2 ct + 1 exist (cout is whole 32-channel tiles) and
-                    // hold `cin` rows of 16 floats, rows c0..c1 read.
+                    // safety: output pixel q0 + i (i < 14) reads the input pixel at
+                    // `input_at(q0) + i * sw * cin` (consecutive pixels at stride 1, one
+                    // output row otherwise: `takes`), `cin` floats, so `c1 - c0 >= 1` from
+                    // channel c0; the panels 2 ct and 2 ct + 1 exist (cout is whole
+                    // 32-channel tiles) and hold `cin` rows of 16 floats, rows c0..c1 read.
                     unsafe {
                         accumulate_14x2(
                             &mut acc,
-                            input.add(q0 * cin + c0),
-                            cin as isize,
+                            input.add(input_at(q0) + c0),
+                            (sw * cin) as isize,
                             job.weights.as_ptr().add(2 * ct * panel_stride + c0 * PANEL),
                             panel_stride,
                             c1 - c0,

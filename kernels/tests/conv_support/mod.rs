@@ -153,21 +153,30 @@ pub fn arb_band_problem() -> impl Strategy<Value = Problem> {
         )
 }
 
-/// 1x1 stride-1 unpadded layers with whole 32-channel tiles (the AVX-512 pointwise
-/// kernel's): any pixel count (a ragged last tile), few input channels or more than one
-/// input-channel block.
+/// 1x1 unpadded layers with whole 32-channel tiles (the AVX-512 pointwise kernel's):
+/// stride 1 with any pixel count (a ragged last tile), or strides up to 2 with output rows
+/// of whole 14-pixel tiles; few input channels or more than one input-channel block.
 pub fn arb_pointwise_whole_tiles_problem() -> impl Strategy<Value = Problem> {
     (
         (1usize..=3, 1usize..=9, 1usize..=17),
         prop_oneof![3 => 1usize..=40, 1 => 513usize..=540],
         prop_oneof![Just(32usize), Just(64), Just(96)],
+        (1usize..=2, 1usize..=2, 1usize..=2, 0usize..=1),
         (any::<bool>(), any::<bool>(), any::<u64>()),
     )
-        .prop_map(|((batch, h, w), cin, cout, (res, relu, seed))| {
-            let g = geometry(batch, [h, w], cin, cout, [1, 1], [1, 1], [1, 1], [0; 4]);
-            let act = if relu { Epilogue::Relu } else { Epilogue::None };
-            problem(g, res, act, seed)
-        })
+        .prop_map(
+            |((batch, h, w), cin, cout, (sh, sw, tiles, extra), (res, relu, seed))| {
+                // Strided: the input width whose output is exactly `tiles` whole tiles.
+                let w = if [sh, sw] == [1, 1] {
+                    w
+                } else {
+                    (14 * tiles - 1) * sw + 1 + extra.min(sw - 1)
+                };
+                let g = geometry(batch, [h, w], cin, cout, [1, 1], [sh, sw], [1, 1], [0; 4]);
+                let act = if relu { Epilogue::Relu } else { Epilogue::None };
+                problem(g, res, act, seed)
+            },
+        )
 }
 
 impl Problem {
