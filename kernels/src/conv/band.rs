@@ -94,6 +94,8 @@ pub(super) unsafe fn run(job: &Job, px: Range<usize>, co: Range<usize>) {
                             .add(2 * ct * panel_stride + kh * kw_n * cin * PANEL),
                         panel_stride,
                         kw_n * cin,
+                        // Nothing to prefetch: the band is in cache (costs the stem 2%).
+                        band.as_ptr(),
                     )
                 };
             }

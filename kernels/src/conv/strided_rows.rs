@@ -15,7 +15,9 @@ pub(super) const MR: usize = 14;
 
 /// `acc[i][v] += sum_j base[i * stride + j] * w[v][j]` for j < `len`, v < 2, where `w[0]`
 /// is the panel at `w` and `w[1]` the one `panel2` floats after it (rows of 16 floats).
-/// The 14 rows are addressed as three bases (rows 0, 5, 10) plus 1-4 strides.
+/// The 14 rows are addressed as three bases (rows 0, 5, 10) plus 1-4 strides. Step j
+/// also prefetches the line at `prefetch + 16 j` (a prefetch never faults, so any address
+/// will do where there is nothing to fetch).
 ///
 /// # Safety
 /// AVX-512F must be usable; `len >= 1`; `base + i * stride` (i < 14) has `len` readable
@@ -29,6 +31,7 @@ pub(super) unsafe fn accumulate_14x2(
     w: *const f32,
     panel2: usize,
     len: usize,
+    prefetch: *const f32,
 ) {
     let s = stride * 4;
     // safety: reads only the rows and panels of the contract, `len` steps each; writes
@@ -80,6 +83,8 @@ pub(super) unsafe fn accumulate_14x2(
             "vbroadcastss zmm31, dword ptr [{t} + {s3}]",
             "vfmadd231ps zmm26, zmm31, zmm28",
             "vfmadd231ps zmm27, zmm31, zmm29",
+            "prefetcht0 byte ptr [{pf}]",
+            "add {pf}, 64",
             "add {p}, 4",
             "add {r}, 4",
             "add {t}, 4",
@@ -91,6 +96,7 @@ pub(super) unsafe fn accumulate_14x2(
             t = inout(reg) base.wrapping_offset(10 * stride) => _,
             w = inout(reg) w => _,
             n = inout(reg) len => _,
+            pf = inout(reg) prefetch => _,
             s = in(reg) s,
             s3 = in(reg) 3 * s,
             ws = in(reg) panel2 * 4,
