@@ -86,7 +86,6 @@ impl ParallelFor for PinnedPool {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Mutex;
 
     #[test]
     fn entered_closures_run_on_the_first_thread() {
@@ -96,28 +95,21 @@ mod tests {
     }
 
     #[test]
-    fn runs_every_task_once_in_contiguous_shares() {
+    fn runs_every_task_once_from_outside_and_inside() {
+        // Which thread runs which task is not fixed (a thread done with its share takes
+        // the others' unstarted tasks); that each runs exactly once is.
         let pool = PinnedPool::new(3).unwrap();
         for tasks in [0, 1, 2, 3, 7, 12, 13] {
             let runs: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
-            let owner = Mutex::new(vec![None; tasks]);
             let body = || {
                 pool.run(tasks, &|t| {
                     runs[t].fetch_add(1, Ordering::Relaxed);
-                    // Party 0 is the calling thread, party i the helper named "qp-helper-i".
-                    let name = std::thread::current().name().map(str::to_string).unwrap_or_default();
-                    owner.lock().unwrap()[t] = Some(name.strip_prefix("qp-helper-").map_or(0, |i| i.parse().unwrap()));
                 })
             };
             // From outside the pool and from inside it (as an inference runs).
             body();
             pool.enter(body);
             assert!(runs.iter().all(|r| r.load(Ordering::Relaxed) == 2), "tasks {tasks}");
-            if tasks > 1 {
-                // Each thread's tasks form one contiguous run, in party order.
-                let owner = owner.into_inner().unwrap();
-                assert!(owner.windows(2).all(|w| w[0] <= w[1]), "tasks {tasks}: {owner:?}");
-            }
         }
     }
 }
