@@ -18,7 +18,7 @@ use std::ops::Range;
 
 use super::strided_rows::{accumulate_14x2, MR};
 
-use super::tile::{finish, Vector};
+use super::tile::{finish_whole_tile, prefetch_next_tile};
 use super::x86::Avx512;
 use super::{ConvGeometry, Job, PANEL};
 
@@ -99,31 +99,11 @@ pub(super) unsafe fn run(job: &Job, px: Range<usize>, co: Range<usize>) {
                     )
                 };
             }
-            let out = job.output.ptr;
-            for i in 0..MR {
-                // The line the next tile writes, asked for owned while this one stores.
-                Avx512::prefetch_write(out.wrapping_add((q0 + MR + i) * g.cout + ch0));
-                Avx512::prefetch_write(out.wrapping_add((q0 + MR + i) * g.cout + ch0 + PANEL));
-            }
-            for (i, row_acc) in acc.iter().enumerate() {
-                for (v, &a) in row_acc.iter().enumerate() {
-                    let at = (q0 + i) * g.cout + ch0 + v * PANEL;
-                    // safety: pixel q0 + i < pixels and channels ch0 + v*16 .. +16 <= cout:
-                    // inside the output (this task's), the residual (same extent) and the
-                    // bias (padded to whole panels).
-                    unsafe {
-                        let residual = job.residual.map(|r| r.as_ptr().add(at));
-                        finish::<Avx512>(
-                            a,
-                            job.bias.as_ptr().add(ch0 + v * PANEL),
-                            residual,
-                            job.relu,
-                            out.add(at),
-                            PANEL,
-                        )
-                    };
-                }
-            }
+            // The lines the next tile writes, asked for owned while this one stores.
+            prefetch_next_tile::<Avx512, MR, 2>(job, q0, ch0, false);
+            // safety: the tile's 14 pixels are inside the output (whole tiles, `px.end <=
+            // pixels`) and its 32 channels below cout (`takes`); this task owns them.
+            unsafe { finish_whole_tile::<Avx512, MR, 2>(job, acc, q0, ch0, true) };
         }
     }
 }

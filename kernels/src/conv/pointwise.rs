@@ -14,7 +14,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::strided_rows::{accumulate_14x2, MR};
-use super::tile::{cin_blocks, finish_whole_tile, Vector};
+use super::tile::{cin_blocks, finish_whole_tile, prefetch_next_tile, Vector};
 use super::x86::Avx512;
 use super::{Job, PANEL};
 
@@ -90,16 +90,7 @@ pub(super) unsafe fn run(job: &Job, px: Range<usize>, co: Range<usize>) {
                             }
                         }
                     }
-                    for i in 0..MR {
-                        // The lines the next pixel tile writes (and adds as residual).
-                        let next = (q0 + MR + i) * cout + ch0;
-                        for v in 0..2 {
-                            Avx512::prefetch_write(out.wrapping_add(next + v * PANEL));
-                            if let (Some(r), true) = (job.residual, last_block) {
-                                Avx512::prefetch(r.as_ptr().wrapping_add(next + v * PANEL));
-                            }
-                        }
-                    }
+                    prefetch_next_tile::<Avx512, MR, 2>(job, q0, ch0, last_block);
                     // safety: output pixel q0 + i (i < 14) reads the input pixel at
                     // `input_at(q0) + i * sw * cin` (consecutive pixels at stride 1, one
                     // output row otherwise: `takes`), `cin` floats, so `c1 - c0 >= 1` from

@@ -392,20 +392,7 @@ pub(super) unsafe fn tile_in<V: Vector, const MR: usize, const NV: usize>(
             }
         }
     }
-    // Fetch the lines this channel tile writes (and, on the last block, adds as the
-    // residual) in the next pixel tile now, so they arrive while this tile computes. The
-    // output of a pixel tile is written channel tile by channel tile, a `cout * 4`-byte
-    // stride per pixel that the hardware prefetchers do not follow; unprefetched, the
-    // stores of a 3 MB output missed to memory one line at a time.
-    for i in 0..MR {
-        let next = (q0 + MR + i) * cout + first_panel * PANEL;
-        for v in (0..NV).step_by(PANEL / V::LANES) {
-            V::prefetch_write(out.wrapping_add(next + v * V::LANES));
-            if let (Some(r), true) = (job.residual, c1 == cin) {
-                V::prefetch(r.as_ptr().wrapping_add(next + v * V::LANES));
-            }
-        }
-    }
+    prefetch_next_tile::<V, MR, NV>(job, q0, first_panel * PANEL, c1 == cin);
     let mut ptrs = [zeros; MR];
     // 1x1, stride 1, unpadded, all input channels: output pixel q reads input pixel q's
     // `cin` floats, found without the windows (about 100 instructions a tile less).
@@ -529,6 +516,31 @@ pub(super) unsafe fn tile_in<V: Vector, const MR: usize, const NV: usize>(
                 }
                 let residual = job.residual.map(|r| r.as_ptr().add(q * cout + ch));
                 finish::<V>(acc[i][v], job.bias.as_ptr().add(ch), residual, job.relu, o, lanes);
+            }
+        }
+    }
+}
+
+/// Fetches the lines the tile of the next MR pixels (`q0 + MR ..`) writes in channels
+/// `ch0 .. ch0 + NV * LANES`, asked for owned, and with `residual` the residual lines it
+/// adds, so they arrive while this tile computes. The output of a pixel tile is written
+/// channel tile by channel tile, a `cout * 4`-byte stride per pixel that the hardware
+/// prefetchers do not follow; unprefetched, the stores of a 3 MB output missed to memory
+/// one line at a time. Prefetches never fault, so the last tile's run past the end.
+#[inline(always)]
+pub(super) fn prefetch_next_tile<V: Vector, const MR: usize, const NV: usize>(
+    job: &Job,
+    q0: usize,
+    ch0: usize,
+    residual: bool,
+) {
+    let (out, cout) = (job.output.ptr, job.g.cout);
+    for i in 0..MR {
+        let next = (q0 + MR + i) * cout + ch0;
+        for v in (0..NV).step_by(PANEL / V::LANES) {
+            V::prefetch_write(out.wrapping_add(next + v * V::LANES));
+            if let (Some(r), true) = (job.residual, residual) {
+                V::prefetch(r.as_ptr().wrapping_add(next + v * V::LANES));
             }
         }
     }
