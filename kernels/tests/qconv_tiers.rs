@@ -25,6 +25,9 @@ const RESIDUAL_SCALE: f32 = 0.02;
 const RESIDUAL_ZERO: u8 = 131;
 const OUT_SCALE: f32 = 0.05;
 const OUT_ZERO: u8 = 17;
+/// Both output zero points the kernels tell apart: 0 (every ReLU output's, which
+/// takes the kernels' shorter requantization) and another.
+const OUT_ZEROS: [u8; 2] = [0, OUT_ZERO];
 
 #[derive(Clone, Debug)]
 struct Problem {
@@ -39,6 +42,7 @@ struct Problem {
     residual: ResidualKind,
     relu: bool,
     u8_output: bool,
+    out_zero: u8,
 }
 
 impl Problem {
@@ -66,6 +70,7 @@ impl Problem {
             residual: ResidualKind::None,
             relu: false,
             u8_output: false,
+            out_zero: OUT_ZERO,
             g,
         }
     }
@@ -74,6 +79,11 @@ impl Problem {
         self.residual = residual;
         self.relu = relu;
         self.u8_output = u8_output;
+        self
+    }
+
+    fn with_out_zero(mut self, zero: u8) -> Problem {
+        self.out_zero = zero;
         self
     }
 
@@ -99,7 +109,7 @@ impl Problem {
             QOutput::U8 {
                 data: &mut out_u8,
                 scale: OUT_SCALE,
-                zero: OUT_ZERO,
+                zero: self.out_zero,
             }
         } else {
             QOutput::F32(&mut out_f32)
@@ -181,7 +191,7 @@ impl Problem {
                     y = y.max(0.0);
                 }
                 if self.u8_output {
-                    let z = OUT_ZERO as f32;
+                    let z = self.out_zero as f32;
                     (y.clamp(-z, 255.0 - z).round_ties_even() + z) as u32
                 } else {
                     y.to_bits()
@@ -303,9 +313,12 @@ macro_rules! tier_tests {
                     g in $geometry,
                     residual in residual_kind(),
                     (relu, u8_output, seed) in (any::<bool>(), any::<bool>(), any::<u64>()),
+                    out_zero in proptest::sample::select(&OUT_ZEROS[..]),
                 ) {
                     if supported($tier) {
-                        let p = Problem::new(g, seed, max_input($tier)).with(residual, relu, u8_output);
+                        let p = Problem::new(g, seed, max_input($tier))
+                            .with(residual, relu, u8_output)
+                            .with_out_zero(out_zero);
                         check_tier($tier, &Serial, &p).map_err(TestCaseError::fail)?;
                     }
                 }
@@ -315,9 +328,12 @@ macro_rules! tier_tests {
                     g in $geometry,
                     threads in 2usize..=5,
                     seed in any::<u64>(),
+                    out_zero in proptest::sample::select(&OUT_ZEROS[..]),
                 ) {
                     if supported($tier) {
-                        let p = Problem::new(g, seed, max_input($tier)).with(ResidualKind::U8, true, true);
+                        let p = Problem::new(g, seed, max_input($tier))
+                            .with(ResidualKind::U8, true, true)
+                            .with_out_zero(out_zero);
                         check_tier($tier, &Threads::new(threads), &p).map_err(TestCaseError::fail)?;
                     }
                 }
@@ -330,7 +346,9 @@ macro_rules! tier_tests {
                 }
                 for (i, g) in resnet_shapes().into_iter().enumerate() {
                     for (residual, u8_output) in [(ResidualKind::F32, false), (ResidualKind::U8, true)] {
-                        let p = Problem::new(g, i as u64, max_input($tier)).with(residual, i % 2 == 0, u8_output);
+                        let p = Problem::new(g, i as u64, max_input($tier))
+                            .with(residual, i % 2 == 0, u8_output)
+                            .with_out_zero(OUT_ZEROS[i / 2 % 2]);
                         check_tier($tier, &Threads::new(2), &p).unwrap_or_else(|e| panic!("{e}"));
                     }
                 }
@@ -345,22 +363,24 @@ macro_rules! tier_tests {
                 // to 255 for +inf and 1e30, to 0 for -inf, -1e30 and (without ReLU) NaN.
                 let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30];
                 let g = geometry(1, [5, 7], 20, 37, [1, 1], [1, 1], [1, 1], [0; 4]);
-                for relu in [false, true] {
-                    let mut p = Problem::new(g, 11, max_input($tier)).with(ResidualKind::F32, relu, true);
+                for (relu, out_zero) in [false, true].into_iter().flat_map(|r| OUT_ZEROS.map(|z| (r, z))) {
+                    let mut p = Problem::new(g, 11, max_input($tier))
+                        .with(ResidualKind::F32, relu, true)
+                        .with_out_zero(out_zero);
                     for (i, r) in p.residual_f32.iter_mut().enumerate().filter(|(i, _)| i % 3 == 0) {
                         *r = specials[i / 3 % specials.len()];
                     }
-                    check_tier($tier, &Serial, &p).unwrap_or_else(|e| panic!("relu {relu}: {e}"));
+                    check_tier($tier, &Serial, &p).unwrap_or_else(|e| panic!("relu {relu}, zero {out_zero}: {e}"));
                     let got = p.run($tier, &Serial);
                     for (i, &r) in p.residual_f32.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
                         let want = match (r.is_nan(), relu) {
-                            (true, true) => OUT_ZERO as u32,
+                            (true, true) => out_zero as u32,
                             (true, false) => 0,
                             _ if r > 0.0 => 255,
-                            _ if relu => OUT_ZERO as u32,
+                            _ if relu => out_zero as u32,
                             _ => 0,
                         };
-                        assert_eq!(got[i], want, "relu {relu}, residual {r} at {i}");
+                        assert_eq!(got[i], want, "relu {relu}, zero {out_zero}, residual {r} at {i}");
                     }
                 }
             }
@@ -374,22 +394,24 @@ macro_rules! tier_tests {
                 // requantizing a finite value far outside i32 (clamped to 0 or 255) must
                 // raise none, on every tier alike.
                 let g = geometry(1, [5, 7], 20, 37, [1, 1], [1, 1], [1, 1], [0; 4]);
-                for relu in [false, true] {
-                    let mut p = Problem::new(g, 13, max_input($tier)).with(ResidualKind::F32, relu, true);
+                for (relu, out_zero) in [false, true].into_iter().flat_map(|r| OUT_ZEROS.map(|z| (r, z))) {
+                    let mut p = Problem::new(g, 13, max_input($tier))
+                        .with(ResidualKind::F32, relu, true)
+                        .with_out_zero(out_zero);
                     for (i, r) in p.residual_f32.iter_mut().enumerate() {
                         *r = if i % 2 == 0 { -1e30 } else { 1e30 };
                     }
                     fpstatus::take();
                     let got = p.run($tier, &Serial);
                     let raised = fpstatus::take();
-                    assert!(raised.is_empty(), "relu {relu}: {}", raised.describe());
+                    assert!(raised.is_empty(), "relu {relu}, zero {out_zero}: {}", raised.describe());
                     for (i, &q) in got.iter().enumerate() {
                         let want = match (i % 2 == 0, relu) {
                             (false, _) => 255,
-                            (true, true) => OUT_ZERO as u32,
+                            (true, true) => out_zero as u32,
                             (true, false) => 0,
                         };
-                        assert_eq!(q, want, "relu {relu} at {i}");
+                        assert_eq!(q, want, "relu {relu}, zero {out_zero} at {i}");
                     }
                 }
             }

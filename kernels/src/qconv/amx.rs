@@ -485,6 +485,8 @@ unsafe fn multiply_block(
     // inside the ranges of the contract: step s reads the A rows from its offset and B
     // rows 16s.. of each panel.
     unsafe {
+        // Not loading the bias into the C tiles (row stride 0): that made the 56x56 64 ->
+        // 256 1x1 layer 1.4x slower than adding it in the epilogue.
         asm!(
             "tilezero tmm0",
             "tilezero tmm1",
@@ -528,9 +530,9 @@ unsafe fn multiply_block(
     }
 }
 
-/// Bias, then the shared epilogue, for the block's two segments: sum rows 0.. hold
-/// pixels `segments[0]`, rows 16.. pixels `segments[1]` (each `(first pixel, count)`,
-/// count <= 16).
+/// Bias, then the shared epilogue, for the block's two segments: sum rows 0.. hold pixels
+/// `segments[0]`, rows 16.. pixels `segments[1]` (each `(first pixel, count)`, count <=
+/// 16).
 ///
 /// # Safety
 /// AVX-512 F/BW/VL usable; as `run_amx` for the output elements of these pixels and the
@@ -538,50 +540,31 @@ unsafe fn multiply_block(
 #[inline(always)]
 unsafe fn store_block(job: &Job, segments: [Segment; 2], first_panel: usize, sums: &Sums) {
     let cout = job.g.cout;
-    // safety (this block): AVX-512 is enabled (caller); `bias` has `cout` elements, so the
-    // lanes below `cout` are readable; every `sums` row has 32 i32.
-    unsafe {
-        let mut bias = [Vnni512::zero(); 2];
-        for (v, b) in bias.iter_mut().enumerate() {
-            let ch = (first_panel + v) * PANEL;
-            if ch < cout {
-                *b = Vnni512::load_i32(job.bias.as_ptr().add(ch), PANEL.min(cout - ch));
-            }
-        }
-        // Plain loops and a function, not closures or `array::from_fn`: those were not
-        // inlined into this AVX-512 code, and every intrinsic became a call (4x slower).
-        for (half, seg) in segments.into_iter().enumerate() {
-            let first_row = half * TILE_ROWS;
-            if seg.len == TILE_ROWS {
-                let mut acc = [[Vnni512::zero(); 2]; TILE_ROWS];
-                for (r, a) in acc.iter_mut().enumerate() {
-                    *a = biased_row(sums, first_row + r, &bias);
-                }
-                // safety: the segment's pixels are this task's (caller).
-                epilogue::<Vnni512, TILE_ROWS, 2>(job, seg.q0, first_panel, &acc);
-            } else {
-                for i in 0..seg.len {
-                    // safety: as above, one pixel.
-                    let acc = [biased_row(sums, first_row + i, &bias)];
-                    epilogue::<Vnni512, 1, 2>(job, seg.q0 + i, first_panel, &acc);
-                }
-            }
+    let mut bias = [Vnni512::zero(); 2];
+    for (v, b) in bias.iter_mut().enumerate() {
+        let ch = (first_panel + v) * PANEL;
+        if ch < cout {
+            // safety: AVX-512 is enabled (caller); `bias` has `cout` elements, so the lanes
+            // below `cout` are readable.
+            *b = unsafe { Vnni512::load_i32(job.bias.as_ptr().add(ch), PANEL.min(cout - ch)) };
         }
     }
-}
-
-/// Row `i` of `sums` plus the bias, as two zmm vectors.
-///
-/// # Safety
-/// AVX-512 F usable.
-#[inline(always)]
-unsafe fn biased_row(sums: &Sums, i: usize, bias: &[__m512i; 2]) -> [__m512i; 2] {
-    let row = sums.0[i].as_ptr();
-    // safety: AVX-512 (contract); a `sums` row has 32 i32.
-    unsafe {
-        [
-            Vnni512::add_i32(Vnni512::load_i32(row, PANEL), bias[0]),
-            Vnni512::add_i32(Vnni512::load_i32(row.add(PANEL), PANEL), bias[1]),
-        ]
+    // Each sums row is two zmm vectors, read in place (64-byte aligned rows of 32 i32).
+    let rows = sums.0.as_ptr().cast::<[__m512i; 2]>();
+    for (half, seg) in segments.into_iter().enumerate() {
+        let first_row = half * TILE_ROWS;
+        // safety (this block): rows `first_row..first_row + seg.len` (<= 16) are sums rows;
+        // the segment's pixels are this task's (caller); AVX-512 is enabled (caller).
+        unsafe {
+            if seg.len == TILE_ROWS {
+                let acc = &*rows.add(first_row).cast::<[[__m512i; 2]; TILE_ROWS]>();
+                epilogue::<Vnni512, TILE_ROWS, 2>(job, seg.q0, first_panel, acc, Some(&bias));
+            } else {
+                for i in 0..seg.len {
+                    let acc = &*rows.add(first_row + i).cast::<[[__m512i; 2]; 1]>();
+                    epilogue::<Vnni512, 1, 2>(job, seg.q0 + i, first_panel, acc, Some(&bias));
+                }
+            }
+        }
     }
 }

@@ -63,6 +63,13 @@ pub(super) trait QVector {
     unsafe fn store_f32(p: *mut f32, a: Self::F, n: usize);
     /// Lanes hold integers in 0..=255.
     unsafe fn store_u8(p: *mut u8, a: Self::I, n: usize);
+    /// Stores `a`, whose lanes are at least 0 (a ReLU's output), rounded half to even and
+    /// saturated to 255: `reference::requantize(a, 0)`.
+    #[inline(always)]
+    unsafe fn store_nonnegative_u8(p: *mut u8, a: Self::F, n: usize) {
+        // safety: forwarded (trait contract).
+        unsafe { Self::store_u8(p, Self::to_i32_round(Self::min(Self::splat(255.0), a)), n) }
+    }
     /// Hints that the cache line holding `p` is used soon. `p` need not be valid: a
     /// prefetch never faults.
     #[inline(always)]
@@ -303,7 +310,7 @@ unsafe fn tile_in<V: QVector, const MR: usize, const NV: usize>(
     }
 
     // safety: the epilogue's contract is this function's.
-    unsafe { epilogue::<V, MR, NV>(job, q0, first_panel, &acc) };
+    unsafe { epilogue::<V, MR, NV>(job, q0, first_panel, &acc, None) };
 }
 
 /// The hot loop: the products of `len` input bytes per pixel pointer with `ceil(len/4)`
@@ -366,8 +373,14 @@ unsafe fn accumulate<V: QVector, const MR: usize, const NV: usize>(
 }
 
 /// Scale, residual, activation and the store of the channels below `cout`, as
-/// `reference::real_value` and `reference::requantize` do per element (the bias is in the
-/// accumulators already).
+/// `reference::real_value` and `reference::requantize` do per element, on `acc` plus
+/// `bias` (`None`: the bias is in the accumulators already).
+///
+/// The residual, output and activation kinds are fixed per layer: the four that ResNet
+/// layers use get loops with no branch on them (`epilogue_as`), the rest one loop that
+/// tests them per vector. With the AMX kernel reading its sums in place and the
+/// pixel-major order below, a 56x56 64 -> 256 1x1 layer (one thread, the epilogue most
+/// of its time): AMX 213 -> 173 µs, AVX512-VNNI 320 -> 296 µs.
 ///
 /// # Safety
 /// As `tile`.
@@ -377,43 +390,119 @@ pub(super) unsafe fn epilogue<V: QVector, const MR: usize, const NV: usize>(
     q0: usize,
     first_panel: usize,
     acc: &[[V::I; NV]; MR],
+    bias: Option<&[V::I; NV]>,
+) {
+    // safety (every arm): forwarded.
+    unsafe {
+        match (job.residual, job.out, job.relu) {
+            // A ReLU's output has zero point 0 (`quant::range`): every inner layer's.
+            (QResidual::None, OutPtr::U8 { zero: 0, .. }, true) => {
+                epilogue_as::<V, MR, NV, RESIDUAL_NONE, OUT_NONNEGATIVE_U8>(job, q0, first_panel, acc, bias)
+            }
+            // The last layer of a residual block.
+            (QResidual::U8 { .. }, OutPtr::U8 { zero: 0, .. }, true) => {
+                epilogue_as::<V, MR, NV, RESIDUAL_U8, OUT_NONNEGATIVE_U8>(job, q0, first_panel, acc, bias)
+            }
+            (QResidual::F32(_), OutPtr::U8 { zero: 0, .. }, true) => {
+                epilogue_as::<V, MR, NV, RESIDUAL_F32, OUT_NONNEGATIVE_U8>(job, q0, first_panel, acc, bias)
+            }
+            // A projection shortcut, read only as a residual.
+            (QResidual::None, OutPtr::F32(_), _) => {
+                epilogue_as::<V, MR, NV, RESIDUAL_NONE, OUT_F32>(job, q0, first_panel, acc, bias)
+            }
+            _ => epilogue_as::<V, MR, NV, RESIDUAL_ANY, OUT_ANY>(job, q0, first_panel, acc, bias),
+        }
+    }
+}
+
+/// `epilogue_as`'s residual kinds: none, f32, u8, or whichever `job.residual` is.
+const RESIDUAL_NONE: u8 = 0;
+const RESIDUAL_F32: u8 = 1;
+const RESIDUAL_U8: u8 = 2;
+const RESIDUAL_ANY: u8 = 3;
+/// `epilogue_as`'s output kinds: f32, u8 with zero point 0 after a ReLU, or whichever
+/// `job.out` is.
+const OUT_F32: u8 = 0;
+const OUT_NONNEGATIVE_U8: u8 = 1;
+const OUT_ANY: u8 = 2;
+
+/// `epilogue` for a layer whose residual kind is `RESIDUAL` and output kind `OUT` (the
+/// caller matched them against `job`).
+///
+/// # Safety
+/// As `tile`.
+#[inline(always)]
+unsafe fn epilogue_as<V: QVector, const MR: usize, const NV: usize, const RESIDUAL: u8, const OUT: u8>(
+    job: &Job,
+    q0: usize,
+    first_panel: usize,
+    acc: &[[V::I; NV]; MR],
+    bias: Option<&[V::I; NV]>,
 ) {
     let cout = job.g.cout;
+    let (residual_f32, residual_u8, residual_zero) = match job.residual {
+        QResidual::None => (std::ptr::null(), std::ptr::null(), 0.0),
+        QResidual::F32(r) => (r.as_ptr(), std::ptr::null(), 0.0),
+        QResidual::U8 { data, zero, .. } => (std::ptr::null(), data.as_ptr(), zero as f32),
+    };
+    let (out_f32, out_u8, out_zero) = match job.out {
+        OutPtr::F32(out) => (out, std::ptr::null_mut(), 0),
+        OutPtr::U8 { ptr, zero } => (std::ptr::null_mut(), ptr, zero),
+    };
+    let has_f32_residual = RESIDUAL == RESIDUAL_F32 || (RESIDUAL == RESIDUAL_ANY && !residual_f32.is_null());
+    let has_u8_residual = RESIDUAL == RESIDUAL_U8 || (RESIDUAL == RESIDUAL_ANY && !residual_u8.is_null());
+    let relu = OUT == OUT_NONNEGATIVE_U8 || job.relu;
+    let f32_out = OUT == OUT_F32 || (OUT == OUT_ANY && !out_f32.is_null());
     // safety (this block): the ISA of `V` is enabled (caller). For every access below, `q <
     // pixels` and `ch + lanes <= cout`: scale has `cout` elements, residual and output
-    // `pixels * cout`, so the `lanes` elements from each pointer are in bounds; this task
-    // owns these output elements (caller).
+    // `pixels * cout`, so the `lanes` elements from each pointer are in bounds (the
+    // pointer of each kind used is the one `job` holds); this task owns these output
+    // elements (caller).
     unsafe {
         let zero = V::splat(0.0);
         let residual_scale = V::splat(job.residual_scale);
+        // Pixel-major: each pixel's channels are stored in one run.
+        let mut scale = [zero; NV];
+        let mut lanes = [0; NV];
+        let mut live = 0;
         for v in 0..NV {
             let ch = first_panel * PANEL + v * V::LANES;
             if ch >= cout {
                 break;
             }
-            let lanes = V::LANES.min(cout - ch);
-            let scale = V::mul(V::load_f32(job.scale.as_ptr().add(ch), lanes), V::splat(job.unit));
-            for i in 0..MR {
-                let at = (q0 + i) * cout + ch;
-                let mut y = V::mul(V::to_f32(acc[i][v]), scale);
-                match job.residual {
-                    QResidual::None => {}
-                    QResidual::F32(r) => y = V::add(y, V::mul(V::load_f32(r.as_ptr().add(at), lanes), residual_scale)),
-                    QResidual::U8 { data, zero: r_zero, .. } => {
-                        let r = V::sub(V::load_u8(data.as_ptr().add(at), lanes), V::splat(r_zero as f32));
-                        y = V::add(y, V::mul(r, residual_scale));
-                    }
+            lanes[v] = V::LANES.min(cout - ch);
+            scale[v] = V::mul(V::load_f32(job.scale.as_ptr().add(ch), lanes[v]), V::splat(job.unit));
+            live = v + 1;
+        }
+        for i in 0..MR {
+            for v in 0..NV {
+                if v == live {
+                    break;
                 }
-                if job.relu {
+                let (scale, lanes) = (scale[v], lanes[v]);
+                let at = (q0 + i) * cout + first_panel * PANEL + v * V::LANES;
+                let sum = match bias {
+                    Some(b) => V::add_i32(acc[i][v], b[v]),
+                    None => acc[i][v],
+                };
+                let mut y = V::mul(V::to_f32(sum), scale);
+                if has_f32_residual {
+                    y = V::add(y, V::mul(V::load_f32(residual_f32.add(at), lanes), residual_scale));
+                } else if has_u8_residual {
+                    let r = V::sub(V::load_u8(residual_u8.add(at), lanes), V::splat(residual_zero));
+                    y = V::add(y, V::mul(r, residual_scale));
+                }
+                if relu {
                     y = V::max(y, zero);
                 }
-                match job.out {
-                    OutPtr::F32(out) => V::store_f32(out.add(at), y, lanes),
-                    OutPtr::U8 { ptr, zero: out_zero } => {
-                        let q = V::to_i32_round(V::min(V::splat(255.0 - out_zero as f32), y));
-                        let q = V::max_i32(V::add_i32(q, V::splat_i32(out_zero as i32)), V::zero());
-                        V::store_u8(ptr.add(at), q, lanes);
-                    }
+                if OUT == OUT_NONNEGATIVE_U8 {
+                    V::store_nonnegative_u8(out_u8.add(at), y, lanes);
+                } else if f32_out {
+                    V::store_f32(out_f32.add(at), y, lanes);
+                } else {
+                    let q = V::to_i32_round(V::min(V::splat(255.0 - out_zero as f32), y));
+                    let q = V::max_i32(V::add_i32(q, V::splat_i32(out_zero as i32)), V::zero());
+                    V::store_u8(out_u8.add(at), q, lanes);
                 }
             }
         }
