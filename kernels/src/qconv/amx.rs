@@ -375,6 +375,12 @@ fn prefetch_block(job: &Job, segments: [Segment; 2], first_panel: usize) {
         QResidual::F32(r) => (r.as_ptr().cast(), 4),
         QResidual::U8 { .. } => (std::ptr::null(), 0),
     };
+    // Nothing to ask for: skip the loop over the block's pixels, which the compiler
+    // kept (one thread, criterion: 1x1 56x56 64 -> 256 166 -> 150 µs, 3x3 56x56 64 ->
+    // 64 119 -> 114 µs).
+    if out_elem == 0 && res_elem == 0 {
+        return;
+    }
     let pixels = segments.iter().flat_map(|s| s.q0..s.q0 + s.len);
     for q in pixels {
         let at = q * cout + first_panel * PANEL;
