@@ -1,7 +1,8 @@
 //! ResNet-50 convolution layers in INT8 (batch 1, one thread) per tier this CPU runs.
 //! Throughput is reported in integer operations (2 per multiply-add), so criterion's
 //! "elem/s" reads as OP/s. Inputs are <= 127 so the 7-bit AVX2 tier runs on the same data
-//! and the exact and 7-bit AVX2 kernels can be compared directly.
+//! and the exact and 7-bit AVX2 kernels can be compared directly. The 64 -> 256 layer adds a
+//! u8 residual, as every ResNet-50 block's last layer does.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use qp_kernels::cpu::features;
@@ -15,7 +16,7 @@ const LAYERS: [(&str, usize, usize, usize, usize, usize, usize); 7] = [
     ("3x3s1_56x64-64", 56, 64, 64, 3, 1, 1),
     ("3x3s1_28x128-128", 28, 128, 128, 3, 1, 1),
     ("3x3s1_7x512-512", 7, 512, 512, 3, 1, 1),
-    ("1x1_56x64-256", 56, 64, 256, 1, 1, 0),
+    ("1x1_56x64-256+residual", 56, 64, 256, 1, 1, 0),
     ("1x1_14x1024-256", 14, 1024, 256, 1, 1, 0),
     ("1x1_7x2048-512", 7, 2048, 512, 1, 1, 0),
 ];
@@ -46,6 +47,8 @@ fn bench_qconv(c: &mut Criterion) {
         let bias = vec![-1000i32; cout];
         let scale = vec![1e-4f32; cout];
         let mut y = vec![0u8; g.output_len()];
+        let residual: Vec<u8> = (0..g.output_len()).map(|i| (i * 31 % 256) as u8).collect();
+        let with_residual = name.ends_with("+residual");
         let mut group = c.benchmark_group(format!("qconv/{name}"));
         group.throughput(Throughput::Elements(ops as u64));
         group
@@ -64,7 +67,15 @@ fn bench_qconv(c: &mut Criterion) {
                         &w,
                         &bias,
                         &scale,
-                        QResidual::None,
+                        if with_residual {
+                            QResidual::U8 {
+                                data: &residual,
+                                scale: 0.03,
+                                zero: 128,
+                            }
+                        } else {
+                            QResidual::None
+                        },
                         true,
                         QOutput::U8 {
                             data: &mut y,
