@@ -319,8 +319,14 @@ impl QVector for Vnni512 {
     }
     #[inline(always)]
     unsafe fn load_u8(p: *const u8, n: usize) -> __m512 {
-        // safety: masked-off bytes are neither read nor fault; bytes 0..n are readable.
-        let b = unsafe { _mm_maskz_loadu_epi8(lane_mask16(n), p.cast()) };
+        let b = if n == 16 {
+            // A whole vector's bytes: a plain load, which the widening folds in.
+            // safety: 16 readable bytes.
+            unsafe { _mm_loadu_si128(p.cast()) }
+        } else {
+            // safety: masked-off bytes are neither read nor fault; bytes 0..n are readable.
+            unsafe { _mm_maskz_loadu_epi8(lane_mask16(n), p.cast()) }
+        };
         _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b))
     }
     #[inline(always)]
