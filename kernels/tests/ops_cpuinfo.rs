@@ -3,6 +3,7 @@
 use qp_kernels::cpu::{self, Features, Isa};
 use qp_kernels::cpuinfo::*;
 use qp_kernels::peak::fma_peak_gflops;
+use qp_kernels::qconv::{int8_peak_gops, Int8Tier};
 
 #[test]
 fn cpu_info_is_consistent_with_detection() {
@@ -83,11 +84,23 @@ fn fma_peak_measures_something_on_every_tier() {
     }
 }
 
+#[test]
+fn int8_peak_measures_something_on_every_tier() {
+    // Tiers this CPU lacks measure the tier it runs in their place.
+    for tier in Int8Tier::ALL {
+        let g = int8_peak_gops(tier, 5);
+        assert!(g.is_finite() && g > 0.0, "{}: {g}", tier.name());
+    }
+}
+
 /// Prints the measured single-thread peak per tier (`--ignored --nocapture`).
 #[test]
 #[ignore]
 fn report_fma_peak() {
     for isa in Isa::ALL {
         println!("{isa}: {:.1} GFLOP/s", fma_peak_gflops(isa, 1000));
+    }
+    for tier in Int8Tier::ALL {
+        println!("{}: {:.1} GOP/s", tier.name(), int8_peak_gops(tier, 1000));
     }
 }

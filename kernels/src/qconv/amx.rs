@@ -584,3 +584,44 @@ unsafe fn store_block(job: &Job, segments: [Segment; 2], first_panel: usize, sum
         }
     }
 }
+
+/// `iters` rounds of four `tdpbusd` (the 2x2 block of `multiply_block`) on operands
+/// loaded once: the tile unit's rate for `qconv::peak`. Returns the ops (2 per
+/// multiply-add).
+///
+/// # Safety
+/// AMX-TILE and AMX-INT8 usable (the CPU has them and the OS granted the tile state).
+pub(super) unsafe fn tdpbusd_loop(iters: u64) -> u64 {
+    let config = TileConfig::all_16_by_64();
+    let operand = [Line([1; 64]); TILE_ROWS];
+    // safety (this block): the contract grants AMX; the configuration is the 64-byte
+    // operand `ldtilecfg` reads; each `tileloadd` reads 16 rows of 64 bytes at a stride of
+    // 64 from `operand` (16 lines).
+    unsafe {
+        asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "tileloadd tmm4, [{p} + {s}*1]",
+            "tileloadd tmm5, [{p} + {s}*1]",
+            "tileloadd tmm6, [{p} + {s}*1]",
+            "tileloadd tmm7, [{p} + {s}*1]",
+            p = in(reg) operand.as_ptr(),
+            s = in(reg) STEP,
+            options(nostack, readonly)
+        );
+        for _ in 0..iters {
+            asm!(
+                "tdpbusd tmm0, tmm4, tmm6",
+                "tdpbusd tmm1, tmm4, tmm7",
+                "tdpbusd tmm2, tmm5, tmm6",
+                "tdpbusd tmm3, tmm5, tmm7",
+                options(nostack, nomem)
+            );
+        }
+        asm!("tilerelease", options(nostack, nomem));
+    }
+    iters * 4 * (TILE_ROWS * TILE_ROWS * STEP * 2) as u64
+}

@@ -44,6 +44,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+mod peak;
 mod reference;
 mod tile;
 #[cfg(target_arch = "x86_64")]
@@ -52,6 +53,7 @@ mod x86;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod emulated_tests;
 
+pub use peak::int8_peak_gops;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
