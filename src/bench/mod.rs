@@ -370,18 +370,23 @@ struct Peak {
 }
 
 fn measure_peak(tier: Isa, threads: usize, ms: u64) -> Peak {
-    let single = qp_kernels::peak::fma_peak_gflops(tier, ms);
-    let all_threads = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| s.spawn(move || qp_kernels::peak::fma_peak_gflops(tier, ms)))
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
-    });
+    let (single, all_threads) = alone_and_together(threads, || qp_kernels::peak::fma_peak_gflops(tier, ms));
     Peak {
         tier,
         single,
         all_threads,
     }
+}
+
+/// A rate measured by one thread, then the sum of `threads` threads measuring at once.
+fn alone_and_together(threads: usize, rate: impl Fn() -> f64 + Sync) -> (f64, f64) {
+    let single = rate();
+    let rate = &rate;
+    let all_threads = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads).map(|_| s.spawn(rate)).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+    });
+    (single, all_threads)
 }
 
 /// `--accuracy`: the model against a reference model on the same samples.
@@ -478,7 +483,8 @@ fn cpu_profile(args: &BenchArgs, meta: &ModelMeta) -> Result<()> {
             "not pinned"
         }
     );
-    if let Some(tier) = probe.int8_tier() {
+    let int8_tier = probe.int8_tier();
+    if let Some(tier) = int8_tier {
         let note = if tier == qp_kernels::qconv::Int8Tier::Amx {
             " (AVX512-VNNI for layers whose input channels are not a multiple of 64)"
         } else {
@@ -524,14 +530,48 @@ fn cpu_profile(args: &BenchArgs, meta: &ModelMeta) -> Result<()> {
         }
     }
 
-    let peak = peaks
+    // An INT8 model's integer layers are measured against their own tier's rate.
+    let int8_peak = int8_tier.map(|tier| {
+        println!();
+        println!("== INT8 peak, GOP/s ({} ms per measurement)", args.peak_ms);
+        println!(
+            "{:<16} {:>10} {:>16} {:>16}",
+            "tier",
+            "1 core",
+            format!("{thread_count} threads"),
+            format!("{thread_count} x 1 core")
+        );
+        let (single, all_threads) =
+            alone_and_together(thread_count, || qp_kernels::qconv::int8_peak_gops(tier, args.peak_ms));
+        println!(
+            "{:<16} {:>10.1} {:>16.1} {:>16.1}",
+            tier.name(),
+            single,
+            all_threads,
+            single * thread_count as f64
+        );
+        (tier, single * thread_count as f64)
+    });
+
+    let fma_peak = peaks
         .iter()
         .find(|p| p.tier == chosen)
         .map_or(0.0, |p| p.single * thread_count as f64);
+    let peak = PeakRates {
+        fma: fma_peak,
+        int8: int8_peak.map_or(0.0, |(_, p)| p),
+    };
     let (layers, end_to_end) = profile_layers(&args.model, meta, chosen, batch, threads, args)?;
     println!();
+    let int8_note = match int8_peak {
+        Some((tier, p)) => format!(
+            "; qconv rows count integer ops, against {thread_count} x 1-core {} peak ({p:.1} GOP/s)",
+            tier.name()
+        ),
+        None => String::new(),
+    };
     println!(
-        "== Per layer: tier {chosen}, batch {batch}, {thread_count} threads, median of {} runs; % of peak = of {thread_count} x 1-core FMA peak ({peak:.1} GFLOP/s); qconv rows count integer ops",
+        "== Per layer: tier {chosen}, batch {batch}, {thread_count} threads, median of {} runs; % of peak = of {thread_count} x 1-core FMA peak ({fma_peak:.1} GFLOP/s){int8_note}",
         args.iterations
     );
     print_layers(&layers, peak);
@@ -573,6 +613,25 @@ fn profile_layers(
     Ok((layer_times(meta, batch, &runs), stats::median(&totals)))
 }
 
+/// The rates per-layer throughput is a share of: FP32 FMA GFLOP/s and, for INT8
+/// convolutions, INT8 GOP/s (0 when not measured).
+#[derive(Clone, Copy, Debug)]
+struct PeakRates {
+    fma: f64,
+    int8: f64,
+}
+
+impl PeakRates {
+    /// The peak for nodes of `kind`.
+    fn of(&self, kind: &str) -> f64 {
+        if kind == "qconv" {
+            self.int8
+        } else {
+            self.fma
+        }
+    }
+}
+
 fn percent_of(value: Option<f64>, peak: f64) -> String {
     match value {
         Some(v) if peak > 0.0 => format!("{:.0}%", 100.0 * v / peak),
@@ -580,7 +639,7 @@ fn percent_of(value: Option<f64>, peak: f64) -> String {
     }
 }
 
-fn print_layers(layers: &[LayerTime], peak: f64) {
+fn print_layers(layers: &[LayerTime], peak: PeakRates) {
     let name_w = layers.iter().map(|l| l.name.len()).max().unwrap_or(4).max(4);
     let label_w = layers.iter().map(|l| l.label.len()).max().unwrap_or(2).max(2);
     let shape_w = layers.iter().map(|l| l.shape.len()).max().unwrap_or(5).max(5);
@@ -597,12 +656,12 @@ fn print_layers(layers: &[LayerTime], peak: f64) {
             l.shape,
             l.seconds * 1e3,
             gf.map_or("-".into(), |g| format!("{g:.1}")),
-            percent_of(gf.filter(|_| l.kind != "qconv"), peak)
+            percent_of(gf, peak.of(l.kind))
         );
     }
 }
 
-fn print_kind_totals(layers: &[LayerTime], peak: f64, end_to_end: f64) {
+fn print_kind_totals(layers: &[LayerTime], peak: PeakRates, end_to_end: f64) {
     let totals = kind_totals(layers);
     let sum: f64 = layers.iter().map(|l| l.seconds).sum();
     println!(
@@ -625,7 +684,7 @@ fn print_kind_totals(layers: &[LayerTime], peak: f64, end_to_end: f64) {
                 "-".into()
             },
             gf.map_or("-".into(), |g| format!("{g:.1}")),
-            percent_of(gf.filter(|_| *kind != "qconv"), peak)
+            percent_of(gf, peak.of(kind))
         );
     }
     let int8 = totals.contains_key("qconv");
@@ -639,7 +698,7 @@ fn print_kind_totals(layers: &[LayerTime], peak: f64, end_to_end: f64) {
         100.0,
         flops as f64 / 1e9,
         gf.map_or("-".into(), |g| format!("{g:.1}")),
-        percent_of(gf.filter(|_| !int8), peak)
+        percent_of(gf.filter(|_| !int8), peak.fma)
     );
     println!(
         "(sum of node times {:.3} ms; end-to-end median of the profiled runs {:.3} ms)",
