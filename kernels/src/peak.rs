@@ -18,18 +18,24 @@ const INNER_ITERS: u64 = 1 << 14;
 /// The scalar tier times separate multiply and add, which is what scalar kernels run.
 pub fn fma_peak_gflops(isa: Isa, duration_ms: u64) -> f64 {
     let isa = resolve(isa);
+    billions_per_second(duration_ms, 16, |rounds| round(isa, rounds))
+}
+
+/// Runs `round(warmup)`, then `round(1)` until `duration_ms` have passed (at least once);
+/// the operations the timed rounds returned, in billions per second. The warm-up lets the
+/// core reach its vector-unit clock before timing starts.
+pub(crate) fn billions_per_second(duration_ms: u64, warmup: u64, mut round: impl FnMut(u64) -> u64) -> f64 {
     let budget = Duration::from_millis(duration_ms);
-    // A short warm-up lets the core reach its vector-unit clock before timing starts.
-    round(isa, 16);
+    round(warmup);
     let start = Instant::now();
-    let mut flops = 0u64;
+    let mut ops = 0u64;
     loop {
-        flops += round(isa, 1);
+        ops += round(1);
         if start.elapsed() >= budget {
             break;
         }
     }
-    flops as f64 / start.elapsed().as_secs_f64() / 1e9
+    ops as f64 / start.elapsed().as_secs_f64() / 1e9
 }
 
 /// Runs `rounds` timed blocks; returns the flops executed.

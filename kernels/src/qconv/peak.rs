@@ -12,7 +12,6 @@
 //! by 2 weight vectors.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
 
 #[cfg(target_arch = "x86_64")]
 use super::tile::QVector;
@@ -32,18 +31,7 @@ const CHAINS: usize = 12;
 /// `effective_tier`), for about `duration_ms` (at least one round).
 pub fn int8_peak_gops(tier: Int8Tier, duration_ms: u64) -> f64 {
     let tier = effective_tier(tier);
-    let budget = Duration::from_millis(duration_ms);
-    // A short warm-up lets the core reach its vector-unit clock before timing starts.
-    round(tier, 4);
-    let start = Instant::now();
-    let mut ops = 0u64;
-    loop {
-        ops += round(tier, 1);
-        if start.elapsed() >= budget {
-            break;
-        }
-    }
-    ops as f64 / start.elapsed().as_secs_f64() / 1e9
+    crate::peak::billions_per_second(duration_ms, 4, |rounds| round(tier, rounds))
 }
 
 /// Runs `rounds` timed blocks on a supported `tier`; returns the ops executed.
