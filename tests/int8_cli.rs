@@ -144,6 +144,24 @@ fn images_calibrate_and_the_report_is_printed_and_stored() {
         "{}",
         text(&refused)
     );
+
+    // `run` names the kernels that ran, which the test scripts read to tell a tier that
+    // ran from a cap this CPU lowered.
+    let inputs = fixture("tiny_bn/inputs");
+    let ran = Command::new(env!("CARGO_BIN_EXE_qp-engine"))
+        .args(["run", "--model", out.to_str().unwrap(), "--out"])
+        .arg(dir.join("outputs"))
+        .arg(format!("--input=image={}", inputs.join("image.npy").display()))
+        .arg(format!("--input=params={}", inputs.join("params.npy").display()))
+        .env("QP_MAX_ISA", "scalar")
+        .output()
+        .unwrap();
+    assert!(ran.status.success(), "{}", text(&ran));
+    assert!(
+        text(&ran).lines().any(|l| l == "tier: scalar (int8: scalar)"),
+        "{}",
+        text(&ran)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -17,6 +17,7 @@ Checks, each a regression budget set from measurements on this model (docs/PERFO
   - on the batch-3 pseudo-inputs, every tier's ssim is within 0.15 of ORT FP32 (measured:
     0.078) and the tiers agree with each other within 2e-3, the pooled features within
     cosine 0.998; where the CPU has AMX, the AMX and AVX512-VNNI tiers agree bit for bit.
+A tier this CPU cannot run (the engine's `tier:` line shows what ran) is reported as skipped.
 Exit status: 0 on success, 1 on a failed check, 2 on a usage or tool error.
 """
 import argparse
@@ -61,12 +62,19 @@ def cosine(a, b):
     return float(np.min((a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
 
 
-def cpu_has_amx():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "amx_int8" in f.read()
-    except OSError:
-        return False
+def kernels_ran(stdout):
+    """(FP32 tier, INT8 tier) from the `tier: X (int8: Y)` line of `qp-engine run`."""
+    for line in stdout.splitlines():
+        if line.startswith("tier: ") and "(int8: " in line:
+            fp32, int8 = line[len("tier: "):].split(" (int8: ")
+            return fp32, int8.rstrip(")")
+    return None, None
+
+
+# What each --tiers entry must run; a CPU without it lowers the caps silently, and the
+# tier is then reported as skipped.
+EXPECTED = {"scalar": ("scalar", "scalar"), "avx2": ("avx2", None), "avx512": ("avx512", "avx512-vnni"),
+            "amx": ("avx512", "amx")}
 
 
 def main(argv=None):
@@ -116,21 +124,25 @@ def main(argv=None):
     first = None
     outputs = {}
     for tier in args.tiers.split(","):
-        if tier == "amx" and not cpu_has_amx():
-            print("tier amx    : skipped, this CPU has no AMX")
-            continue
+        if tier not in EXPECTED:
+            print(f"unknown tier {tier!r} (expected one of {', '.join(EXPECTED)})", file=sys.stderr)
+            return 2
         out = os.path.join(args.workdir, f"int8_{tier}")
         os.makedirs(out, exist_ok=True)
         env = dict(os.environ, QP_MAX_ISA="avx512" if tier == "amx" else tier)
         env.pop("QP_MAX_INT8", None)
         if tier == "avx512":
             env["QP_MAX_INT8"] = "avx512-vnni"
-        run([engine, "run", "--model", int8, *inputs, "--out", out], env=env)
+        ran = kernels_ran(run([engine, "run", "--model", int8, *inputs, "--out", out], env=env))
+        want_fp32, want_int8 = EXPECTED[tier]
+        if ran[0] != want_fp32 or want_int8 not in (None, ran[1]):
+            print(f"tier {tier:7s}: skipped, this CPU runs {ran[0]} with INT8 kernels {ran[1]}")
+            continue
         got = {n: np.load(os.path.join(out, f"{n}.npy")) for n in ("ssim", "features")}
         outputs[tier] = got
         delta = float(np.abs(got["ssim"] - ort["ssim"]).max())
         cos = cosine(got["features"], ort["features"])
-        print(f"tier {tier:7s}: max |ssim - ort fp32| {delta:.4f}, min feature cosine {cos:.5f}")
+        print(f"tier {tier:7s}: ({ran[1]}) max |ssim - ort fp32| {delta:.4f}, min feature cosine {cos:.5f}")
         if delta > 0.15 or cos < 0.998:
             failures.append(f"tier {tier}: |delta ssim| {delta:.4f} (budget 0.15), cosine {cos:.5f} (>= 0.998)")
         if first is None:

@@ -2,7 +2,7 @@
 """Full-size check: qp-convert + qp-engine against ONNX Runtime on the full QualityNet.
 
     python tools/compare_full.py --qp-engine PATH/TO/qp-engine --workdir DIR [--batch 1,3]
-                                 [--tol 1e-4] [--floor 1e-3] [--ort-only]
+                                 [--tier scalar|avx2|avx512] [--tol 1e-4] [--floor 1e-3] [--ort-only]
 
 Steps (files land in DIR):
  1. DIR/qualitynet.onnx: the full model from tools/qualitynet.py, unless already there.
@@ -17,8 +17,10 @@ Steps (files land in DIR):
     i.e. relative error, with values smaller than `floor` in magnitude judged against
     `floor` (an absolute tolerance of tol*floor) so that near-zero references do not
     demand impossible precision. The worst element of each output is printed.
-Exit status: 0 when every output of every batch passes, 1 on a mismatch, 2 on a usage or
-tool error. --ort-only stops after step 3 (no qp binaries needed).
+--tier caps the engine's kernels (QP_MAX_ISA) and checks that tier ran: a CPU without it
+lowers the cap silently, and that run is reported as skipped, not passed.
+Exit status: 0 when every output of every batch passes (or the tier is skipped), 1 on a
+mismatch, 2 on a usage or tool error. --ort-only stops after step 3 (no qp binaries needed).
 """
 import argparse
 import os
@@ -61,16 +63,25 @@ def ensure_models(workdir):
     return path, model
 
 
-def run_tool(cmd):
+def run_tool(cmd, env=None):
     print("$", " ".join(cmd), flush=True)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     except OSError as err:
         raise ToolError(f"cannot run {cmd[0]}: {err}") from err
     if proc.stdout.strip():
         print(proc.stdout.rstrip())
     if proc.returncode != 0:
         raise ToolError(f"{os.path.basename(cmd[0])} exited with {proc.returncode}:\n{proc.stderr.rstrip()}")
+    return proc.stdout
+
+
+def tier_ran(stdout):
+    """The FP32 tier `qp-engine run` reports on its `tier: X` line (None without one)."""
+    for line in stdout.splitlines():
+        if line.startswith("tier: "):
+            return line.split()[1]
+    return None
 
 
 def compare(name, qp, ref, tol, floor):
@@ -97,6 +108,7 @@ def main(argv=None):
     ap.add_argument("--floor", type=float, default=1e-3,
                     help="references smaller than this in magnitude are judged against it (default 1e-3)")
     ap.add_argument("--ort-only", action="store_true", help="only write the models, inputs and ORT outputs")
+    ap.add_argument("--tier", help="run qp with QP_MAX_ISA=TIER and skip (exit 0) where the CPU lacks it")
     args = ap.parse_args(argv)
     try:
         batches = [int(b) for b in args.batch.split(",") if b.strip()]
@@ -142,7 +154,11 @@ def main(argv=None):
             cmd = [engine, "run", "--model", qpw]
             for name in feeds:
                 cmd += ["--input", f"{name}={os.path.join(folder, 'inputs', ort_run.npy_name(name))}"]
-            run_tool(cmd + ["--out", out_dir])
+            env = dict(os.environ, QP_MAX_ISA=args.tier) if args.tier else None
+            ran = tier_ran(run_tool(cmd + ["--out", out_dir], env))
+            if args.tier and ran != args.tier:
+                print(f"tier {args.tier}: skipped, this CPU runs at most {ran}")
+                return 0
             for name in output_names:
                 path = os.path.join(out_dir, ort_run.npy_name(name))
                 if not os.path.exists(path):

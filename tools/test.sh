@@ -17,7 +17,7 @@ work="${QP_WORKDIR:-$QP_ROOT/target/compare-full}"
 mkdir -p "$work"
 for tier in scalar avx2 avx512; do
   echo "-- tier $tier"
-  QP_MAX_ISA=$tier "$PY" tools/compare_full.py --qp-engine target/release/qp-engine --workdir "$work" --batch 1,3
+  "$PY" tools/compare_full.py --tier $tier --qp-engine target/release/qp-engine --workdir "$work" --batch 1,3
 done
 echo "-- reference executor"
 QP_REFERENCE=true "$PY" tools/compare_full.py --qp-engine target/release/qp-engine --workdir "$work" --batch 1

@@ -105,6 +105,12 @@ fn run(model: &Path, inputs: &[String], out: &Path, engine: &EngineArgs) -> Resu
         qp::npy::write(&file, t)?;
         println!("{name}: {:?} -> {}", t.shape, file.display());
     }
+    // Which kernels ran: a tier cap above what this CPU has is lowered silently, so the
+    // test scripts read this line to tell a tier that ran from one that fell back.
+    match engine.int8_tier() {
+        Some(int8) => println!("tier: {} (int8: {})", engine.isa(), int8.name()),
+        None => println!("tier: {}", engine.isa()),
+    }
     Ok(())
 }
 
