@@ -4,8 +4,9 @@
 //! - `reference`: plain loops, the oracle every other tier is tested against;
 //! - `x86`: AVX2+FMA and AVX-512 instantiations of one generic register-tile kernel
 //!   (`tile`), an implicit GEMM of MR output pixels by NR output channels;
-//! - `band` (the stem) and `pointwise` (1x1 layers): AVX-512 kernels with the same tiles
-//!   whose pixels read evenly spaced rows, on the hand-scheduled loop of `strided_rows`.
+//! - `band` (the stem, AVX-512) and `pointwise` (1x1 layers, AVX-512 and AVX2): kernels
+//!   with the general tiles whose pixels read evenly spaced rows, on the hand-scheduled
+//!   loops of `strided_rows`.
 //!
 //! Work is split into disjoint (pixel-tile range, channel-tile range) tasks handed to the
 //! caller's `ParallelFor`; the disjointness argument lives in `run_tasks` below.
@@ -316,6 +317,19 @@ pub fn conv2d_nhwc(
             // F/BW/VL/DQ usable by this process; `job` passed `check_args`; the ranges come
             // from `run_tasks`, disjoint from every other task's.
             unsafe { x86::run_avx512(job, px, co) }
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if pointwise::takes_avx2(job) => run_tasks(par, job, x86::Avx2Tiles, |px, co| {
+            // As the AVX-512 case, with tiles of 6 pixels by 16 channels.
+            let whole = px.start + (px.end - px.start) / x86::AVX2_MR * x86::AVX2_MR;
+            // safety: as the AVX-512 case, with AVX2+FMA (confirmed by `effective_isa`) and
+            // `pointwise::takes_avx2`.
+            unsafe {
+                pointwise::run_avx2(job, px.start..whole, co.clone());
+                if whole < px.end {
+                    x86::run_avx2(job, whole..px.end, co);
+                }
+            }
         }),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => run_tasks(par, job, x86::Avx2Tiles, |px, co| {

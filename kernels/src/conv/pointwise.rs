@@ -1,33 +1,45 @@
-//! AVX-512 1x1 unpadded convolution (a GEMM over NHWC pixels) on the hand-scheduled loop
-//! of `strided_rows`.
+//! 1x1 unpadded convolution (a GEMM over NHWC pixels) on the hand-scheduled loops of
+//! `strided_rows`: AVX-512 tiles of 14 pixels x 32 channels, AVX2 tiles of 6 x 16.
 //!
 //! Why it exists: half of ResNet-50's time is 1x1 layers, and the general tile's loop
-//! reloads row pointers from the stack every step. A 1x1 layer's tile reads 14 input
-//! pixels `stride_w * cin` floats apart (consecutive ones at stride 1), which
-//! `accumulate_14x2` addresses from three registers.
+//! reloads row pointers from the stack every step. A 1x1 layer's tile reads its input
+//! pixels `stride_w * cin` floats apart (consecutive ones at stride 1), which the loops
+//! address from two or three registers. On AVX2 the general tile's pointers fit the
+//! registers, but it keeps its accumulators on the stack between the loop and the
+//! epilogue (numbers at `run_avx2`).
 //!
-//! Taken when `takes` says so (whole 32-channel tiles); the caller hands the ragged last
+//! Taken when `takes` says so (whole channel tiles); the caller hands the ragged last
 //! pixel tile to the general kernel. Same products in the same order as the general
 //! kernel, so the outputs are bit-identical.
 
-use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::strided_rows::{accumulate_14x2, MR};
+use super::strided_rows::{accumulate_14x2, accumulate_6x2, AVX2_MR, MR};
 use super::tile::{cin_blocks, finish_whole_tile, prefetch_next_tile, Vector};
-use super::x86::Avx512;
+use super::x86::{Avx2, Avx512};
 use super::{Job, PANEL};
 
-/// Whether this kernel runs the layer on AVX-512: 1x1, unpadded, whole 32-channel tiles,
-/// and either stride 1 (consecutive pixels, so tiles may span output rows) or output rows
-/// of whole tiles (the stride-2 shortcuts: a tile's pixels `stride_w * cin` floats apart).
-pub(super) fn takes(job: &Job) -> bool {
+/// Whether the kernel with `mr`-pixel tiles of `tile_channels` channels runs the layer:
+/// 1x1, unpadded, whole channel tiles, and either stride 1 (consecutive pixels, so tiles
+/// may span output rows) or output rows of whole tiles (the stride-2 shortcuts: a tile's
+/// pixels `stride_w * cin` floats apart).
+fn takes_tiles(job: &Job, mr: usize, tile_channels: usize) -> bool {
     let g = job.g;
     g.kernel == [1, 1]
         && g.pads == [0; 4]
         && g.cin > 0
-        && g.cout.is_multiple_of(2 * PANEL)
-        && (g.stride == [1, 1] || g.out_w.is_multiple_of(MR))
+        && g.cout.is_multiple_of(tile_channels)
+        && (g.stride == [1, 1] || g.out_w.is_multiple_of(mr))
+}
+
+/// Whether `run_avx512` runs the layer.
+pub(super) fn takes(job: &Job) -> bool {
+    takes_tiles(job, MR, 2 * PANEL)
+}
+
+/// Whether `run_avx2` runs the layer.
+pub(super) fn takes_avx2(job: &Job) -> bool {
+    takes_tiles(job, AVX2_MR, PANEL)
 }
 
 /// Output pixels `px` (whole tiles from a multiple of 14) by 32-channel tiles `co`, in
@@ -40,19 +52,70 @@ pub(super) fn takes(job: &Job) -> bool {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
 #[inline(never)]
 pub(super) unsafe fn run(job: &Job, px: Range<usize>, co: Range<usize>) {
+    assert!(takes(job));
+    // safety: forwarded; `accumulate_14x2`'s rows and panels are those `run_tiles` vouches
+    // for, and AVX-512 is enabled here.
+    unsafe {
+        run_tiles::<Avx512, MR, 2>(job, px, co, |acc, base, stride, w, panel2, len, prefetch| {
+            accumulate_14x2(acc, base, stride, w, panel2, len, prefetch)
+        })
+    }
+}
+
+/// Output pixels `px` (whole tiles from a multiple of 6) by 16-channel tiles `co`.
+///
+/// Against the general AVX2 tile (`kernels/benches/conv.rs`, one thread, Zen 1 with an
+/// FMA peak of 38.3 GFLOP/s): 1x1 56x56 64 -> 256 30.7 -> 33.9 GFLOP/s, 256 -> 64 33.6 ->
+/// 38.0, 7x7 2048 -> 512 30.6 -> 35.0, the stride-2 56x56 256 -> 512 27.0 -> 32.7. In the
+/// whole model (2 threads) the direct convolutions take 3% less time.
+///
+/// # Safety
+/// AVX2 and FMA must be usable; otherwise as `run` with `takes_avx2` and tiles of 6.
+#[target_feature(enable = "avx2,fma")]
+#[inline(never)]
+pub(super) unsafe fn run_avx2(job: &Job, px: Range<usize>, co: Range<usize>) {
+    assert!(takes_avx2(job));
+    // safety: forwarded; `accumulate_6x2`'s rows and panel are those `run_tiles` vouches
+    // for (one panel per tile, so `panel2` is unused), and AVX2+FMA are enabled here.
+    unsafe {
+        run_tiles::<Avx2, AVX2_MR, 2>(job, px, co, |acc, base, stride, w, _panel2, len, prefetch| {
+            accumulate_6x2(acc, base, stride, w, len, prefetch)
+        })
+    }
+}
+
+/// The tile loops of `run` and `run_avx2`: tiles of MR pixels by `NV * LANES` channels
+/// (one or two panels), whose accumulation is `accumulate(acc, base, stride, w, panel2,
+/// len, prefetch)`: `len` steps over pixel rows `base + i * stride` and weight rows of 16
+/// floats at `w` (the tile's second panel `panel2` floats after it).
+///
+/// # Safety
+/// The ISA of `V` is enabled; `job` passed `check_args` and the layer is 1x1, unpadded,
+/// of whole channel tiles, with stride 1 or output rows of whole tiles; `px.start` and
+/// `px.end - px.start` are multiples of MR and `px.end <= pixels`; no other thread writes
+/// the output elements of (`px` x channels of `co`) meanwhile. `accumulate` reads only
+/// the rows and panels described.
+#[inline(always)]
+unsafe fn run_tiles<V: Vector, const MR: usize, const NV: usize>(
+    job: &Job,
+    px: Range<usize>,
+    co: Range<usize>,
+    accumulate: impl Fn(&mut [[V::R; NV]; MR], *const f32, isize, *const f32, usize, usize, *const f32),
+) {
     let g = job.g;
     let (cin, cout) = (g.cin, g.cout);
+    let panels_per_tile = NV * V::LANES / PANEL;
     assert!(
-        takes(job)
+        takes_tiles(job, MR, NV * V::LANES)
             && px.start.is_multiple_of(MR)
             && (px.end - px.start).is_multiple_of(MR)
             && px.end <= g.pixels()
             && job.input.len() == g.input_len()
     );
     let panel_stride = cin * PANEL;
-    let blocks = cin_blocks(cin, cin, 2);
+    let blocks = cin_blocks(cin, cin, panels_per_tile);
     let group_len = if blocks == 1 {
-        crate::split::channel_group_len(cin * 2 * PANEL * 4)
+        crate::split::channel_group_len(cin * panels_per_tile * PANEL * 4)
     } else {
         1
     };
@@ -65,11 +128,12 @@ pub(super) unsafe fn run(job: &Job, px: Range<usize>, co: Range<usize>) {
         ((n * g.in_h + oy * sh) * g.in_w + ox * sw) * cin
     };
     // At stride 1 with one input-channel block, the next pixel tile's input is the
-    // `14 * cin` floats after this tile's: the loop fetches one 64-byte line of it per
-    // step, and its `cin` steps cover the `14 * cin / 16` lines. Left to the hardware
-    // prefetchers, the tiles waited on memory: 0.39 -> 0.32 ms for 256 -> 64 at 56x56
-    // (layer1.1.conv1, 2 threads), 0.70 -> 0.64 for layer2.0.conv1, 0.44 -> 0.41 for
-    // layer3.1.conv3. Elsewhere it fetches lines of the tile's own input, already cached.
+    // `MR * cin` floats after this tile's: the loop fetches one 64-byte line of it per
+    // step, and its `cin` steps cover the `MR * cin / 16` lines. Left to the hardware
+    // prefetchers, the tiles waited on memory (AVX-512): 0.39 -> 0.32 ms for 256 -> 64 at
+    // 56x56 (layer1.1.conv1, 2 threads), 0.70 -> 0.64 for layer2.0.conv1, 0.44 -> 0.41
+    // for layer3.1.conv3. Elsewhere it fetches lines of the tile's own input, already
+    // cached.
     let prefetch_next = blocks == 1 && g.stride == [1, 1];
     for group_start in co.clone().step_by(group_len) {
         let group = group_start..co.end.min(group_start + group_len);
@@ -78,42 +142,43 @@ pub(super) unsafe fn run(job: &Job, px: Range<usize>, co: Range<usize>) {
             let last_block = c1 == cin;
             for q0 in px.clone().step_by(MR) {
                 for ct in group.clone() {
-                    let ch0 = ct * 2 * PANEL;
-                    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+                    let ch0 = ct * panels_per_tile * PANEL;
+                    // safety: the ISA of `V` is enabled (contract).
+                    let mut acc = [[unsafe { V::zero() }; NV]; MR];
                     if c0 > 0 {
                         // Resume from the partial sums the previous block stored.
                         for (i, row) in acc.iter_mut().enumerate() {
                             for (v, a) in row.iter_mut().enumerate() {
-                                // safety: pixel q0 + i < pixels, channels ch0 + 16 v .. +16
-                                // <= cout: inside the output, this task's.
-                                *a = unsafe { Avx512::load(out.add((q0 + i) * cout + ch0 + v * PANEL)) };
+                                // safety: pixel q0 + i < pixels, channels ch0 + LANES v ..
+                                // + LANES <= cout: inside the output, this task's.
+                                *a = unsafe { V::load(out.add((q0 + i) * cout + ch0 + v * V::LANES)) };
                             }
                         }
                     }
-                    prefetch_next_tile::<Avx512, MR, 2>(job, q0, ch0, last_block);
-                    // safety: output pixel q0 + i (i < 14) reads the input pixel at
-                    // `input_at(q0) + i * sw * cin` (consecutive pixels at stride 1, one
-                    // output row otherwise: `takes`), `cin` floats, so `c1 - c0 >= 1` from
-                    // channel c0; the panels 2 ct and 2 ct + 1 exist (cout is whole
-                    // 32-channel tiles) and hold `cin` rows of 16 floats, rows c0..c1 read.
-                    unsafe {
-                        accumulate_14x2(
-                            &mut acc,
-                            input.add(input_at(q0) + c0),
-                            (sw * cin) as isize,
-                            job.weights.as_ptr().add(2 * ct * panel_stride + c0 * PANEL),
-                            panel_stride,
-                            c1 - c0,
-                            if prefetch_next {
-                                input.wrapping_add(input_at(q0) + MR * cin)
-                            } else {
-                                input
-                            },
-                        )
-                    };
-                    // safety: the tile's 14 pixels are inside the output and its 32
-                    // channels below cout; this task owns them.
-                    unsafe { finish_whole_tile::<Avx512, MR, 2>(job, acc, q0, ch0, last_block) };
+                    prefetch_next_tile::<V, MR, NV>(job, q0, ch0, last_block);
+                    // Output pixel q0 + i (i < MR) reads the input pixel at `input_at(q0)
+                    // + i * sw * cin` (consecutive pixels at stride 1, one output row
+                    // otherwise: `takes_tiles`), `cin` floats, so `c1 - c0 >= 1` from
+                    // channel c0; the tile's panels exist (cout is whole channel tiles)
+                    // and hold `cin` rows of 16 floats, rows c0..c1 read.
+                    accumulate(
+                        &mut acc,
+                        input.wrapping_add(input_at(q0) + c0),
+                        (sw * cin) as isize,
+                        job.weights
+                            .as_ptr()
+                            .wrapping_add(ct * panels_per_tile * panel_stride + c0 * PANEL),
+                        panel_stride,
+                        c1 - c0,
+                        if prefetch_next {
+                            input.wrapping_add(input_at(q0) + MR * cin)
+                        } else {
+                            input
+                        },
+                    );
+                    // safety: the tile's MR pixels are inside the output and its channels
+                    // below cout; this task owns them.
+                    unsafe { finish_whole_tile::<V, MR, NV>(job, acc, q0, ch0, last_block) };
                 }
             }
         }

@@ -142,7 +142,7 @@ impl Vector for Avx2 {
 }
 
 pub(super) const AVX512_MR: usize = 14;
-const AVX2_MR: usize = 6;
+pub(super) const AVX2_MR: usize = super::strided_rows::AVX2_MR;
 
 pub(super) struct Avx512Tiles;
 impl Tiling for Avx512Tiles {

@@ -153,24 +153,30 @@ pub fn arb_band_problem() -> impl Strategy<Value = Problem> {
         )
 }
 
-/// 1x1 unpadded layers with whole 32-channel tiles (the AVX-512 pointwise kernel's):
-/// stride 1 with any pixel count (a ragged last tile), or strides up to 2 with output rows
-/// of whole 14-pixel tiles; few input channels or more than one input-channel block.
+/// 1x1 unpadded layers with whole channel tiles (the pointwise kernels': 32 channels on
+/// AVX-512, 16 on AVX2): stride 1 with any pixel count (a ragged last tile), or strides up
+/// to 2 with output rows of whole tiles (14 pixels on AVX-512, 6 on AVX2); few input
+/// channels or more than one input-channel block.
 pub fn arb_pointwise_whole_tiles_problem() -> impl Strategy<Value = Problem> {
     (
         (1usize..=3, 1usize..=9, 1usize..=17),
         prop_oneof![3 => 1usize..=40, 1 => 513usize..=540],
-        prop_oneof![Just(32usize), Just(64), Just(96)],
+        prop_oneof![Just(16usize), Just(32), Just(48), Just(64), Just(96)],
         (1usize..=2, 1usize..=2, 1usize..=2, 0usize..=1),
-        (any::<bool>(), any::<bool>(), any::<u64>()),
+        (
+            prop_oneof![Just(14usize), Just(6)],
+            any::<bool>(),
+            any::<bool>(),
+            any::<u64>(),
+        ),
     )
         .prop_map(
-            |((batch, h, w), cin, cout, (sh, sw, tiles, extra), (res, relu, seed))| {
+            |((batch, h, w), cin, cout, (sh, sw, tiles, extra), (tile_pixels, res, relu, seed))| {
                 // Strided: the input width whose output is exactly `tiles` whole tiles.
                 let w = if [sh, sw] == [1, 1] {
                     w
                 } else {
-                    (14 * tiles - 1) * sw + 1 + extra.min(sw - 1)
+                    (tile_pixels * tiles - 1) * sw + 1 + extra.min(sw - 1)
                 };
                 let g = geometry(batch, [h, w], cin, cout, [1, 1], [sh, sw], [1, 1], [0; 4]);
                 let act = if relu { Epilogue::Relu } else { Epilogue::None };
