@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod cli_log;
 pub mod convert;
 pub mod engine;
 pub mod exec;

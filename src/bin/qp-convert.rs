@@ -103,15 +103,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // Progress of the long steps (INT8 calibration and bias correction) on stderr;
     // QP_LOG=warn silences it.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("QP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .without_time()
-        .init();
+    qp::cli_log::init("info");
     let output = args.output.clone().unwrap_or_else(|| args.model.with_extension("qpw"));
     let defaults = Int8Options::default();
     let options = ConvertOptions {

@@ -245,15 +245,7 @@ fn main() -> ExitCode {
     // `serve` sets up its own logging; the other commands print warnings (QP_LOG overrides
     // the level) on stderr, apart from their results on stdout.
     if !matches!(cli.command, Command::Serve(_)) {
-        let filter = tracing_subscriber::EnvFilter::try_from_env("QP_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter)
-            .with_target(false)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .without_time()
-            .init();
+        qp::cli_log::init("warn");
     }
     let result = match &cli.command {
         Command::Run {
