@@ -366,15 +366,15 @@ impl Engine {
 
 /// Warns once per load where this CPU's best INT8 kernels are the exact AVX2 ones (no
 /// VNNI): they multiply no faster than FP32 FMA there, and the FP32 model's Winograd 3x3
-/// layers make it the faster file (docs/PERFORMANCE.md: Zen 1, batch 1, 2 threads, INT8
-/// 135 ms against FP32 107 ms). Not where a tier cap chose them.
+/// layers make it as fast or faster (docs/PERFORMANCE.md: Zen 1, batch 1, 2 threads, INT8
+/// 135 ms against FP32 107 ms; Zen 3 about even). Not where a tier cap chose them.
 fn warn_if_int8_gains_nothing() {
     use qp_kernels::qconv::{int8_tier, Int8Tier};
     let features = qp_kernels::cpu::features();
     if int8_tier(features.best_isa(), features) == Int8Tier::Avx2 {
         tracing::warn!(
             "this CPU has no VNNI: the INT8 model runs exact AVX2 integer kernels, which are no \
-             faster than FP32 here; the FP32 file runs faster"
+             faster than FP32 here; serve the FP32 file on this CPU"
         );
     }
 }
