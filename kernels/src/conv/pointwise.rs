@@ -52,7 +52,6 @@ pub(super) fn takes_avx2(job: &Job) -> bool {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
 #[inline(never)]
 pub(super) unsafe fn run(job: &Job, px: Range<usize>, co: Range<usize>) {
-    assert!(takes(job));
     // safety: forwarded; `accumulate_14x2`'s rows and panels are those `run_tiles` vouches
     // for, and AVX-512 is enabled here.
     unsafe {
@@ -74,7 +73,6 @@ pub(super) unsafe fn run(job: &Job, px: Range<usize>, co: Range<usize>) {
 #[target_feature(enable = "avx2,fma")]
 #[inline(never)]
 pub(super) unsafe fn run_avx2(job: &Job, px: Range<usize>, co: Range<usize>) {
-    assert!(takes_avx2(job));
     // safety: forwarded; `accumulate_6x2`'s rows and panel are those `run_tiles` vouches
     // for (one panel per tile, so `panel2` is unused), and AVX2+FMA are enabled here.
     unsafe {
