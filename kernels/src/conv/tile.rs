@@ -563,21 +563,61 @@ pub(super) unsafe fn finish_whole_tile<V: Vector, const MR: usize, const NV: usi
 ) {
     let cout = job.g.cout;
     let at = q0 * cout + ch0;
-    let residual = job.residual.map(|r| r.as_ptr());
     // safety (this block): the bias is padded to whole panels and the tile's channels are
     // below `cout`, so every vector read from the bias, the residual and written to the
     // output (`pixels * cout` each) is in bounds (contract).
     unsafe {
-        let (out, bias) = (job.output.ptr.add(at), job.bias.as_ptr().add(ch0));
-        for i in 0..MR {
-            for v in 0..NV {
-                let k = i * cout + v * V::LANES;
-                if last_block {
-                    let r = residual.map(|r| r.add(at + k));
-                    finish::<V>(acc[i][v], bias.add(v * V::LANES), r, job.relu, out.add(k), V::LANES);
-                } else {
-                    V::store(out.add(k), acc[i][v]);
+        let out = job.output.ptr.add(at);
+        if !last_block {
+            for (i, row) in acc.iter().enumerate() {
+                for (v, &a) in row.iter().enumerate() {
+                    V::store(out.add(i * cout + v * V::LANES), a);
                 }
+            }
+            return;
+        }
+        let bias = job.bias.as_ptr().add(ch0);
+        let b: [V::R; NV] = std::array::from_fn(|v| V::load(bias.add(v * V::LANES)));
+        // One branch-free loop per (residual, ReLU) case: with the tests inside, LLVM kept
+        // the accumulators on the stack and looped over them (1x1 56x56 64 -> 256, AVX2:
+        // 14% of the time outside the accumulation loop).
+        match (job.residual, job.relu) {
+            (Some(r), true) => finish_rows::<V, MR, NV>(acc, b, Some(r.as_ptr().add(at)), true, out, cout),
+            (Some(r), false) => finish_rows::<V, MR, NV>(acc, b, Some(r.as_ptr().add(at)), false, out, cout),
+            (None, true) => finish_rows::<V, MR, NV>(acc, b, None, true, out, cout),
+            (None, false) => finish_rows::<V, MR, NV>(acc, b, None, false, out, cout),
+        }
+    }
+}
+
+/// `act(acc + bias + residual)` of a whole tile, stored at `out` (rows `cout` apart); the
+/// caller passes constant `residual`-ness and `relu` so each case inlines branch-free.
+///
+/// # Safety
+/// The ISA of `V` is enabled; `out` and `residual` (if any) have MR rows of `NV * LANES`
+/// floats, `cout` apart, writable and readable.
+#[inline(always)]
+unsafe fn finish_rows<V: Vector, const MR: usize, const NV: usize>(
+    acc: [[V::R; NV]; MR],
+    bias: [V::R; NV],
+    residual: Option<*const f32>,
+    relu: bool,
+    out: *mut f32,
+    cout: usize,
+) {
+    for (i, row) in acc.iter().enumerate() {
+        for (v, &a) in row.iter().enumerate() {
+            let k = i * cout + v * V::LANES;
+            // safety: element k is within the rows of the contract.
+            unsafe {
+                let mut y = V::add(a, bias[v]);
+                if let Some(r) = residual {
+                    y = V::add(y, V::load(r.add(k)));
+                }
+                if relu {
+                    y = V::relu(y);
+                }
+                V::store(out.add(k), y);
             }
         }
     }
