@@ -23,7 +23,7 @@ struct Layer {
     pad: usize,
 }
 
-const LAYERS: [Layer; 12] = [
+const LAYERS: [Layer; 13] = [
     Layer {
         name: "stem7x7s2_224x3-64",
         in_hw: 224,
@@ -101,6 +101,15 @@ const LAYERS: [Layer; 12] = [
         in_hw: 14,
         cin: 1024,
         cout: 256,
+        kernel: 1,
+        stride: 1,
+        pad: 0,
+    },
+    Layer {
+        name: "1x1_14x256-1024",
+        in_hw: 14,
+        cin: 256,
+        cout: 1024,
         kernel: 1,
         stride: 1,
         pad: 0,

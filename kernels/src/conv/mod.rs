@@ -299,17 +299,10 @@ pub fn conv2d_nhwc(
         }),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 if pointwise::takes(job) => run_tasks(par, job, x86::Avx512Tiles, |px, co| {
-            // Whole 14-pixel tiles to the pointwise kernel, a ragged last one to the general.
-            let whole = px.start + (px.end - px.start) / x86::AVX512_MR * x86::AVX512_MR;
-            // safety: as below, and `pointwise::takes` holds; `whole` is a multiple of the
-            // tile (so is `px.start`), and the two ranges split this task's pixels (the
-            // second is empty unless the stride is 1: output rows are whole tiles).
-            unsafe {
-                pointwise::run(job, px.start..whole, co.clone());
-                if whole < px.end {
-                    x86::run_avx512(job, whole..px.end, co);
-                }
-            }
+            // safety: as below, and `pointwise::takes` holds; `run_tasks` starts every range
+            // at a whole tile and ends it at one or at the last pixel, and a ragged last
+            // tile means stride 1 (`takes`: otherwise output rows are whole tiles).
+            unsafe { pointwise::run(job, px, co) }
         }),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => run_tasks(par, job, x86::Avx512Tiles, |px, co| {
@@ -320,16 +313,9 @@ pub fn conv2d_nhwc(
         }),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if pointwise::takes_avx2(job) => run_tasks(par, job, x86::Avx2Tiles, |px, co| {
-            // As the AVX-512 case, with tiles of 6 pixels by 16 channels.
-            let whole = px.start + (px.end - px.start) / x86::AVX2_MR * x86::AVX2_MR;
-            // safety: as the AVX-512 case, with AVX2+FMA (confirmed by `effective_isa`) and
-            // `pointwise::takes_avx2`.
-            unsafe {
-                pointwise::run_avx2(job, px.start..whole, co.clone());
-                if whole < px.end {
-                    x86::run_avx2(job, whole..px.end, co);
-                }
-            }
+            // safety: as the AVX-512 case, with AVX2+FMA (confirmed by `effective_isa`),
+            // `pointwise::takes_avx2` and tiles of 6 pixels.
+            unsafe { pointwise::run_avx2(job, px, co) }
         }),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => run_tasks(par, job, x86::Avx2Tiles, |px, co| {

@@ -156,11 +156,11 @@ pub fn arb_band_problem() -> impl Strategy<Value = Problem> {
 /// 1x1 unpadded layers with whole channel tiles (the pointwise kernels': 32 channels on
 /// AVX-512, 16 on AVX2): stride 1 with any pixel count (a ragged last tile), or strides up
 /// to 2 with output rows of whole tiles (14 pixels on AVX-512, 6 on AVX2); few input
-/// channels or more than one input-channel block.
+/// channels or more than one input-channel block (above 512 on AVX-512, 1024 on AVX2).
 pub fn arb_pointwise_whole_tiles_problem() -> impl Strategy<Value = Problem> {
     (
         (1usize..=3, 1usize..=9, 1usize..=17),
-        prop_oneof![3 => 1usize..=40, 1 => 513usize..=540],
+        prop_oneof![3 => 1usize..=40, 1 => 513usize..=540, 1 => 1025usize..=1040],
         prop_oneof![Just(16usize), Just(32), Just(48), Just(64), Just(96)],
         (1usize..=2, 1usize..=2, 1usize..=2, 0usize..=1),
         (
