@@ -1,7 +1,8 @@
 //! The AVX-512 tiling (14 pixels x two 16-channel panels, one-panel tail, ragged pixel
 //! tiles) run with a portable 16-lane vector, so its indexing is tested on CPUs without
-//! AVX-512 too, for the direct and the Winograd kernels. Only the intrinsic wrappers of
-//! `x86::Avx512` are left to the tier tests.
+//! AVX-512 too, for the direct, pointwise and Winograd kernels. Only the intrinsic
+//! wrappers of `x86::Avx512` and the pointwise kernel's asm step loop are left to the
+//! tier tests.
 
 use proptest::prelude::*;
 
@@ -75,6 +76,54 @@ fn conv_emulated(p: &Problem, par: &dyn ParallelFor) -> Vec<f32> {
                 // safety: `Lanes16` needs no CPU feature; `job` passed `check_args`; the ranges
                 // come from `run_tasks`.
                 unsafe { run_range::<Lanes16, 14, 2, 1>(job, px, co, remainder) }
+            })
+        },
+    );
+    out
+}
+
+/// `conv2d_nhwc` on the AVX-512 pointwise kernel's tile loop (`pointwise::run_tiles`,
+/// 14 pixels x 32 channels) with `Lanes16` and a portable stand-in for its asm step loop
+/// (`accumulate_14x2`); the layer must pass `pointwise::takes`.
+fn conv_pointwise_emulated(p: &Problem, par: &dyn ParallelFor) -> Vec<f32> {
+    let mut out = vec![f32::NAN; p.g.output_len()];
+    check_args(&p.g, &p.input, &p.weights, &p.bias, p.residual.as_deref(), &out);
+    with_job(
+        &p.g,
+        &p.input,
+        &p.weights,
+        &p.bias,
+        p.residual.as_deref(),
+        p.act,
+        &mut out,
+        |job| {
+            assert!(pointwise::takes(job));
+            run_tasks(par, job, x86::Avx512Tiles, |px, co| {
+                let accumulate = |acc: &mut [[[f32; 16]; 2]; 14],
+                                  base: *const f32,
+                                  stride: isize,
+                                  w: *const f32,
+                                  panel2: usize,
+                                  len: usize,
+                                  _prefetch: *const f32| {
+                    for j in 0..len {
+                        for (i, row) in acc.iter_mut().enumerate() {
+                            // safety: the rows and panels `run_tiles` passes (its contract
+                            // for `accumulate`).
+                            let x = unsafe { *base.offset(i as isize * stride).add(j) };
+                            for (v, a) in row.iter_mut().enumerate() {
+                                for (l, lane) in a.iter_mut().enumerate() {
+                                    // safety: as above.
+                                    *lane = x.mul_add(unsafe { *w.add(v * panel2 + j * PANEL + l) }, *lane);
+                                }
+                            }
+                        }
+                    }
+                };
+                // safety: `Lanes16` needs no CPU feature; `job` passed `check_args` and
+                // `takes`; the ranges come from `run_tasks` (whole tiles but a ragged last
+                // one, which `takes` allows only at stride 1).
+                unsafe { pointwise::run_tiles::<Lanes16, 14, 2>(job, px, co, accumulate) }
             })
         },
     );
@@ -155,8 +204,16 @@ impl Problem {
     }
 
     fn check(&self, par: &dyn ParallelFor) -> Result<(), String> {
+        self.check_with(par, conv_emulated)
+    }
+
+    fn check_with(
+        &self,
+        par: &dyn ParallelFor,
+        conv: fn(&Problem, &dyn ParallelFor) -> Vec<f32>,
+    ) -> Result<(), String> {
         let (want, mag) = self.reference();
-        let got = conv_emulated(self, par);
+        let got = conv(self, par);
         for (i, ((&g, &w), &m)) in got.iter().zip(&want).zip(&mag).enumerate() {
             let tol = 1e-5 * m + 1e-6;
             let within = (g - w).abs() <= tol; // false for NaN too
@@ -228,6 +285,31 @@ proptest! {
         let act = if relu { Epilogue::Relu } else { Epilogue::None };
         let par: &dyn ParallelFor = if threaded { &ThreeThreads } else { &Serial };
         Problem::new(g, residual, act, seed).check(par).map_err(TestCaseError::fail)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// The AVX-512 pointwise kernel's tiling: 1x1 unpadded layers of whole 32-channel
+    /// tiles, at stride 1 with any pixel count (a ragged last tile) or at stride 2 with
+    /// output rows of whole 14-pixel tiles; input-channel blocks above 512 channels.
+    #[test]
+    fn avx512_pointwise_tiling_matches_reference(
+        (batch, h, w, tiles) in (1usize..=3, 1usize..=9, 1usize..=20, 1usize..=2),
+        cin in prop_oneof![3 => 1usize..=40, 1 => 513usize..=540],
+        cout in prop_oneof![Just(32usize), Just(64), Just(96)],
+        (strided, residual, relu, threaded, seed) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>()),
+    ) {
+        let g = if strided {
+            geometry(batch, [h, 28 * tiles - 1], cin, cout, [1, 1], [2, 2], [1, 1], [0; 4])
+        } else {
+            geometry(batch, [h, w], cin, cout, [1, 1], [1, 1], [1, 1], [0; 4])
+        };
+        let act = if relu { Epilogue::Relu } else { Epilogue::None };
+        let par: &dyn ParallelFor = if threaded { &ThreeThreads } else { &Serial };
+        Problem::new(g, residual, act, seed)
+            .check_with(par, conv_pointwise_emulated)
+            .map_err(TestCaseError::fail)?;
     }
 }
 

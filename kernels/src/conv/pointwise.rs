@@ -95,7 +95,7 @@ pub(super) unsafe fn run_avx2(job: &Job, px: Range<usize>, co: Range<usize>) {
 /// pixel of a stride-1 layer; no other thread writes the output elements of (`px` x
 /// channels of `co`) meanwhile. `accumulate` reads only the rows and panels described.
 #[inline(always)]
-unsafe fn run_tiles<V: Vector, const MR: usize, const NV: usize>(
+pub(super) unsafe fn run_tiles<V: Vector, const MR: usize, const NV: usize>(
     job: &Job,
     px: Range<usize>,
     co: Range<usize>,
