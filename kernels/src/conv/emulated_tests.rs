@@ -1,7 +1,7 @@
 //! The AVX-512 tiling (14 pixels x two 16-channel panels, one-panel tail, ragged pixel
 //! tiles) run with a portable 16-lane vector, so its indexing is tested on CPUs without
-//! AVX-512 too, for the direct, pointwise and Winograd kernels. Only the intrinsic
-//! wrappers of `x86::Avx512` and the pointwise kernel's asm step loop are left to the
+//! AVX-512 too, for the direct, pointwise, band and Winograd kernels. Only the intrinsic
+//! wrappers of `x86::Avx512` and the asm step loop of `strided_rows` are left to the
 //! tier tests.
 
 use proptest::prelude::*;
@@ -9,6 +9,7 @@ use proptest::prelude::*;
 use super::tile::{remainder_tile, run_range, Block, Vector};
 use super::*;
 use crate::parallel::{Serial, ThreeThreads};
+use std::ops::Range;
 
 /// 16 lanes in plain Rust, with the same fused multiply-add as the hardware.
 struct Lanes16;
@@ -82,10 +83,40 @@ fn conv_emulated(p: &Problem, par: &dyn ParallelFor) -> Vec<f32> {
     out
 }
 
-/// `conv2d_nhwc` on the AVX-512 pointwise kernel's tile loop (`pointwise::run_tiles`,
-/// 14 pixels x 32 channels) with `Lanes16` and a portable stand-in for its asm step loop
-/// (`accumulate_14x2`); the layer must pass `pointwise::takes`.
-fn conv_pointwise_emulated(p: &Problem, par: &dyn ParallelFor) -> Vec<f32> {
+/// A portable stand-in for `strided_rows::accumulate_14x2`: `acc[i][v] += sum_j
+/// base[i * stride + j] * w[v * panel2 + 16 j ..]` for j < `len`.
+fn accumulate_14x2_portable(
+    acc: &mut [[[f32; 16]; 2]; 14],
+    base: *const f32,
+    stride: isize,
+    w: *const f32,
+    panel2: usize,
+    len: usize,
+) {
+    for j in 0..len {
+        for (i, row) in acc.iter_mut().enumerate() {
+            // safety: the rows and panels the calling kernel passes (its contract for
+            // `accumulate`).
+            let x = unsafe { *base.offset(i as isize * stride).add(j) };
+            for (v, a) in row.iter_mut().enumerate() {
+                for (l, lane) in a.iter_mut().enumerate() {
+                    // safety: as above.
+                    *lane = x.mul_add(unsafe { *w.add(v * panel2 + j * PANEL + l) }, *lane);
+                }
+            }
+        }
+    }
+}
+
+/// `conv2d_nhwc` on one of the AVX-512 kernels built on `strided_rows` (`kernel`: its
+/// generic loop with `Lanes16` and `accumulate_14x2_portable`), tiled as the general
+/// kernel's tasks; `takes` is the kernel's own test of the layer.
+fn conv_strided_rows_emulated(
+    p: &Problem,
+    par: &dyn ParallelFor,
+    takes: fn(&Job) -> bool,
+    kernel: fn(&Job, Range<usize>, Range<usize>),
+) -> Vec<f32> {
     let mut out = vec![f32::NAN; p.g.output_len()];
     check_args(&p.g, &p.input, &p.weights, &p.bias, p.residual.as_deref(), &out);
     with_job(
@@ -97,37 +128,39 @@ fn conv_pointwise_emulated(p: &Problem, par: &dyn ParallelFor) -> Vec<f32> {
         p.act,
         &mut out,
         |job| {
-            assert!(pointwise::takes(job));
-            run_tasks(par, job, x86::Avx512Tiles, |px, co| {
-                let accumulate = |acc: &mut [[[f32; 16]; 2]; 14],
-                                  base: *const f32,
-                                  stride: isize,
-                                  w: *const f32,
-                                  panel2: usize,
-                                  len: usize,
-                                  _prefetch: *const f32| {
-                    for j in 0..len {
-                        for (i, row) in acc.iter_mut().enumerate() {
-                            // safety: the rows and panels `run_tiles` passes (its contract
-                            // for `accumulate`).
-                            let x = unsafe { *base.offset(i as isize * stride).add(j) };
-                            for (v, a) in row.iter_mut().enumerate() {
-                                for (l, lane) in a.iter_mut().enumerate() {
-                                    // safety: as above.
-                                    *lane = x.mul_add(unsafe { *w.add(v * panel2 + j * PANEL + l) }, *lane);
-                                }
-                            }
-                        }
-                    }
-                };
-                // safety: `Lanes16` needs no CPU feature; `job` passed `check_args` and
-                // `takes`; the ranges come from `run_tasks` (whole tiles but a ragged last
-                // one, which `takes` allows only at stride 1).
-                unsafe { pointwise::run_tiles::<Lanes16, 14, 2>(job, px, co, accumulate) }
-            })
+            assert!(takes(job));
+            run_tasks(par, job, x86::Avx512Tiles, |px, co| kernel(job, px, co))
         },
     );
     out
+}
+
+/// The pointwise kernel's tile loop (`pointwise::run_tiles`, 14 pixels x 32 channels).
+fn conv_pointwise_emulated(p: &Problem, par: &dyn ParallelFor) -> Vec<f32> {
+    conv_strided_rows_emulated(p, par, pointwise::takes, |job, px, co| {
+        // safety: `Lanes16` needs no CPU feature; `job` passed `check_args` and `takes`;
+        // the ranges come from `run_tasks` (whole tiles but a ragged last one, which
+        // `takes` allows only at stride 1).
+        unsafe {
+            pointwise::run_tiles::<Lanes16, 14, 2>(job, px, co, |acc, base, stride, w, panel2, len, _| {
+                accumulate_14x2_portable(acc, base, stride, w, panel2, len)
+            })
+        }
+    })
+}
+
+/// The band kernel's loop (`band::run_rows`, 14 pixels x 32 channels).
+fn conv_band_emulated(p: &Problem, par: &dyn ParallelFor) -> Vec<f32> {
+    conv_strided_rows_emulated(
+        p,
+        par,
+        |job| band::takes(job.g),
+        |job, px, co| {
+            // safety: `Lanes16` needs no CPU feature; `job` passed `check_args` and
+            // `band::takes`; the ranges come from `run_tasks`.
+            unsafe { band::run_rows::<Lanes16, 14, 2>(job, px, co, accumulate_14x2_portable) }
+        },
+    )
 }
 
 #[derive(Debug)]
@@ -309,6 +342,30 @@ proptest! {
         let par: &dyn ParallelFor = if threaded { &ThreeThreads } else { &Serial };
         Problem::new(g, residual, act, seed)
             .check_with(par, conv_pointwise_emulated)
+            .map_err(TestCaseError::fail)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// The AVX-512 band kernel's loop: few input channels, output rows of whole 14-pixel
+    /// tiles, whole 32-channel tiles, padding, strides and batches.
+    #[test]
+    fn avx512_band_tiling_matches_reference(
+        (batch, h, tiles, cin, cout) in (1usize..=3, 1usize..=10, 1usize..=2, 1usize..=8, prop_oneof![Just(32usize), Just(64)]),
+        (kh, kw, sh, sw) in (1usize..=7, 2usize..=7, 1usize..=2, 1usize..=2),
+        pads in [0usize..=3, 0usize..=3, 0usize..=3, 0usize..=3],
+        (residual, relu, threaded, seed) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>()),
+    ) {
+        let cin = cin.min(31 / kw).max(1);
+        let w = ((14 * tiles - 1) * sw + kw).saturating_sub(pads[1] + pads[3]).max(1);
+        let h = h.max(kh.saturating_sub(pads[0] + pads[2]));
+        let g = geometry(batch, [h, w], cin, cout, [kh, kw], [sh, sw], [1, 1], pads);
+        prop_assume!(band::takes(&g));
+        let act = if relu { Epilogue::Relu } else { Epilogue::None };
+        let par: &dyn ParallelFor = if threaded { &ThreeThreads } else { &Serial };
+        Problem::new(g, residual, act, seed)
+            .check_with(par, conv_band_emulated)
             .map_err(TestCaseError::fail)?;
     }
 }

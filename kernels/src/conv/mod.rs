@@ -4,7 +4,7 @@
 //! - `reference`: plain loops, the oracle every other tier is tested against;
 //! - `x86`: AVX2+FMA and AVX-512 instantiations of one generic register-tile kernel
 //!   (`tile`), an implicit GEMM of MR output pixels by NR output channels;
-//! - `band` (the stem, AVX-512) and `pointwise` (1x1 layers, AVX-512 and AVX2): kernels
+//! - `band` (the stem) and `pointwise` (1x1 layers), AVX-512 and AVX2: kernels
 //!   with the general tiles whose pixels read evenly spaced rows, on the hand-scheduled
 //!   loops of `strided_rows`.
 //!
@@ -310,6 +310,12 @@ pub fn conv2d_nhwc(
             // F/BW/VL/DQ usable by this process; `job` passed `check_args`; the ranges come
             // from `run_tasks`, disjoint from every other task's.
             unsafe { x86::run_avx512(job, px, co) }
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if band::takes_avx2(g) => run_tasks(par, job, x86::Avx2Tiles, |px, co| {
+            // safety: as the AVX-512 case, with AVX2+FMA (confirmed by `effective_isa`) and
+            // `band::takes_avx2`; the band kernel tiles any pixel range row by row.
+            unsafe { band::run_avx2(job, px, co) }
         }),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if pointwise::takes_avx2(job) => run_tasks(par, job, x86::Avx2Tiles, |px, co| {

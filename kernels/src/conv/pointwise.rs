@@ -15,7 +15,7 @@
 use std::ops::Range;
 
 use super::strided_rows::{accumulate_14x2, accumulate_6x2, AVX2_MR, MR};
-use super::tile::{accumulate, cin_blocks, finish_whole_tile, prefetch_next_tile, Vector};
+use super::tile::{cin_blocks, finish_whole_tile, prefetch_next_tile, RaggedTile, Vector};
 use super::x86::{Avx2, Avx512};
 use super::{Job, PANEL};
 
@@ -149,12 +149,31 @@ pub(super) unsafe fn run_tiles<V: Vector, const MR: usize, const NV: usize>(
                         .as_ptr()
                         .wrapping_add(ct * panels_per_tile * panel_stride + c0 * PANEL);
                     if rows < MR {
-                        // safety: stride 1 (asserted for a ragged range), so pixel q0 + i
-                        // reads input pixel q0 + i, `cin` floats from `tile_input + i * cin`;
-                        // the rows are inside the output, this task's; the panels as below.
-                        unsafe {
-                            ragged_tile::<V, NV>(job, rows, q0, ch0, input.add(tile_input), w, c0..c1, panel_stride)
+                        // On the general accumulation while the block's weights are in
+                        // cache. Handed to the general kernel after all whole tiles, the
+                        // 1-pixel rest of 1x1 7x7 2048 -> 512 streamed all 4 MB of weights
+                        // again: 6.4% of the layer's time for 2% of its multiply-adds
+                        // (AVX2, Zen 1).
+                        let tile = RaggedTile {
+                            rows,
+                            q0,
+                            ch0,
+                            base: input.wrapping_add(tile_input + c0),
+                            stride: cin,
+                            steps: 1,
+                            step_rows: 0,
+                            len: c1 - c0,
+                            w,
+                            step_weights: 0,
+                            panel_stride,
+                            resume: c0 > 0,
+                            last: last_block,
                         };
+                        // safety: stride 1 (asserted for a ragged range), so pixel q0 + i
+                        // reads input pixel q0 + i, channels c0..c1 at `base + i * cin`;
+                        // the panels' rows c0..c1 as below; the pixels are inside the
+                        // output and this task's.
+                        unsafe { tile.run::<V, NV>(job) };
                         continue;
                     }
                     // safety: the ISA of `V` is enabled (contract).
@@ -202,80 +221,5 @@ pub(super) unsafe fn run_tiles<V: Vector, const MR: usize, const NV: usize>(
                 }
             }
         }
-    }
-}
-
-/// The last pixel tile when the pixels are not whole tiles: `rows` (1 to MR - 1) pixels
-/// from `q0` by the channel tile from `ch0`, input channels `cin_block`, on the general
-/// kernel's accumulation, run here while the block's weights are still in cache. Handed to
-/// the general kernel instead, the 1-pixel rest of 1x1 7x7 2048 -> 512 streamed all 4 MB
-/// of weights again: 6.4% of the layer's time for 2% of its multiply-adds (AVX2, Zen 1).
-///
-/// # Safety
-/// The ISA of `V` is enabled; the layer is 1x1, unpadded, stride 1, of whole channel
-/// tiles; pixels q0 .. q0 + rows are inside the output, this task's (for the tile's
-/// channels); `input` is input pixel q0's first channel; `w` is the tile's first panel at
-/// row `cin_block.start`, its `NV * LANES / 16` panels `panel_stride` floats apart.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-unsafe fn ragged_tile<V: Vector, const NV: usize>(
-    job: &Job,
-    rows: usize,
-    q0: usize,
-    ch0: usize,
-    input: *const f32,
-    w: *const f32,
-    cin_block: Range<usize>,
-    panel_stride: usize,
-) {
-    macro_rules! rows {
-        ($($m:literal)*) => {
-            match rows {
-                // safety: forwarded; `$m` is `rows`.
-                $($m => unsafe { ragged_rows::<V, $m, NV>(job, q0, ch0, input, w, cin_block, panel_stride) },)*
-                _ => unreachable!("ragged tile of {rows} pixels"),
-            }
-        };
-    }
-    rows!(1 2 3 4 5 6 7 8 9 10 11 12 13)
-}
-
-/// `ragged_tile` with its pixel count `M` as a constant.
-///
-/// # Safety
-/// As `ragged_tile`, `M` its `rows`.
-#[inline(always)]
-unsafe fn ragged_rows<V: Vector, const M: usize, const NV: usize>(
-    job: &Job,
-    q0: usize,
-    ch0: usize,
-    input: *const f32,
-    w: *const f32,
-    cin_block: Range<usize>,
-    panel_stride: usize,
-) {
-    let (cin, cout) = (job.g.cin, job.g.cout);
-    let (c0, c1) = (cin_block.start, cin_block.end);
-    let out = job.output.ptr;
-    // Vector v of the tile: panel v * LANES / 16, lanes from v * LANES % 16 in its rows.
-    let wofs: [usize; NV] = std::array::from_fn(|v| v * V::LANES / PANEL * panel_stride + v * V::LANES % PANEL);
-    // safety: pixel q0 + i (i < M) has `cin` channels from `input + i * cin` (contract).
-    let ptrs: [*const f32; M] = std::array::from_fn(|i| unsafe { input.add(i * cin + c0) });
-    // safety: the ISA of `V` is enabled (contract).
-    let mut acc = [[unsafe { V::zero() }; NV]; M];
-    if c0 > 0 {
-        for (i, row) in acc.iter_mut().enumerate() {
-            for (v, a) in row.iter_mut().enumerate() {
-                // safety: the partial sums the previous block stored, inside this task's
-                // part of the output (contract).
-                *a = unsafe { V::load(out.add((q0 + i) * cout + ch0 + v * V::LANES)) };
-            }
-        }
-    }
-    // safety: each pointer has `c1 - c0` readable floats; each panel has rows c0..c1 of
-    // 16 floats from `w + wofs[v]` (contract).
-    unsafe {
-        accumulate::<V, M, NV>(&mut acc, &ptrs, w, &wofs, c1 - c0);
-        finish_whole_tile::<V, M, NV>(job, acc, q0, ch0, c1 == cin);
     }
 }

@@ -623,6 +623,80 @@ unsafe fn finish_rows<V: Vector, const MR: usize, const NV: usize>(
     }
 }
 
+/// A tile of `rows` pixels (fewer than a whole tile, 1 to 13) by `NV` vectors whose
+/// pixels read evenly spaced rows: the ragged last tiles of the kernels on
+/// `strided_rows`, run on the general accumulation. Pixel `i` of the tile is output pixel
+/// `q0 + i`; `steps` calls of `len` steps each, call `k` reading rows `base + k *
+/// step_rows + i * stride` and weight rows from `w + k * step_weights` (`len` rows of 16
+/// floats per panel, a vector's panel `v * LANES / 16` being `panel_stride` floats after
+/// the first). The partial sums stored in the output are resumed when `resume`; the
+/// epilogue applies when `last`.
+pub(super) struct RaggedTile {
+    pub rows: usize,
+    pub q0: usize,
+    pub ch0: usize,
+    pub base: *const f32,
+    pub stride: usize,
+    pub steps: usize,
+    pub step_rows: usize,
+    pub len: usize,
+    pub w: *const f32,
+    pub step_weights: usize,
+    pub panel_stride: usize,
+    pub resume: bool,
+    pub last: bool,
+}
+
+impl RaggedTile {
+    /// # Safety
+    /// The ISA of `V` is enabled; every row and weight row the description names is
+    /// readable; output pixels `q0 .. q0 + rows` and the tile's channels are inside the
+    /// output and no other thread writes them meanwhile.
+    #[inline(always)]
+    pub(super) unsafe fn run<V: Vector, const NV: usize>(&self, job: &Job) {
+        macro_rules! rows {
+            ($($m:literal)*) => {
+                match self.rows {
+                    // safety: forwarded; `$m` is `rows`.
+                    $($m => unsafe { self.run_rows::<V, $m, NV>(job) },)*
+                    _ => unreachable!("ragged tile of {} pixels", self.rows),
+                }
+            };
+        }
+        rows!(1 2 3 4 5 6 7 8 9 10 11 12 13)
+    }
+
+    /// `run` with the pixel count `M` as a constant.
+    ///
+    /// # Safety
+    /// As `run`, `M` being `rows`.
+    #[inline(always)]
+    unsafe fn run_rows<V: Vector, const M: usize, const NV: usize>(&self, job: &Job) {
+        let cout = job.g.cout;
+        let out = job.output.ptr;
+        let wofs: [usize; NV] =
+            std::array::from_fn(|v| v * V::LANES / PANEL * self.panel_stride + v * V::LANES % PANEL);
+        // safety: the ISA of `V` is enabled (contract).
+        let mut acc = [[unsafe { V::zero() }; NV]; M];
+        if self.resume {
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (v, a) in row.iter_mut().enumerate() {
+                    // safety: the partial sums stored for this tile's own elements.
+                    *a = unsafe { V::load(out.add((self.q0 + i) * cout + self.ch0 + v * V::LANES)) };
+                }
+            }
+        }
+        for k in 0..self.steps {
+            let ptrs: [*const f32; M] =
+                std::array::from_fn(|i| self.base.wrapping_add(k * self.step_rows + i * self.stride));
+            // safety: the rows and weight rows of call k (contract).
+            unsafe { accumulate::<V, M, NV>(&mut acc, &ptrs, self.w.add(k * self.step_weights), &wofs, self.len) };
+        }
+        // safety: the tile's pixels and channels are this task's (contract).
+        unsafe { finish_whole_tile::<V, M, NV>(job, acc, self.q0, self.ch0, self.last) };
+    }
+}
+
 /// The hot loop: `len` rank-1 updates of the MR x NV tile. Step j reads float j of every
 /// pixel pointer and weight row j (16 floats apart) of each panel.
 ///

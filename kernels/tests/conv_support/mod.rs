@@ -120,28 +120,29 @@ pub fn arb_packed_window_problem() -> impl Strategy<Value = Problem> {
     arb_window_problem(1..=3, 1..=24, 1..=8, 2..=7)
 }
 
-/// Random convolutions with few input channels whose output rows are whole 14-pixel
-/// tiles and whose output channels whole 32-channel tiles: the AVX-512 band kernel's
-/// layers (the stem), with padding on any side, strides, batches and both epilogues.
+/// Random convolutions with few input channels and whole 16-channel tiles: the band
+/// kernels' layers (the stem). Output rows of whole 14-pixel tiles and 32-channel tiles
+/// (AVX-512) or of any width (AVX2: ragged 6-pixel tiles at row ends), with padding on
+/// any side, strides, batches and both epilogues.
 pub fn arb_band_problem() -> impl Strategy<Value = Problem> {
     (
         (
             1usize..=3,
             1usize..=12,
-            1usize..=3,
+            prop_oneof![(1usize..=3).prop_map(|tiles| 14 * tiles), 1usize..=30],
             1usize..=8,
-            prop_oneof![Just(32usize), Just(64)],
+            prop_oneof![Just(16usize), Just(32), Just(48), Just(64)],
         ),
         (1usize..=7, 2usize..=7, 1usize..=2, 1usize..=2),
         [0usize..=3, 0usize..=3, 0usize..=3, 0usize..=3],
         (0usize..=1, any::<bool>(), any::<bool>(), any::<u64>()),
     )
         .prop_map(
-            |((batch, h, tiles, cin, cout), (kh, kw, sh, sw), pads, (extra, res, relu, seed))| {
+            |((batch, h, out_w, cin, cout), (kh, kw, sh, sw), pads, (extra, res, relu, seed))| {
                 // Few enough channels for the band (kw * cin < 32).
                 let cin = cin.min(31 / kw).max(1);
-                let out_w = 14 * tiles;
-                // The input width whose output (floor mode) is exactly out_w.
+                // The input width whose output (floor mode) is exactly out_w, or the
+                // narrowest the window allows.
                 let w = ((out_w - 1) * sw + kw + extra.min(sw - 1))
                     .saturating_sub(pads[1] + pads[3])
                     .max(1);
