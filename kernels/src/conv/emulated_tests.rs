@@ -56,8 +56,12 @@ impl Vector for Lanes16 {
     }
 }
 
-/// `conv2d_nhwc` with the AVX-512 tiling on `Lanes16`.
-fn conv_emulated(p: &Problem, par: &dyn ParallelFor) -> Vec<f32> {
+/// One task of a convolution: output pixels by channel tiles.
+type TaskKernel = dyn Fn(&Job, Range<usize>, Range<usize>) + Sync;
+
+/// `conv2d_nhwc` on the AVX-512 tiling's tasks, each run by `kernel` (one of the AVX-512
+/// loops on `Lanes16`).
+fn conv_on_tasks(p: &Problem, par: &dyn ParallelFor, kernel: &TaskKernel) -> Vec<f32> {
     let mut out = vec![f32::NAN; p.g.output_len()];
     check_args(&p.g, &p.input, &p.weights, &p.bias, p.residual.as_deref(), &out);
     with_job(
@@ -68,19 +72,22 @@ fn conv_emulated(p: &Problem, par: &dyn ParallelFor) -> Vec<f32> {
         p.residual.as_deref(),
         p.act,
         &mut out,
-        |job| {
-            run_tasks(par, job, x86::Avx512Tiles, |px, co| {
-                let remainder = |q0: usize, mr: usize, block: Block, one_panel: bool| {
-                    remainder_tile!(Lanes16, 2, 1, job, q0, mr, block, one_panel,
-                    [1 2 3 4 5 6 7 8 9 10 11 12 13])
-                };
-                // safety: `Lanes16` needs no CPU feature; `job` passed `check_args`; the ranges
-                // come from `run_tasks`.
-                unsafe { run_range::<Lanes16, 14, 2, 1>(job, px, co, remainder) }
-            })
-        },
+        |job| run_tasks(par, job, x86::Avx512Tiles, |px, co| kernel(job, px, co)),
     );
     out
+}
+
+/// `conv2d_nhwc` with the AVX-512 tiling of the general kernel on `Lanes16`.
+fn conv_emulated(p: &Problem, par: &dyn ParallelFor) -> Vec<f32> {
+    conv_on_tasks(p, par, &|job, px, co| {
+        let remainder = |q0: usize, mr: usize, block: Block, one_panel: bool| {
+            remainder_tile!(Lanes16, 2, 1, job, q0, mr, block, one_panel,
+            [1 2 3 4 5 6 7 8 9 10 11 12 13])
+        };
+        // safety: `Lanes16` needs no CPU feature; `job` passed `check_args`; the ranges
+        // come from `run_tasks`.
+        unsafe { run_range::<Lanes16, 14, 2, 1>(job, px, co, remainder) }
+    })
 }
 
 /// A portable stand-in for `strided_rows::accumulate_14x2`: `acc[i][v] += sum_j
@@ -108,36 +115,10 @@ fn accumulate_14x2_portable(
     }
 }
 
-/// `conv2d_nhwc` on one of the AVX-512 kernels built on `strided_rows` (`kernel`: its
-/// generic loop with `Lanes16` and `accumulate_14x2_portable`), tiled as the general
-/// kernel's tasks; `takes` is the kernel's own test of the layer.
-fn conv_strided_rows_emulated(
-    p: &Problem,
-    par: &dyn ParallelFor,
-    takes: fn(&Job) -> bool,
-    kernel: fn(&Job, Range<usize>, Range<usize>),
-) -> Vec<f32> {
-    let mut out = vec![f32::NAN; p.g.output_len()];
-    check_args(&p.g, &p.input, &p.weights, &p.bias, p.residual.as_deref(), &out);
-    with_job(
-        &p.g,
-        &p.input,
-        &p.weights,
-        &p.bias,
-        p.residual.as_deref(),
-        p.act,
-        &mut out,
-        |job| {
-            assert!(takes(job));
-            run_tasks(par, job, x86::Avx512Tiles, |px, co| kernel(job, px, co))
-        },
-    );
-    out
-}
-
 /// The pointwise kernel's tile loop (`pointwise::run_tiles`, 14 pixels x 32 channels).
 fn conv_pointwise_emulated(p: &Problem, par: &dyn ParallelFor) -> Vec<f32> {
-    conv_strided_rows_emulated(p, par, pointwise::takes, |job, px, co| {
+    conv_on_tasks(p, par, &|job, px, co| {
+        assert!(pointwise::takes(job));
         // safety: `Lanes16` needs no CPU feature; `job` passed `check_args` and `takes`;
         // the ranges come from `run_tasks` (whole tiles but a ragged last one, which
         // `takes` allows only at stride 1).
@@ -151,16 +132,12 @@ fn conv_pointwise_emulated(p: &Problem, par: &dyn ParallelFor) -> Vec<f32> {
 
 /// The band kernel's loop (`band::run_rows`, 14 pixels x 32 channels).
 fn conv_band_emulated(p: &Problem, par: &dyn ParallelFor) -> Vec<f32> {
-    conv_strided_rows_emulated(
-        p,
-        par,
-        |job| band::takes(job.g),
-        |job, px, co| {
-            // safety: `Lanes16` needs no CPU feature; `job` passed `check_args` and
-            // `band::takes`; the ranges come from `run_tasks`.
-            unsafe { band::run_rows::<Lanes16, 14, 2>(job, px, co, accumulate_14x2_portable) }
-        },
-    )
+    conv_on_tasks(p, par, &|job, px, co| {
+        assert!(band::takes(job.g));
+        // safety: `Lanes16` needs no CPU feature; `job` passed `check_args` and
+        // `band::takes`; the ranges come from `run_tasks`.
+        unsafe { band::run_rows::<Lanes16, 14, 2>(job, px, co, accumulate_14x2_portable) }
+    })
 }
 
 #[derive(Debug)]
@@ -273,6 +250,18 @@ fn geometry(
     ConvGeometry::with_implied_output(batch, hw, cin, cout, kernel, stride, dilation, pads).unwrap()
 }
 
+/// Random problem flags (residual, ReLU, three threads, seed) on geometry `g`, through
+/// `check` (a kernel against its reference).
+fn check_case(
+    g: ConvGeometry,
+    (residual, relu, threaded, seed): (bool, bool, bool, u64),
+    check: impl Fn(&Problem, &dyn ParallelFor) -> Result<(), String>,
+) -> Result<(), TestCaseError> {
+    let act = if relu { Epilogue::Relu } else { Epilogue::None };
+    let par: &dyn ParallelFor = if threaded { &ThreeThreads } else { &Serial };
+    check(&Problem::new(g, residual, act, seed), par).map_err(TestCaseError::fail)
+}
+
 /// One random convolution (window `kh x kw`, strides, dilation, pads) through the
 /// emulated AVX-512 tiling against the reference; the input grows when the dilated
 /// kernel would not fit the padded input.
@@ -280,16 +269,12 @@ fn check_random_window(
     (batch, h, w, cin, cout): (usize, usize, usize, usize, usize),
     (kh, kw, sh, sw, dh, dw): (usize, usize, usize, usize, usize, usize),
     pads: [usize; 4],
-    (residual, relu, threaded, seed): (bool, bool, bool, u64),
+    flags: (bool, bool, bool, u64),
 ) -> Result<(), TestCaseError> {
     let h = h.max((dh * (kh - 1) + 1).saturating_sub(pads[0] + pads[2]));
     let w = w.max((dw * (kw - 1) + 1).saturating_sub(pads[1] + pads[3]));
     let g = geometry(batch, [h, w], cin, cout, [kh, kw], [sh, sw], [dh, dw], pads);
-    let act = if relu { Epilogue::Relu } else { Epilogue::None };
-    let par: &dyn ParallelFor = if threaded { &ThreeThreads } else { &Serial };
-    Problem::new(g, residual, act, seed)
-        .check(par)
-        .map_err(TestCaseError::fail)
+    check_case(g, flags, |p, par| p.check(par))
 }
 
 proptest! {
@@ -312,12 +297,10 @@ proptest! {
     fn avx512_tiling_matches_reference_pointwise(
         (batch, h, w, cout) in (1usize..=4, 1usize..=12, 1usize..=12, 1usize..=70),
         cin in prop_oneof![1usize..=80, 1000usize..=1100],
-        (residual, relu, threaded, seed) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>()),
+        flags in (any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>()),
     ) {
         let g = geometry(batch, [h, w], cin, cout, [1, 1], [1, 1], [1, 1], [0; 4]);
-        let act = if relu { Epilogue::Relu } else { Epilogue::None };
-        let par: &dyn ParallelFor = if threaded { &ThreeThreads } else { &Serial };
-        Problem::new(g, residual, act, seed).check(par).map_err(TestCaseError::fail)?;
+        check_case(g, flags, |p, par| p.check(par))?;
     }
 }
 
@@ -331,18 +314,15 @@ proptest! {
         (batch, h, w, tiles) in (1usize..=3, 1usize..=9, 1usize..=20, 1usize..=2),
         cin in prop_oneof![3 => 1usize..=40, 1 => 513usize..=540],
         cout in prop_oneof![Just(32usize), Just(64), Just(96)],
-        (strided, residual, relu, threaded, seed) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>()),
+        strided in any::<bool>(),
+        flags in (any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>()),
     ) {
         let g = if strided {
             geometry(batch, [h, 28 * tiles - 1], cin, cout, [1, 1], [2, 2], [1, 1], [0; 4])
         } else {
             geometry(batch, [h, w], cin, cout, [1, 1], [1, 1], [1, 1], [0; 4])
         };
-        let act = if relu { Epilogue::Relu } else { Epilogue::None };
-        let par: &dyn ParallelFor = if threaded { &ThreeThreads } else { &Serial };
-        Problem::new(g, residual, act, seed)
-            .check_with(par, conv_pointwise_emulated)
-            .map_err(TestCaseError::fail)?;
+        check_case(g, flags, |p, par| p.check_with(par, conv_pointwise_emulated))?;
     }
 }
 
@@ -355,18 +335,14 @@ proptest! {
         (batch, h, tiles, cin, cout) in (1usize..=3, 1usize..=10, 1usize..=2, 1usize..=8, prop_oneof![Just(32usize), Just(64)]),
         (kh, kw, sh, sw) in (1usize..=7, 2usize..=7, 1usize..=2, 1usize..=2),
         pads in [0usize..=3, 0usize..=3, 0usize..=3, 0usize..=3],
-        (residual, relu, threaded, seed) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>()),
+        flags in (any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>()),
     ) {
         let cin = cin.min(31 / kw).max(1);
         let w = ((14 * tiles - 1) * sw + kw).saturating_sub(pads[1] + pads[3]).max(1);
         let h = h.max(kh.saturating_sub(pads[0] + pads[2]));
         let g = geometry(batch, [h, w], cin, cout, [kh, kw], [sh, sw], [1, 1], pads);
         prop_assume!(band::takes(&g));
-        let act = if relu { Epilogue::Relu } else { Epilogue::None };
-        let par: &dyn ParallelFor = if threaded { &ThreeThreads } else { &Serial };
-        Problem::new(g, residual, act, seed)
-            .check_with(par, conv_band_emulated)
-            .map_err(TestCaseError::fail)?;
+        check_case(g, flags, |p, par| p.check_with(par, conv_band_emulated))?;
     }
 }
 
@@ -482,14 +458,12 @@ proptest! {
     fn avx512_winograd_tiling_matches_scalar(
         (batch, h, w, cin, cout) in (1usize..=3, 1usize..=17, 1usize..=17, 1usize..=70, 1usize..=70),
         pads in [0usize..=2, 0usize..=2, 0usize..=2, 0usize..=2],
-        (residual, relu, threaded, seed) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>()),
+        flags in (any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>()),
     ) {
         let h = h.max(3usize.saturating_sub(pads[0] + pads[2]));
         let w = w.max(3usize.saturating_sub(pads[1] + pads[3]));
         let g = geometry(batch, [h, w], cin, cout, [3, 3], [1, 1], [1, 1], pads);
-        let act = if relu { Epilogue::Relu } else { Epilogue::None };
-        let par: &dyn ParallelFor = if threaded { &ThreeThreads } else { &Serial };
-        check_winograd_emulated(&Problem::new(g, residual, act, seed), par).map_err(TestCaseError::fail)?;
+        check_case(g, flags, check_winograd_emulated)?;
     }
 }
 
