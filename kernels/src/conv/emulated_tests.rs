@@ -115,15 +115,25 @@ fn accumulate_14x2_portable(
     }
 }
 
-/// The pointwise kernel's tile loop (`pointwise::run_tiles`, 14 pixels x 32 channels).
-fn conv_pointwise_emulated(p: &Problem, par: &dyn ParallelFor) -> Vec<f32> {
-    conv_on_tasks(p, par, &|job, px, co| {
+/// The pointwise kernel's tile loop (`pointwise::run_tiles`, 14 pixels x 32 channels) on
+/// the AVX-512 schedule, or with `FEWEST_BLOCKS` on the AVX2 one's blocks and weight
+/// prefetching.
+fn conv_pointwise_emulated<const FEWEST_BLOCKS: bool>(p: &Problem, par: &dyn ParallelFor) -> Vec<f32> {
+    let schedule = if FEWEST_BLOCKS {
+        pointwise::Schedule {
+            fewest_blocks: true,
+            weight_prefetch_step: Some(16),
+        }
+    } else {
+        pointwise::Schedule::AVX512
+    };
+    conv_on_tasks(p, par, &move |job, px, co| {
         assert!(pointwise::takes(job));
         // safety: `Lanes16` needs no CPU feature; `job` passed `check_args` and `takes`;
         // the ranges come from `run_tasks` (whole tiles but a ragged last one, which
         // `takes` allows only at stride 1).
         unsafe {
-            pointwise::run_tiles::<Lanes16, 14, 2>(job, px, co, |acc, base, stride, w, panel2, len, _| {
+            pointwise::run_tiles::<Lanes16, 14, 2>(job, px, co, schedule, |acc, base, stride, w, panel2, len, _| {
                 accumulate_14x2_portable(acc, base, stride, w, panel2, len)
             })
         }
@@ -308,21 +318,25 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     /// The AVX-512 pointwise kernel's tiling: 1x1 unpadded layers of whole 32-channel
     /// tiles, at stride 1 with any pixel count (a ragged last tile) or at stride 2 with
-    /// output rows of whole 14-pixel tiles; input-channel blocks above 512 channels.
+    /// output rows of whole 14-pixel tiles; input-channel blocks above 512 channels, as
+    /// the AVX-512 schedule cuts them or as the AVX2 one does (the fewest blocks, and
+    /// weight prefetching).
     #[test]
     fn avx512_pointwise_tiling_matches_reference(
         (batch, h, w, tiles) in (1usize..=3, 1usize..=9, 1usize..=20, 1usize..=2),
         cin in prop_oneof![3 => 1usize..=40, 1 => 513usize..=540],
         cout in prop_oneof![Just(32usize), Just(64), Just(96)],
         strided in any::<bool>(),
+        fewest_blocks in any::<bool>(),
         flags in (any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>()),
     ) {
+        let conv = if fewest_blocks { conv_pointwise_emulated::<true> } else { conv_pointwise_emulated::<false> };
         let g = if strided {
             geometry(batch, [h, 28 * tiles - 1], cin, cout, [1, 1], [2, 2], [1, 1], [0; 4])
         } else {
             geometry(batch, [h, w], cin, cout, [1, 1], [1, 1], [1, 1], [0; 4])
         };
-        check_case(g, flags, |p, par| p.check_with(par, conv_pointwise_emulated))?;
+        check_case(g, flags, |p, par| p.check_with(par, conv))?;
     }
 }
 

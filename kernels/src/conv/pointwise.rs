@@ -15,7 +15,7 @@
 use std::ops::Range;
 
 use super::strided_rows::{accumulate_14x2, accumulate_6x2, AVX2_MR, MR};
-use super::tile::{cin_blocks, finish_whole_tile, prefetch_next_tile, RaggedTile, Vector};
+use super::tile::{cin_blocks, finish_whole_tile, prefetch_next_tile, RaggedTile, Vector, TILE_WEIGHT_BUDGET};
 use super::x86::{Avx2, Avx512};
 use super::{Job, PANEL};
 
@@ -56,9 +56,13 @@ pub(super) unsafe fn run(job: &Job, px: Range<usize>, co: Range<usize>) {
     // safety: forwarded; `accumulate_14x2`'s rows and panels are those `run_tiles` vouches
     // for, and AVX-512 is enabled here.
     unsafe {
-        run_tiles::<Avx512, MR, 2>(job, px, co, |acc, base, stride, w, panel2, len, prefetch| {
-            accumulate_14x2(acc, base, stride, w, panel2, len, prefetch)
-        })
+        run_tiles::<Avx512, MR, 2>(
+            job,
+            px,
+            co,
+            Schedule::AVX512,
+            |acc, base, stride, w, panel2, len, prefetch| accumulate_14x2(acc, base, stride, w, panel2, len, prefetch),
+        )
     }
 }
 
@@ -77,10 +81,47 @@ pub(super) unsafe fn run_avx2(job: &Job, px: Range<usize>, co: Range<usize>) {
     // safety: forwarded; `accumulate_6x2`'s rows and panel are those `run_tiles` vouches
     // for (one panel per tile, so `panel2` is unused), and AVX2+FMA are enabled here.
     unsafe {
-        run_tiles::<Avx2, AVX2_MR, 2>(job, px, co, |acc, base, stride, w, _panel2, len, prefetch| {
-            accumulate_6x2(acc, base, stride, w, len, prefetch)
-        })
+        run_tiles::<Avx2, AVX2_MR, 2>(
+            job,
+            px,
+            co,
+            Schedule::AVX2,
+            |acc, base, stride, w, _panel2, len, prefetch| accumulate_6x2(acc, base, stride, w, len, prefetch),
+        )
     }
+}
+
+/// How `run_tiles` orders and prefetches a layer's work, per ISA (each measured on its
+/// own hosts).
+#[derive(Clone, Copy)]
+pub(super) struct Schedule {
+    /// Split `cin` into the fewest blocks whose tile weights fit `tile::TILE_WEIGHT_BUDGET`,
+    /// instead of `tile::cin_blocks`' blocks of about 256 channels.
+    pub fewest_blocks: bool,
+    /// On layers whose weights outweigh their input, the floats the accumulation's
+    /// prefetch pointer advances per step, pointed at the weights the next channel group
+    /// or input-channel block reads first (`None`: it fetches input, as described in
+    /// `run_tiles`).
+    pub weight_prefetch_step: Option<usize>,
+}
+
+impl Schedule {
+    /// As measured on AVX-512 hosts before weight prefetching existed; not yet measured
+    /// with it.
+    pub(super) const AVX512: Schedule = Schedule {
+        fewest_blocks: false,
+        weight_prefetch_step: None,
+    };
+    /// `accumulate_6x2` advances its prefetch pointer 24 bytes a step. Zen 1, the whole
+    /// model at 2 threads (so the 7x7 layers' 4 MB of weights come from memory), against
+    /// the AVX-512 schedule in four alternating rounds: 7x7 2048 -> 512 at 0.87-0.89x its
+    /// time, 7x7 512 -> 2048 0.92-0.96x, 14x14 256 -> 1024 0.92-0.95x, the model 0.975x.
+    /// Of the 2048 -> 512 layers' gain, blocks of 1024 channels alone gave a third, the
+    /// weight prefetch alone two thirds.
+    pub(super) const AVX2: Schedule = Schedule {
+        fewest_blocks: true,
+        weight_prefetch_step: Some(6),
+    };
 }
 
 /// The tile loops of `run` and `run_avx2`: tiles of MR pixels by `NV * LANES` channels
@@ -99,6 +140,7 @@ pub(super) unsafe fn run_tiles<V: Vector, const MR: usize, const NV: usize>(
     job: &Job,
     px: Range<usize>,
     co: Range<usize>,
+    schedule: Schedule,
     accumulate: impl Fn(&mut [[V::R; NV]; MR], *const f32, isize, *const f32, usize, usize, *const f32),
 ) {
     let g = job.g;
@@ -112,9 +154,14 @@ pub(super) unsafe fn run_tiles<V: Vector, const MR: usize, const NV: usize>(
             && job.input.len() == g.input_len()
     );
     let panel_stride = cin * PANEL;
-    let blocks = cin_blocks(cin, cin, panels_per_tile);
+    let tile_weight_bytes = cin * panels_per_tile * PANEL * 4;
+    let blocks = if schedule.fewest_blocks {
+        tile_weight_bytes.div_ceil(TILE_WEIGHT_BUDGET)
+    } else {
+        cin_blocks(cin, cin, panels_per_tile)
+    };
     let group_len = if blocks == 1 {
-        crate::split::channel_group_len(cin * panels_per_tile * PANEL * 4)
+        crate::split::channel_group_len(tile_weight_bytes)
     } else {
         1
     };
@@ -134,11 +181,35 @@ pub(super) unsafe fn run_tiles<V: Vector, const MR: usize, const NV: usize>(
     // for layer3.1.conv3. Elsewhere it fetches lines of the tile's own input, already
     // cached.
     let prefetch_next = blocks == 1 && g.stride == [1, 1];
+    // Where the weights outweigh the input (the split's rule, `split::run_tasks`: per
+    // input channel, `panels * 16` weights against `pixels` input floats; ResNet-50's 7x7
+    // and 14x14 layers, 1-4 MB of weights read once, from memory), the first pixel tile
+    // of every channel group or block waits on its weights. So the tiles of one (group,
+    // block) fetch the weights the next one reads first, right after its own: `step`
+    // floats a step, call after call, until they cover as many floats as this one reads.
+    let weight_prefetch = schedule
+        .weight_prefetch_step
+        .filter(|_| g.panels() * PANEL > g.pixels());
     for group_start in co.clone().step_by(group_len) {
         let group = group_start..co.end.min(group_start + group_len);
         for block in 0..blocks {
             let (c0, c1) = (block * cin / blocks, (block + 1) * cin / blocks);
             let last_block = c1 == cin;
+            // The weights this (group, block) reads first: its first tile's panel rows
+            // c0..c1 for a block, all its tiles' panels for a group. The next (group,
+            // block) reads the floats right after them.
+            let (region_start, region_len) = if blocks == 1 {
+                (
+                    group.start * panels_per_tile * panel_stride,
+                    group.len() * panels_per_tile * panel_stride,
+                )
+            } else {
+                (
+                    group.start * panels_per_tile * panel_stride + c0 * PANEL,
+                    (c1 - c0) * PANEL,
+                )
+            };
+            let mut calls = 0;
             for q0 in px.clone().step_by(MR) {
                 let tile_input = input_at(q0);
                 let rows = MR.min(px.end - q0);
@@ -209,12 +280,17 @@ pub(super) unsafe fn run_tiles<V: Vector, const MR: usize, const NV: usize>(
                         w,
                         panel_stride,
                         c1 - c0,
-                        if prefetch_next {
-                            input.wrapping_add(tile_input + MR * cin)
-                        } else {
-                            input
+                        match weight_prefetch {
+                            Some(step) if calls * step * (c1 - c0) < region_len => job
+                                .weights
+                                .as_ptr()
+                                .wrapping_add(region_start + region_len + calls * step * (c1 - c0)),
+                            Some(_) => input,
+                            None if prefetch_next => input.wrapping_add(tile_input + MR * cin),
+                            None => input,
                         },
                     );
+                    calls += 1;
                     // safety: the tile's MR pixels are inside the output and its channels
                     // below cout; this task owns them.
                     unsafe { finish_whole_tile::<V, MR, NV>(job, acc, q0, ch0, last_block) };

@@ -210,13 +210,16 @@ pub(super) unsafe fn run_range<V: Vector, const MR: usize, const NV: usize, cons
     }
 }
 
+/// The most weight bytes one tile reads before its layer is split into input-channel
+/// blocks (`cin_blocks`).
+pub(super) const TILE_WEIGHT_BUDGET: usize = 64 << 10;
+
 /// Input-channel blocks per channel tile: splits `cin` when one tile's weights would
 /// exceed 64 KiB, into blocks of about 256 channels, so a block's weights stay near
 /// the core while every pixel tile passes (1x1 convolutions with cin 1024-2048 otherwise
 /// stream their weights and inputs through L2 together). Small layers stay in one block,
 /// which keeps whole kernel rows contiguous.
 pub(super) fn cin_blocks(taps_cin: usize, cin: usize, panels_per_tile: usize) -> usize {
-    const TILE_WEIGHT_BUDGET: usize = 64 << 10;
     const BLOCK_CHANNELS: usize = 256;
     let tile_weight_bytes = taps_cin * panels_per_tile * PANEL * 4;
     if tile_weight_bytes <= TILE_WEIGHT_BUDGET {
