@@ -1,7 +1,8 @@
 //! Damaged ONNX models, generated: each case takes a supported fixture and changes a few
 //! of the things an exporter or a disk can get wrong (an attribute, a dimension, a wire
 //! between nodes, an op type, a weight). Whatever comes out, the converter must answer
-//! with an error or a model that runs and agrees with the scalar reference executor:
+//! with an error or a model that runs and agrees with the scalar reference executor
+//! (past a finite but absurd weight: that runs finite or refuses the inputs clearly):
 //! never a panic, and never a file the engine refuses or runs differently per executor.
 
 use std::path::Path;
@@ -73,6 +74,13 @@ enum Mutation {
         poison: usize,
     },
 }
+
+/// The values a `Weight` change writes; a `0.0` at the last index also drops the last
+/// value of a raw buffer.
+const POISONS: [f32; 4] = [f32::NAN, f32::INFINITY, ABSURD_WEIGHT, 0.0];
+
+/// Finite, so the converter keeps it, but far beyond any trained weight.
+const ABSURD_WEIGHT: f32 = 1e30;
 
 const OPS: [&str; 13] = [
     "Relu",
@@ -188,7 +196,7 @@ fn apply(m: &mut ModelProto, change: &Mutation) {
                 return;
             };
             let t = &mut g.initializer[t];
-            let value = [f32::NAN, f32::INFINITY, 1e30, 0.0][poison];
+            let value = POISONS[poison];
             if let Some(i) = pick(index, t.float_data.len()) {
                 t.float_data[i] = value;
             } else if let Some(raw) = t.raw_data.as_mut() {
@@ -203,9 +211,12 @@ fn apply(m: &mut ModelProto, change: &Mutation) {
     }
 }
 
+/// What one executor made of the inputs: its outputs, flattened, or why it refused them.
+type Run = Result<Vec<f32>, String>;
+
 /// Runs a converted file on the fast and the reference executor with the same inputs;
 /// `Err` when the engine refuses the file (it must not: the converter validated it).
-fn run_both(bytes: &[u8], batch: usize) -> Result<(Vec<f32>, Vec<f32>), String> {
+fn run_both(bytes: &[u8], batch: usize) -> Result<(Run, Run), String> {
     let load = |reference: bool| {
         let file = QpwFile::from_bytes(bytes).map_err(|e| e.to_string())?;
         let options = EngineOptions {
@@ -229,9 +240,14 @@ fn run_both(bytes: &[u8], batch: usize) -> Result<(Vec<f32>, Vec<f32>), String> 
         .collect();
     let named: Vec<(&str, Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
     let flat = |outs: Vec<(String, Tensor)>| outs.into_iter().flat_map(|(_, t)| t.data).collect::<Vec<f32>>();
-    let got = fast.run(&named).map_err(|e| e.to_string())?;
-    let want = reference.run(&named).map_err(|e| e.to_string())?;
-    Ok((flat(got), flat(want)))
+    let fast_run = fast.run(&named).map(flat).map_err(|e| e.to_string());
+    let reference_run = reference.run(&named).map(flat).map_err(|e| e.to_string());
+    Ok((fast_run, reference_run))
+}
+
+/// The engine's refusal of inputs on which the arithmetic left the f32 range.
+fn overflowed(run: &Run) -> bool {
+    matches!(run, Err(e) if e.contains("left the f32 range at node"))
 }
 
 proptest! {
@@ -252,11 +268,27 @@ proptest! {
             return Ok(());
         };
         let bytes = converted.to_bytes().expect("a converted model serializes");
-        let (got, want) = run_both(&bytes, batch).map_err(|e| TestCaseError::fail(format!("converted, then: {e}")))?;
+        let (fast, reference) = run_both(&bytes, batch).map_err(|e| TestCaseError::fail(format!("converted, then: {e}")))?;
+        // A weight can be finite and still absurd: the converter cannot know which
+        // inputs will then overflow, so the engine refuses those inputs, clearly. Near
+        // the edge of the range the summation order (blocked channels, Winograd)
+        // decides whether a sum overflows, and sums of terms near 1e30 cancel to far
+        // smaller outputs that the order moves by more than 1e-3 of what is left: past
+        // an absurd weight the executors are held to refusing clearly or running
+        // finite, not to agreeing.
+        let absurd = changes
+            .iter()
+            .any(|c| matches!(c, Mutation::Weight { poison, .. } if POISONS[*poison] == ABSURD_WEIGHT));
+        let (got, want) = match (fast, reference) {
+            (Ok(got), Ok(want)) => (got, want),
+            (f, r) if overflowed(&f) && overflowed(&r) => return Ok(()),
+            (f, r) if absurd && (overflowed(&f) || overflowed(&r)) && (f.is_ok() || r.is_ok()) => return Ok(()),
+            (f, r) => return Err(TestCaseError::fail(format!("fast: {f:?}; reference: {r:?}"))),
+        };
         prop_assert_eq!(got.len(), want.len());
         for (g, w) in got.iter().zip(&want) {
             prop_assert!(g.is_finite(), "non-finite output {} (reference {})", g, w);
-            prop_assert!((g - w).abs() <= 1e-3 * w.abs().max(1.0), "fast {} vs reference {}", g, w);
+            prop_assert!(absurd || (g - w).abs() <= 1e-3 * w.abs().max(1.0), "fast {} vs reference {}", g, w);
         }
     }
 }
