@@ -214,8 +214,10 @@ fn spec_pool(g: &PoolGeometry, avg: Option<bool>, x: &[f32]) -> Vec<f32> {
 
 proptest! {
     #[test]
-    fn out_extent_matches_spec_formula(input in 1usize..40, k in 1usize..6, s in 1usize..5, d in 1usize..4, pb in 0usize..6, pe in 0usize..6, ceil_mode in any::<bool>()) {
-        prop_assume!(pb < k && pe < k && input + pb + pe > (k - 1) * d);
+    fn out_extent_matches_spec_formula(input in 1usize..40, (k, pb, pe) in (1usize..6).prop_flat_map(|k| (Just(k), 0..k, 0..k)), s in 1usize..5, d in 1usize..4, ceil_mode in any::<bool>()) {
+        // Pads shorter than the window, as the spec requires, drawn so: rejecting them
+        // instead threw away 70% of the cases.
+        prop_assume!(input + pb + pe > (k - 1) * d);
         prop_assert_eq!(pool_out_extent(input, k, s, d, pb, pe, ceil_mode), Some(spec_extent(input, k, s, d, pb, pe, ceil_mode)));
     }
 
