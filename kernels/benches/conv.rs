@@ -23,7 +23,7 @@ struct Layer {
     pad: usize,
 }
 
-const LAYERS: [Layer; 13] = [
+const LAYERS: [Layer; 15] = [
     Layer {
         name: "stem7x7s2_224x3-64",
         in_hw: 224,
@@ -137,6 +137,26 @@ const LAYERS: [Layer; 13] = [
         in_hw: 56,
         cin: 256,
         cout: 512,
+        kernel: 1,
+        stride: 2,
+        pad: 0,
+    },
+    // The two weight-heavy entries into layer4: 9.4 and 8.4 MB of weights for 49
+    // output pixels.
+    Layer {
+        name: "3x3s2_14x512-512",
+        in_hw: 14,
+        cin: 512,
+        cout: 512,
+        kernel: 3,
+        stride: 2,
+        pad: 1,
+    },
+    Layer {
+        name: "1x1s2_14x1024-2048",
+        in_hw: 14,
+        cin: 1024,
+        cout: 2048,
         kernel: 1,
         stride: 2,
         pad: 0,
