@@ -75,8 +75,8 @@ enum Mutation {
     },
 }
 
-/// The values a `Weight` change writes; a `0.0` at the last index also drops the last
-/// value of a raw buffer.
+/// The values a `Weight` change writes. On a raw buffer the last one (`0.0`) is not
+/// written: the buffer loses its last value instead.
 const POISONS: [f32; 4] = [f32::NAN, f32::INFINITY, ABSURD_WEIGHT, 0.0];
 
 /// Finite, so the converter keeps it, but far beyond any trained weight.
