@@ -25,6 +25,14 @@ pub(crate) struct Work {
     pub input: usize,
 }
 
+impl Work {
+    /// Whether one pass reads more weights than input: such layers split their
+    /// channels across tasks, and the pointwise kernel prefetches their weights.
+    pub(crate) fn weight_heavy(&self) -> bool {
+        self.weights > self.input
+    }
+}
+
 /// The weight bytes of one channel-tile group: half of a 512 KiB L2, so the group's
 /// weights stay there while its pixel tiles pass. The direct, Winograd and INT8 kernels
 /// run every channel tile of a group on a pixel tile before the next pixel tile.
@@ -62,7 +70,7 @@ pub(crate) fn run_tasks<T: Tiling>(
     let co_tiles = work.panels.div_ceil(T::PANELS);
     let threads = par.threads().max(1);
     let target = if threads == 1 { 1 } else { threads * 4 };
-    let (px_chunks, co_chunks) = if work.weights > work.input {
+    let (px_chunks, co_chunks) = if work.weight_heavy() {
         let co_chunks = co_tiles.min(target).max(1);
         (px_tiles.min(target.div_ceil(co_chunks)).max(1), co_chunks)
     } else {

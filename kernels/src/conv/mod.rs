@@ -131,6 +131,17 @@ impl ConvGeometry {
         product(&[self.batch, self.out_h, self.out_w])
     }
 
+    /// What `split::run_tasks` weighs: the pixels, panels, and the weights and input
+    /// one pass reads.
+    fn split_work(&self) -> crate::split::Work {
+        crate::split::Work {
+            pixels: self.pixels(),
+            panels: self.panels(),
+            weights: self.kernel[0] * self.kernel[1] * self.cin * self.panels() * PANEL,
+            input: self.pixels() * self.cin,
+        }
+    }
+
     /// Floats in one packed weight panel.
     fn panel_stride(&self) -> usize {
         product(&[self.kernel[0], self.kernel[1], self.cin, PANEL])
@@ -431,12 +442,5 @@ fn run_tasks<T: Tiling>(
     _tiling: T,
     task: impl Fn(Range<usize>, Range<usize>) + Sync,
 ) {
-    let g = job.g;
-    let work = crate::split::Work {
-        pixels: g.pixels(),
-        panels: g.panels(),
-        weights: g.kernel[0] * g.kernel[1] * g.cin * g.panels() * PANEL,
-        input: g.pixels() * g.cin,
-    };
-    crate::split::run_tasks::<T>(par, &work, task)
+    crate::split::run_tasks::<T>(par, &job.g.split_work(), task)
 }

@@ -15,7 +15,9 @@
 use std::ops::Range;
 
 use super::strided_rows::{accumulate_14x2, accumulate_6x2, AVX2_MR, MR};
-use super::tile::{cin_blocks, finish_whole_tile, prefetch_next_tile, RaggedTile, Vector, TILE_WEIGHT_BUDGET};
+use super::tile::{
+    cin_blocks, fewest_cin_blocks, finish_whole_tile, prefetch_next_tile, tile_weight_bytes, RaggedTile, Vector,
+};
 use super::x86::{Avx2, Avx512};
 use super::{Job, PANEL};
 
@@ -95,8 +97,8 @@ pub(super) unsafe fn run_avx2(job: &Job, px: Range<usize>, co: Range<usize>) {
 /// own hosts).
 #[derive(Clone, Copy)]
 pub(super) struct Schedule {
-    /// Split `cin` into the fewest blocks whose tile weights fit `tile::TILE_WEIGHT_BUDGET`,
-    /// instead of `tile::cin_blocks`' blocks of about 256 channels.
+    /// Split `cin` as `tile::fewest_cin_blocks` does, instead of `tile::cin_blocks`'
+    /// blocks of about 256 channels.
     pub fewest_blocks: bool,
     /// On layers whose weights outweigh their input, the floats the accumulation's
     /// prefetch pointer advances per step, pointed at the weights the next channel group
@@ -154,14 +156,13 @@ pub(super) unsafe fn run_tiles<V: Vector, const MR: usize, const NV: usize>(
             && job.input.len() == g.input_len()
     );
     let panel_stride = cin * PANEL;
-    let tile_weight_bytes = cin * panels_per_tile * PANEL * 4;
     let blocks = if schedule.fewest_blocks {
-        tile_weight_bytes.div_ceil(TILE_WEIGHT_BUDGET)
+        fewest_cin_blocks(cin, panels_per_tile)
     } else {
         cin_blocks(cin, cin, panels_per_tile)
     };
     let group_len = if blocks == 1 {
-        crate::split::channel_group_len(tile_weight_bytes)
+        crate::split::channel_group_len(tile_weight_bytes(cin, panels_per_tile))
     } else {
         1
     };
@@ -187,9 +188,7 @@ pub(super) unsafe fn run_tiles<V: Vector, const MR: usize, const NV: usize>(
     // of every channel group or block waits on its weights. So the tiles of one (group,
     // block) fetch the weights the next one reads first, right after its own: `step`
     // floats a step, call after call, until they cover as many floats as this one reads.
-    let weight_prefetch = schedule
-        .weight_prefetch_step
-        .filter(|_| g.panels() * PANEL > g.pixels());
+    let weight_prefetch = schedule.weight_prefetch_step.filter(|_| g.split_work().weight_heavy());
     for group_start in co.clone().step_by(group_len) {
         let group = group_start..co.end.min(group_start + group_len);
         for block in 0..blocks {

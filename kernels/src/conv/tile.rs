@@ -151,7 +151,7 @@ pub(super) unsafe fn run_range<V: Vector, const MR: usize, const NV: usize, cons
     // (weights too large for one tile) keep one channel tile per group, so one block's
     // weights stay in cache while the pixels stream past.
     let group_len = if cin_blocks == 1 {
-        crate::split::channel_group_len(taps_cin * panels_per_tile * PANEL * 4)
+        crate::split::channel_group_len(tile_weight_bytes(taps_cin, panels_per_tile))
     } else {
         1
     };
@@ -211,8 +211,19 @@ pub(super) unsafe fn run_range<V: Vector, const MR: usize, const NV: usize, cons
 }
 
 /// The most weight bytes one tile reads before its layer is split into input-channel
-/// blocks (`cin_blocks`).
-pub(super) const TILE_WEIGHT_BUDGET: usize = 64 << 10;
+/// blocks (`cin_blocks`, `fewest_cin_blocks`).
+const TILE_WEIGHT_BUDGET: usize = 64 << 10;
+
+/// The weight bytes one tile of `panels_per_tile` panels reads over `taps_cin` rows.
+pub(super) fn tile_weight_bytes(taps_cin: usize, panels_per_tile: usize) -> usize {
+    taps_cin * panels_per_tile * PANEL * 4
+}
+
+/// The fewest input-channel blocks whose tile weights fit `TILE_WEIGHT_BUDGET` (the
+/// AVX2 pointwise schedule's split: partial sums go to memory and back least often).
+pub(super) fn fewest_cin_blocks(taps_cin: usize, panels_per_tile: usize) -> usize {
+    tile_weight_bytes(taps_cin, panels_per_tile).div_ceil(TILE_WEIGHT_BUDGET)
+}
 
 /// Input-channel blocks per channel tile: splits `cin` when one tile's weights would
 /// exceed 64 KiB, into blocks of about 256 channels, so a block's weights stay near
@@ -221,8 +232,7 @@ pub(super) const TILE_WEIGHT_BUDGET: usize = 64 << 10;
 /// which keeps whole kernel rows contiguous.
 pub(super) fn cin_blocks(taps_cin: usize, cin: usize, panels_per_tile: usize) -> usize {
     const BLOCK_CHANNELS: usize = 256;
-    let tile_weight_bytes = taps_cin * panels_per_tile * PANEL * 4;
-    if tile_weight_bytes <= TILE_WEIGHT_BUDGET {
+    if tile_weight_bytes(taps_cin, panels_per_tile) <= TILE_WEIGHT_BUDGET {
         1
     } else {
         cin.div_ceil(BLOCK_CHANNELS)

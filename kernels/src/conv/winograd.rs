@@ -388,7 +388,7 @@ unsafe fn multiply<V: Vector, const MR: usize, const NV: usize, const NV_TAIL: u
 ) {
     let g = job.g;
     let panels_per_tile = NV * V::LANES / PANEL;
-    let tile_weight_bytes = WINOGRAD_POINTS * g.cin * panels_per_tile * PANEL * 4;
+    let tile_weight_bytes = super::tile::tile_weight_bytes(WINOGRAD_POINTS * g.cin, panels_per_tile);
     let group_len = channel_group_len(tile_weight_bytes);
     for group_start in co.clone().step_by(group_len) {
         let group = group_start..co.end.min(group_start + group_len);
