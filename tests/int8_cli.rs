@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use qp::format::{DType, QpwFile};
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
@@ -257,6 +259,89 @@ fn calibrated_fp16_rounds_with_gptq_and_reports() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// With calibration data an f16 file keeps the layers most sensitive to f16 rounding
+/// f32, within `--keep-fp32-share` of the parameters: the report names them, the file
+/// stores exactly those weights f32, and the held-out error falls. `--keep-fp32` adds
+/// layers by name.
+#[test]
+fn fp16_keeps_the_most_sensitive_layers_f32() {
+    let dir = scratch("fp16-keep");
+    let icons = dir.join("icons");
+    std::fs::create_dir_all(&icons).unwrap();
+    write_images(&icons, 12);
+    let model = fixture("tiny_bn/model.onnx");
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.join(name);
+        let mut args = vec![
+            model.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--precision",
+            "fp16",
+            "--calibrate",
+            icons.to_str().unwrap(),
+            "--pseudo-samples",
+            "8",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = convert(&args);
+        assert!(o.status.success(), "{}", text(&o));
+        let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let report = summary["reports"]["fp16"].clone();
+        let kept: Vec<String> = serde_json::from_value(report["kept_f32"].clone()).unwrap();
+        let all = report["accuracy"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(all["set"], "all");
+        let mean = all["outputs"][0]["mean_abs_delta"].as_f64().unwrap();
+        (QpwFile::open(&out).unwrap(), kept, mean)
+    };
+    // The dtype of each conv and dense layer's weights, by node name.
+    let weights = |file: &QpwFile| -> Vec<(String, DType, usize)> {
+        let meta = &file.meta;
+        meta.nodes
+            .iter()
+            .filter(|n| n.op.kind() == "conv" || n.op.kind() == "dense")
+            .map(|n| {
+                let t = &meta.tensors[n.params[0]];
+                (n.name.clone(), t.dtype, t.numel())
+            })
+            .collect()
+    };
+
+    let (none, kept, mean_none) = run("none.qpw", &["--keep-fp32-share", "0"]);
+    assert!(kept.is_empty(), "{kept:?}");
+    let (chosen, kept, mean_chosen) = run("chosen.qpw", &["--keep-fp32-share", "10"]);
+    assert!(!kept.is_empty());
+    let parameters = chosen.meta.stats.parameters as usize;
+    let mut kept_weights = 0;
+    for ((name, before, count), (_, after, _)) in weights(&none).into_iter().zip(weights(&chosen)) {
+        if kept.contains(&name) {
+            assert_eq!((before, after), (DType::F16, DType::F32), "{name}");
+            kept_weights += count;
+        } else {
+            assert_eq!(before, after, "{name}");
+        }
+    }
+    assert!(kept_weights * 10 <= parameters, "{kept_weights} of {parameters}");
+    assert!(
+        mean_chosen < mean_none,
+        "keeping {kept:?} f32: mean |d| {mean_chosen} vs {mean_none}"
+    );
+
+    let (named, kept, _) = run(
+        "named.qpw",
+        &["--keep-fp32-share", "0", "--keep-fp32", "layer3.1.conv2"],
+    );
+    assert_eq!(kept, ["layer3.1.conv2"]);
+    let dtypes = weights(&named);
+    assert!(dtypes.iter().any(|(n, d, _)| n == "layer3.1.conv2" && *d == DType::F32));
+    assert_eq!(
+        dtypes.iter().filter(|(_, d, _)| *d == DType::F32).count(),
+        1 + weights(&none).iter().filter(|(_, d, _)| *d == DType::F32).count()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn misuse_is_a_clear_error() {
     let model = fixture("tiny_bn/model.onnx");
@@ -341,6 +426,30 @@ fn misuse_is_a_clear_error() {
         (
             vec![model, "-o", out, "--precision", "int8", "--calibration-samples", "8"],
             "--calibration-samples needs --calibrate DIR",
+        ),
+        (
+            vec![model, "-o", out, "--precision", "fp16", "--keep-fp32-share", "2"],
+            "--keep-fp32-share needs --calibrate DIR",
+        ),
+        (
+            vec![model, "-o", out, "--precision", "int8", "--keep-fp32-share", "2"],
+            "--keep-fp32-share applies to --precision fp16 only",
+        ),
+        (
+            vec![model, "-o", out, "--keep-fp32-share", "2"],
+            "--keep-fp32-share applies to --precision fp16 only",
+        ),
+        (
+            vec![model, "-o", out, "--precision", "fp16", "--keep-fp32-share", "120"],
+            "expected a percentage from 0 to 100",
+        ),
+        (
+            vec![model, "-o", out, "--precision", "fp16", "--keep-fp32", "layer9.conv1"],
+            "no convolution or dense layer has that name",
+        ),
+        (
+            vec![model, "-o", out, "--keep-fp32", "layer1.0.conv1"],
+            "--keep-fp32 applies to --precision int8 and fp16 only",
         ),
     ];
     for (args, want) in cases {

@@ -46,8 +46,12 @@ pub struct Int8Options {
     pub compare: bool,
     /// Measure each convolution's effect alone.
     pub sensitivity: bool,
-    /// Convolutions kept FP32 beyond the profile's choice.
+    /// Convolutions kept FP32 beyond the profile's choice (INT8), or conv and dense
+    /// layers kept f32 (FP16).
     pub keep_fp32: Vec<String>,
+    /// FP16 with calibration data: the share of the parameters kept f32 in the layers
+    /// most sensitive to f16 rounding (`quant::half::most_sensitive`); 0 turns it off.
+    pub keep_fp32_share: f64,
     /// Calibration samples the bias correction measures on; 0 turns it off; `None`: the
     /// weight rounding's default (`quant::default_bias_correction_samples`).
     pub bias_correction_samples: Option<usize>,
@@ -82,6 +86,7 @@ impl Default for Int8Options {
             compare: false,
             sensitivity: false,
             keep_fp32: Vec::new(),
+            keep_fp32_share: quant::half::DEFAULT_KEEP_FP32_SHARE,
             bias_correction_samples: None,
             weight_rounding: None,
         }
@@ -264,28 +269,37 @@ pub fn convert_file(input: &Path, output: &Path, options: &ConvertOptions) -> Re
 }
 
 /// `--precision fp16`: f16 weights, rounded with GPTQ where there is calibration data
-/// (unless `o.weight_rounding` says nearest), with an accuracy report on the held-out data.
+/// (unless `o.weight_rounding` says nearest). With calibration data the layers most
+/// sensitive to f16 rounding stay f32 (`o.keep_fp32_share` of the parameters), and the
+/// file carries an accuracy report on the held-out data.
 fn halve_weights(converted: &mut Converted, o: &Int8Options) -> Result<()> {
     let rounding = o.weight_rounding.unwrap_or(if o.calibrate.is_empty() {
         quant::WeightRounding::Nearest
     } else {
         quant::WeightRounding::Gptq
     });
+    let mut layers = f16_layers(converted, &o.keep_fp32)?;
     if o.calibrate.is_empty() {
         if rounding == quant::WeightRounding::Gptq {
             bail!("GPTQ rounding to f16 needs calibration data: --calibrate DIR");
         }
-        return store_weights_as_f16(converted, None);
+        return store_weights_as_f16(converted, &layers, None);
     }
     let (calibration, holdout) = o.load_sets(&converted.meta)?;
     let fp32 = converted.to_bytes()?;
-    let samples = match rounding {
-        quant::WeightRounding::Gptq => Some(quant::half::rounding_samples(converted, &calibration, 0x5eed ^ 3)?),
-        quant::WeightRounding::Nearest => None,
-    };
-    store_weights_as_f16(converted, samples.as_deref().map(|s| (s, fp32.as_slice())))?;
-    let calibrated = samples.map_or(0, |s| s.len());
-    let report = quant::half::report(converted, &fp32, &holdout, rounding, calibrated)?;
+    let samples = quant::half::rounding_samples(converted, &calibration, 0x5eed ^ 3)?;
+    let budget = (o.keep_fp32_share * converted.meta.stats.parameters as f64) as usize;
+    let sensitive = quant::half::most_sensitive(converted, &fp32, &layers, &samples, budget)?;
+    layers.retain(|n| !sensitive.contains(n));
+    let gptq = (rounding == quant::WeightRounding::Gptq).then_some((samples.as_slice(), fp32.as_slice()));
+    store_weights_as_f16(converted, &layers, gptq)?;
+    let calibrated = gptq.map_or(0, |(s, _)| s.len());
+    let mut kept: Vec<String> = sensitive
+        .iter()
+        .map(|&n| converted.meta.nodes[n].name.clone())
+        .collect();
+    kept.extend(o.keep_fp32.iter().cloned());
+    let report = quant::half::report(converted, &fp32, &holdout, rounding, calibrated, kept)?;
     converted
         .meta
         .reports
@@ -293,26 +307,47 @@ fn halve_weights(converted: &mut Converted, o: &Int8Options) -> Result<()> {
     Ok(())
 }
 
-/// Marks conv and dense weight tensors f16, except where rounding costs most and saves
-/// least: layers reading a model input directly (the 3-channel stem) and the small head
-/// layers (dense layers under 1% of the weights) stay f32. On the full QualityNet that
-/// keeps 0.3 MB in f32; the file is 50% of the f32 one.
-/// Values outside the f16 range would become infinite: refused, naming the tensor.
-/// With `gptq` (calibration samples, and the FP32 model's bytes) the conv and dense
-/// weights are rounded with GPTQ against their inputs on those samples instead of to
-/// nearest.
-fn store_weights_as_f16(c: &mut Converted, gptq: Option<(&[quant::dataset::Sample], &[u8])>) -> Result<()> {
+/// The conv and dense layers whose weights an f16 file stores as f16, before any
+/// measured choice: all but those where rounding costs most and saves least, the layers
+/// reading a model input directly (the 3-channel stem) and the small head layers (dense
+/// layers under 1% of the weights); on the full QualityNet that keeps 0.3 MB f32. Layers
+/// named in `keep_fp32` stay f32 too.
+fn f16_layers(c: &Converted, keep_fp32: &[String]) -> Result<Vec<usize>> {
     let total: usize = c.tensors.iter().map(|t| t.len()).sum();
     let model_inputs: Vec<usize> = c.meta.inputs.iter().map(|i| i.value).collect();
-    let halved: Vec<usize> = (0..c.meta.nodes.len())
+    let weighted: Vec<usize> = (0..c.meta.nodes.len())
+        .filter(|&n| matches!(c.meta.nodes[n].op, Op::Conv { .. } | Op::Dense { .. }))
+        .collect();
+    for name in keep_fp32 {
+        if !weighted.iter().any(|&n| &c.meta.nodes[n].name == name) {
+            let names: Vec<&str> = weighted.iter().map(|&n| c.meta.nodes[n].name.as_str()).collect();
+            bail!(
+                "--keep-fp32 {name:?}: no convolution or dense layer has that name; they are: {}",
+                names.join(", ")
+            );
+        }
+    }
+    Ok(weighted
+        .into_iter()
         .filter(|&n| {
             let node = &c.meta.nodes[n];
             let reads_input = node.inputs.iter().any(|v| model_inputs.contains(v));
             let small_head = matches!(node.op, Op::Dense { .. }) && c.tensors[node.params[0]].len() * 100 < total;
-            !reads_input && !small_head && matches!(node.op, Op::Conv { .. } | Op::Dense { .. })
+            !reads_input && !small_head && !keep_fp32.contains(&node.name)
         })
-        .collect();
-    for &n in &halved {
+        .collect())
+}
+
+/// Marks the weight tensors of `layers` f16; the file is then about half the f32 one.
+/// Values outside the f16 range would become infinite: refused, naming the tensor.
+/// With `gptq` (calibration samples, and the FP32 model's bytes) the weights are rounded
+/// with GPTQ against their inputs on those samples instead of to nearest.
+fn store_weights_as_f16(
+    c: &mut Converted,
+    layers: &[usize],
+    gptq: Option<(&[quant::dataset::Sample], &[u8])>,
+) -> Result<()> {
+    for &n in layers {
         let id = c.meta.nodes[n].params[0];
         let values = c.tensors[id].as_f32().unwrap_or_default();
         if let Some(v) = values.iter().find(|v| v.abs() > half::f16::MAX.to_f32()) {
@@ -323,9 +358,9 @@ fn store_weights_as_f16(c: &mut Converted, gptq: Option<(&[quant::dataset::Sampl
         }
     }
     if let Some((samples, fp32)) = gptq {
-        quant::half::round_weights(c, fp32, &halved, samples)?;
+        quant::half::round_weights(c, fp32, layers, samples)?;
     }
-    for n in halved {
+    for &n in layers {
         let id = c.meta.nodes[n].params[0];
         c.meta.tensors[id].dtype = DType::F16;
     }
