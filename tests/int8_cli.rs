@@ -202,6 +202,28 @@ fn npy_arrays_calibrate_too() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `qp-convert --precision fp16` of the tiny_bn fixture into `dir/name`, calibrated on
+/// `icons` with 8 pseudo-images held out, plus `extra`; it must succeed.
+fn convert_fp16_calibrated(dir: &Path, icons: &Path, name: &str, extra: &[&str]) -> (PathBuf, Output) {
+    let model = fixture("tiny_bn/model.onnx");
+    let out = dir.join(name);
+    let mut args = vec![
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--precision",
+        "fp16",
+        "--calibrate",
+        icons.to_str().unwrap(),
+        "--pseudo-samples",
+        "8",
+    ];
+    args.extend_from_slice(extra);
+    let o = convert(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    (out, o)
+}
+
 /// `--precision fp16 --calibrate` rounds the conv and dense weights with GPTQ onto f16
 /// values and reports the accuracy on held-out images; `--weight-rounding nearest` keeps
 /// plain rounding with the same report.
@@ -211,23 +233,8 @@ fn calibrated_fp16_rounds_with_gptq_and_reports() {
     let icons = dir.join("icons");
     std::fs::create_dir_all(&icons).unwrap();
     write_images(&icons, 12);
-    let model = fixture("tiny_bn/model.onnx");
     let run = |name: &str, extra: &[&str]| {
-        let out = dir.join(name);
-        let mut args = vec![
-            model.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--precision",
-            "fp16",
-            "--calibrate",
-            icons.to_str().unwrap(),
-            "--pseudo-samples",
-            "8",
-        ];
-        args.extend_from_slice(extra);
-        let o = convert(&args);
-        assert!(o.status.success(), "{}", text(&o));
+        let (out, o) = convert_fp16_calibrated(&dir, &icons, name, extra);
         (out, text(&o))
     };
     let (gptq, printed) = run("gptq.qpw", &[]);
@@ -269,24 +276,8 @@ fn fp16_keeps_the_most_sensitive_layers_f32() {
     let icons = dir.join("icons");
     std::fs::create_dir_all(&icons).unwrap();
     write_images(&icons, 12);
-    let model = fixture("tiny_bn/model.onnx");
     let run = |name: &str, extra: &[&str]| {
-        let out = dir.join(name);
-        let mut args = vec![
-            model.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--precision",
-            "fp16",
-            "--calibrate",
-            icons.to_str().unwrap(),
-            "--pseudo-samples",
-            "8",
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        let o = convert(&args);
-        assert!(o.status.success(), "{}", text(&o));
+        let (out, o) = convert_fp16_calibrated(&dir, &icons, name, &[extra, &["--json"]].concat());
         let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         let report = summary["reports"]["fp16"].clone();
         let kept: Vec<String> = serde_json::from_value(report["kept_f32"].clone()).unwrap();

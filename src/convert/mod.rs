@@ -655,3 +655,16 @@ fn lower_to_file(
         tensors: data,
     })
 }
+
+/// A test fixture (`tests/fixtures/NAME/model.onnx`) converted to FP32 with direct
+/// convolutions only, the form quantization starts from.
+#[cfg(test)]
+pub(crate) fn direct_fixture(name: &str) -> Converted {
+    let path = format!("{}/tests/fixtures/{name}/model.onnx", env!("CARGO_MANIFEST_DIR"));
+    let onnx = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let direct = ConvertOptions {
+        direct_conv: true,
+        ..Default::default()
+    };
+    convert_bytes(&onnx, name, &direct).unwrap()
+}

@@ -165,23 +165,14 @@ pub fn correct_biases(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::convert::{convert_bytes, ConvertOptions};
+    use crate::convert::direct_fixture;
     use crate::quant::dataset::pseudo_images;
     use crate::quant::{quantize, QuantizeOptions, DEFAULT_METHOD};
 
     /// A shift put into one INT8 convolution's biases is measured and taken back out.
     #[test]
     fn a_shifted_bias_is_corrected_back() {
-        let onnx = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/tiny_bn/model.onnx"
-        ))
-        .unwrap();
-        let direct = ConvertOptions {
-            direct_conv: true,
-            ..Default::default()
-        };
-        let fp32 = convert_bytes(&onnx, "t", &direct).unwrap();
+        let fp32 = direct_fixture("tiny_bn");
         let samples = pseudo_images(&fp32.meta, 16, 3).unwrap();
         let options = QuantizeOptions {
             profile: crate::quant::Profile::Balanced,

@@ -215,23 +215,14 @@ pub fn report_text(value: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::convert::{convert_bytes, ConvertOptions};
+    use crate::convert::direct_fixture;
     use crate::quant::dataset::pseudo_images;
 
     /// With every other layer's weights already exact f16 values, only one layer moves
     /// the outputs when stored as f16: it is the one kept, and only while it fits.
     #[test]
     fn the_one_layer_f16_rounding_moves_is_kept() {
-        let onnx = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/tiny_bn/model.onnx"
-        ))
-        .unwrap();
-        let direct = ConvertOptions {
-            direct_conv: true,
-            ..Default::default()
-        };
-        let mut model = convert_bytes(&onnx, "t", &direct).unwrap();
+        let mut model = direct_fixture("tiny_bn");
         let layers: Vec<usize> = (0..model.meta.nodes.len())
             .filter(|&n| matches!(model.meta.nodes[n].op, Op::Conv { .. } | Op::Dense { .. }))
             .collect();
