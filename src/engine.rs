@@ -140,7 +140,7 @@ impl Engine {
         &self.file
     }
 
-    /// Heap bytes held by parameters widened at load (f16 files); 0 for f32 files, whose
+    /// Heap bytes held by parameters widened or transformed at load (f16 files); 0 for f32 files, whose
     /// weights are read in place from the mapping.
     pub fn widened_weight_bytes(&self) -> usize {
         self.weights.heap_bytes()

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use qp::convert::{convert_bytes, ConvertOptions};
 use qp::engine::{Engine, EngineOptions, Isa, Tensor};
-use qp::format::QpwFile;
+use qp::format::{DType, QpwFile};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -319,6 +319,60 @@ fn fp16_weights_halve_the_file_and_stay_close() {
     }
 }
 
+/// An f16 file's Winograd layers keep their weights in the direct layout, as f16, and the
+/// engine transforms them at load: same file size as with `--direct-conv`, and the same
+/// outputs within the transform's rounding, on both executors.
+#[test]
+fn fp16_winograd_layers_are_transformed_at_load() {
+    let dir = fixtures().join("tiny_bn");
+    let onnx = std::fs::read(dir.join("model.onnx")).unwrap();
+    let fp16 = |direct_conv: bool| {
+        let options = ConvertOptions {
+            precision: qp::convert::Precision::Fp16,
+            direct_conv,
+            ..Default::default()
+        };
+        convert_bytes(&onnx, "t", &options).unwrap()
+    };
+    let (winograd, direct) = (fp16(false), fp16(true));
+    let layers: Vec<_> = winograd
+        .meta
+        .nodes
+        .iter()
+        .filter(|n| n.op.kind() == "conv_winograd")
+        .collect();
+    assert_eq!(layers.len(), 3);
+    for n in layers {
+        let t = &winograd.meta.tensors[n.params[0]];
+        assert_eq!(
+            (t.dtype, t.dims.len()),
+            (DType::F16, 5),
+            "{}: direct f16 weights",
+            n.name
+        );
+    }
+    let (winograd, direct) = (winograd.to_bytes().unwrap(), direct.to_bytes().unwrap());
+    assert_eq!(winograd.len(), direct.len());
+
+    let image = qp::npy::read(&dir.join("inputs/image.npy")).unwrap();
+    let params = qp::npy::read(&dir.join("inputs/params.npy")).unwrap();
+    let inputs = [("image", image), ("params", params)];
+    for (exec, options) in executors() {
+        let run = |bytes: &[u8]| {
+            let mut engine = Engine::from_file(QpwFile::from_bytes(bytes).unwrap(), options.clone()).unwrap();
+            engine.run(&inputs.clone()).unwrap()
+        };
+        let (got, want) = (run(&winograd), run(&direct));
+        assert_close(
+            &format!("{exec} f16 winograd vs direct"),
+            &got[0].1,
+            &want[0].1,
+            1e-5,
+            1e-3,
+        );
+    }
+}
+
 #[test]
 fn winograd_layers_agree_with_the_direct_ones() {
     let dir = fixtures().join("tiny_bn");
@@ -339,7 +393,8 @@ fn winograd_layers_agree_with_the_direct_ones() {
     // stride-2 ones stay direct.
     assert_eq!(kinds(&winograd).iter().filter(|&&k| k == "conv_winograd").count(), 3);
     assert!(!kinds(&direct).contains(&"conv_winograd"));
-    assert!(!kinds(&fp16).contains(&"conv_winograd"));
+    // An f16 file marks the same layers Winograd; it keeps their weights direct.
+    assert_eq!(kinds(&fp16), kinds(&winograd));
     let options = qp::quant::QuantizeOptions {
         profile: qp::quant::DEFAULT_PROFILE,
         method: qp::quant::DEFAULT_METHOD,

@@ -8,7 +8,8 @@ mod conv_support;
 use conv_support::*;
 use proptest::prelude::*;
 use qp_kernels::conv::{
-    conv2d_winograd_nhwc, pack_winograd_weights, supports_winograd, winograd_scratch_len, ConvGeometry, Epilogue,
+    conv2d_winograd_nhwc, pack_weights_oihw, pack_winograd_weights, pack_winograd_weights_from_direct,
+    supports_winograd, winograd_scratch_len, ConvGeometry, Epilogue,
 };
 use qp_kernels::cpu::{features, Isa};
 use qp_kernels::parallel::{ParallelFor, Serial};
@@ -127,6 +128,22 @@ tier_tests! {
     scalar: Isa::Scalar;
     avx2: Isa::Avx2;
     avx512: Isa::Avx512;
+}
+
+proptest! {
+    /// Weights stored for the direct kernel transform to exactly the Winograd weights of
+    /// the OIHW original, ragged panels included.
+    #[test]
+    fn direct_packed_weights_transform_as_the_oihw_ones(p in arb_winograd_problem()) {
+        let (cout, cin) = (p.g.cout, p.g.cin);
+        let direct = pack_weights_oihw(&p.weights_oihw, cout, cin, 3, 3);
+        let want = pack_winograd_weights(&p.weights_oihw, cout, cin);
+        let got = pack_winograd_weights_from_direct(&direct, cout, cin);
+        prop_assert!(
+            got.iter().map(|v| v.to_bits()).eq(want.iter().map(|v| v.to_bits())),
+            "cout {} cin {}", cout, cin
+        );
+    }
 }
 
 #[test]

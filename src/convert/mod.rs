@@ -197,14 +197,16 @@ pub fn convert_bytes(onnx_bytes: &[u8], default_name: &str, options: &ConvertOpt
         sha256: hex(&Sha256::digest(onnx_bytes)),
     };
     let description = imported.metadata.get("qp.description").cloned().unwrap_or_default();
-    // Only FP32 files get Winograd layers: INT8 quantizes the direct weights, and f16
-    // rounding of the transformed weights would add to the transform's own error.
+    // FP32 files store Winograd layers' weights transformed. INT8 quantizes the direct
+    // weights. FP16 files store them direct (rounding transformed weights to f16 would
+    // add to the transform's own error, in 16/9 the bytes) and mark the layers Winograd
+    // at the end (`winograd_at_load`): the engine transforms them at load.
     let winograd = options.precision == Precision::Fp32 && !options.direct_conv;
     let mut converted = lower_to_file(&graph, &imported.metadata, name, description, source, winograd)?;
     converted.meta.stats.onnx_ops = imported.onnx_ops.clone();
     match options.precision {
         Precision::Fp32 => {}
-        Precision::Fp16 => halve_weights(&mut converted, &options.int8)?,
+        Precision::Fp16 => halve_weights(&mut converted, &options.int8, !options.direct_conv)?,
         Precision::Int8 => {
             let o = &options.int8;
             let (calibration, holdout) = o.load_sets(&converted.meta)?;
@@ -271,8 +273,9 @@ pub fn convert_file(input: &Path, output: &Path, options: &ConvertOptions) -> Re
 /// `--precision fp16`: f16 weights, rounded with GPTQ where there is calibration data
 /// (unless `o.weight_rounding` says nearest). With calibration data the layers most
 /// sensitive to f16 rounding stay f32 (`o.keep_fp32_share` of the parameters), and the
-/// file carries an accuracy report on the held-out data.
-fn halve_weights(converted: &mut Converted, o: &Int8Options) -> Result<()> {
+/// file carries an accuracy report on the held-out data. With `winograd`, the layers an
+/// FP32 file would store for Winograd are marked so once the weights are final.
+fn halve_weights(converted: &mut Converted, o: &Int8Options, winograd: bool) -> Result<()> {
     let rounding = o.weight_rounding.unwrap_or(if o.calibrate.is_empty() {
         quant::WeightRounding::Nearest
     } else {
@@ -283,7 +286,11 @@ fn halve_weights(converted: &mut Converted, o: &Int8Options) -> Result<()> {
         if rounding == quant::WeightRounding::Gptq {
             bail!("GPTQ rounding to f16 needs calibration data: --calibrate DIR");
         }
-        return store_weights_as_f16(converted, &layers, None);
+        store_weights_as_f16(converted, &layers, None)?;
+        if winograd {
+            winograd_at_load(converted);
+        }
+        return Ok(());
     }
     let (calibration, holdout) = o.load_sets(&converted.meta)?;
     let fp32 = converted.to_bytes()?;
@@ -293,6 +300,9 @@ fn halve_weights(converted: &mut Converted, o: &Int8Options) -> Result<()> {
     layers.retain(|n| !sensitive.contains(n));
     let gptq = (rounding == quant::WeightRounding::Gptq).then_some((samples.as_slice(), fp32.as_slice()));
     store_weights_as_f16(converted, &layers, gptq)?;
+    if winograd {
+        winograd_at_load(converted);
+    }
     let calibrated = gptq.map_or(0, |(s, _)| s.len());
     let mut kept: Vec<String> = sensitive
         .iter()
@@ -305,6 +315,41 @@ fn halve_weights(converted: &mut Converted, o: &Int8Options) -> Result<()> {
         .reports
         .insert("fp16".into(), serde_json::to_value(&report)?);
     Ok(())
+}
+
+/// Turns the direct convolutions an FP32 file would store for Winograd
+/// (`pack::winograd_pays`) into Winograd layers that keep their direct weights, f16 or
+/// f32: the engine transforms those at load (`exec::params`), so an f16 file runs as
+/// fast as an FP32 one at half its size.
+fn winograd_at_load(c: &mut Converted) {
+    for n in 0..c.meta.nodes.len() {
+        let node = &c.meta.nodes[n];
+        if let Op::Conv {
+            cin,
+            cout,
+            window,
+            activation,
+        } = node.op
+        {
+            let out = &c.meta.values[node.outputs[0]].shape;
+            if pack::winograd_pays(&window, [out[1], out[2]]) {
+                c.meta.nodes[n].op = Op::ConvWinograd {
+                    cin,
+                    cout,
+                    window,
+                    activation,
+                };
+                let ops = &mut c.meta.stats.engine_ops;
+                if let Some(convs) = ops.get_mut("conv") {
+                    *convs -= 1;
+                    if *convs == 0 {
+                        ops.remove("conv");
+                    }
+                }
+                *ops.entry("conv_winograd".into()).or_default() += 1;
+            }
+        }
+    }
 }
 
 /// The conv and dense layers whose weights an f16 file stores as f16, before any

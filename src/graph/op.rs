@@ -9,6 +9,13 @@ use serde::{Deserialize, Serialize};
 /// two AVX2 registers, so one packed layout serves both tiers.
 pub const PACK_LANES: usize = 16;
 
+/// Whether a `ConvWinograd` weight tensor of `dims` is packed as for `Conv`,
+/// `[ceil(cout/16), 3, 3, cin, 16]`, for the engine to transform at load, rather than
+/// transformed already.
+pub fn winograd_weights_direct(dims: &[usize], cin: usize, cout: usize) -> bool {
+    dims == [cout.div_ceil(PACK_LANES), 3, 3, cin, PACK_LANES]
+}
+
 /// 2-D window geometry shared by convolution and pooling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Window {
@@ -76,7 +83,9 @@ pub enum Op {
     },
     /// A 3x3, stride-1, dilation-1 convolution computed by Winograd F(2x2, 3x3): as
     /// `Conv`, but the weight is the transformed `U = G g Gᵀ`, packed
-    /// `[ceil(cout/16)][16][cin][16]` f32 (see `qp_kernels::conv::pack_winograd_weights`).
+    /// `[ceil(cout/16)][16][cin][16]` f32 (see `qp_kernels::conv::pack_winograd_weights`),
+    /// or (f16 files) packed as for `Conv`, f16 or f32, and transformed at load
+    /// (`winograd_weights_direct`).
     ConvWinograd {
         cin: usize,
         cout: usize,

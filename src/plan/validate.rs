@@ -4,7 +4,7 @@
 //! converter) is rejected here with a message, never a panic later.
 
 use crate::format::meta::{DType, ModelMeta};
-use crate::graph::op::{Op, Window, PACK_LANES, QPACK_GROUP};
+use crate::graph::op::{winograd_weights_direct, Op, Window, PACK_LANES, QPACK_GROUP};
 
 fn padded(n: usize) -> usize {
     n.div_ceil(PACK_LANES) * PACK_LANES
@@ -214,10 +214,12 @@ pub fn validate(meta: &ModelMeta) -> Result<(), String> {
                     }
                 } else if winograd {
                     let points = qp_kernels::conv::WINOGRAD_POINTS;
-                    if tensor_dims(0)? != [padded(*cout) / PACK_LANES, points, *cin, PACK_LANES] {
+                    let dims = tensor_dims(0)?;
+                    if dims != [padded(*cout) / PACK_LANES, points, *cin, PACK_LANES]
+                        && !winograd_weights_direct(dims, *cin, *cout)
+                    {
                         return Err(ctx(format!(
-                            "weight dims {:?} do not match the packed Winograd layout",
-                            tensor_dims(0)?
+                            "weight dims {dims:?} match neither the packed Winograd layout nor the direct one"
                         )));
                     }
                 } else if tensor_dims(0)? != [padded(*cout) / PACK_LANES, kh, kw, *cin, PACK_LANES] {

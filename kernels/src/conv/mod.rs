@@ -27,8 +27,8 @@ mod x86;
 mod emulated_tests;
 
 pub use winograd::{
-    conv2d_winograd_nhwc, pack_winograd_weights, supports_winograd, winograd_scratch_len, winograd_weight_len,
-    WINOGRAD_POINTS,
+    conv2d_winograd_nhwc, pack_winograd_weights, pack_winograd_weights_from_direct, supports_winograd,
+    winograd_scratch_len, winograd_weight_len, WINOGRAD_POINTS,
 };
 
 use std::ops::Range;

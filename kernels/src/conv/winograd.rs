@@ -78,6 +78,28 @@ pub fn pack_winograd_weights(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
     packed
 }
 
+/// `pack_winograd_weights` from 3x3 weights packed for the direct kernel
+/// (`pack_weights_oihw`, `[ceil(cout/16)][3][3][cin][16]`): an f16 file stores a Winograd
+/// layer's weights so, half the bytes of the transformed f32 ones and rounded once, and
+/// the engine transforms them at load. Bit-identical to transforming the OIHW weights.
+pub fn pack_winograd_weights_from_direct(packed: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+    assert_eq!(
+        packed.len(),
+        product(&[cout.div_ceil(PANEL), 3, 3, cin, PANEL]),
+        "pack_winograd_weights_from_direct: {} floats for cout {cout}, cin {cin}",
+        packed.len()
+    );
+    let mut oihw = vec![0.0f32; product(&[cout, cin, 9])];
+    for co in 0..cout {
+        for ci in 0..cin {
+            for tap in 0..9 {
+                oihw[(co * cin + ci) * 9 + tap] = packed[(((co / PANEL) * 9 + tap) * cin + ci) * PANEL + co % PANEL];
+            }
+        }
+    }
+    pack_winograd_weights(&oihw, cout, cin)
+}
+
 /// Floats of scratch `conv2d_winograd_nhwc` needs for `g`.
 pub fn winograd_scratch_len(g: &ConvGeometry) -> usize {
     product(&[chunk_tiles(g), tile_stride(g.cin)])
