@@ -36,6 +36,21 @@ fn conv_model() -> &'static [u8] {
     BYTES.get_or_init(|| convert_fixture("tiny_folded"))
 }
 
+/// The convolutional fixture as an f16 file (its Winograd layers' weights direct).
+fn half_model() -> &'static [u8] {
+    static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
+    BYTES.get_or_init(|| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_folded/model.onnx");
+        let options = ConvertOptions {
+            precision: qp::convert::Precision::Fp16,
+            ..Default::default()
+        };
+        convert_bytes(&std::fs::read(path).unwrap(), "tiny_folded", &options)
+            .and_then(|c| c.to_bytes())
+            .unwrap()
+    })
+}
+
 /// The dense-only fixture (Gemm MLP).
 fn dense_model() -> &'static [u8] {
     static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
@@ -653,6 +668,51 @@ fn winograd_convs_that_do_not_match_their_layout_or_window_are_refused() {
     }
 }
 
+/// An f16 file's Winograd weights are stored direct and transformed at load: a plain
+/// convolution reading the same tensor would get transformed values, so it is refused.
+#[test]
+fn direct_winograd_weights_read_by_another_node_are_refused() {
+    let mut p = parts(half_model());
+    let winograd: Vec<usize> = (0..p.meta.nodes.len())
+        .filter(|&i| p.meta.nodes[i].op.kind() == "conv_winograd")
+        .collect();
+    let (w, v) = (winograd[0], winograd[1]);
+    assert_eq!(
+        p.meta.tensors[p.meta.nodes[w].params[0]].dims.len(),
+        5,
+        "direct weights"
+    );
+    let Op::ConvWinograd {
+        cin,
+        cout,
+        window,
+        activation,
+    } = p.meta.nodes[v].op
+    else {
+        unreachable!()
+    };
+    assert!(
+        matches!(p.meta.nodes[w].op, Op::ConvWinograd { cin: c, cout: o, .. } if (c, o) == (cin, cout)),
+        "two Winograd layers of the same shape"
+    );
+    // The same layer as a plain convolution on its own direct weights is valid...
+    p.meta.nodes[v].op = Op::Conv {
+        cin,
+        cout,
+        window,
+        activation,
+    };
+    let file = QpwFile::from_bytes(&rewrite(&p)).unwrap();
+    Engine::from_file(file, EngineOptions::default()).expect("a Winograd layer made direct loads");
+    // ...and on the Winograd layer's, refused.
+    p.meta.nodes[v].params[0] = p.meta.nodes[w].params[0];
+    expect(
+        &p,
+        "shared direct weights",
+        &["transformed at load", "reads them as stored"],
+    );
+}
+
 #[test]
 fn shapes_with_a_zero_or_an_overflow_are_refused() {
     for (what, shape) in [
@@ -807,16 +867,7 @@ fn with_element(bytes: &[u8], dtype: qp::format::meta::DType, value: &[u8]) -> (
 #[test]
 fn a_non_finite_weight_is_refused_even_with_matching_checksums() {
     use qp::format::meta::DType;
-    let half = {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_folded/model.onnx");
-        let options = ConvertOptions {
-            precision: qp::convert::Precision::Fp16,
-            ..Default::default()
-        };
-        convert_bytes(&std::fs::read(path).unwrap(), "tiny_folded", &options)
-            .and_then(|c| c.to_bytes())
-            .unwrap()
-    };
+    let half = half_model();
     let cases: [(&str, &[u8], DType, Vec<u8>); 5] = [
         ("tiny_folded", conv_model(), DType::F32, f32::NAN.to_le_bytes().to_vec()),
         (
@@ -831,8 +882,8 @@ fn a_non_finite_weight_is_refused_even_with_matching_checksums() {
             DType::F32,
             f32::INFINITY.to_le_bytes().to_vec(),
         ),
-        ("tiny_folded fp16", &half, DType::F16, 0x7e00u16.to_le_bytes().to_vec()),
-        ("tiny_folded fp16", &half, DType::F16, 0xfc00u16.to_le_bytes().to_vec()),
+        ("tiny_folded fp16", half, DType::F16, 0x7e00u16.to_le_bytes().to_vec()),
+        ("tiny_folded fp16", half, DType::F16, 0xfc00u16.to_le_bytes().to_vec()),
     ];
     for (case, bytes, dtype, value) in cases {
         let (damaged, id, at) = with_element(bytes, dtype, &value);

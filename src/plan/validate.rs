@@ -321,6 +321,27 @@ pub fn validate(meta: &ModelMeta) -> Result<(), String> {
         }
         produced[out] = true;
     }
+    // A conv_winograd's direct weights are transformed at load (`exec::params`); another
+    // node reading that tensor as stored would get the transformed values.
+    for (i, n) in meta.nodes.iter().enumerate() {
+        let Op::ConvWinograd { cin, cout, .. } = n.op else {
+            continue;
+        };
+        let w = n.params[0];
+        if !winograd_weights_direct(&meta.tensors[w].dims, cin, cout) {
+            continue;
+        }
+        let as_stored = |m: &crate::format::meta::NodeSpec| {
+            let winograd_weight = matches!(m.op, Op::ConvWinograd { .. }) && m.params[0] == w;
+            !winograd_weight && m.params.contains(&w)
+        };
+        if let Some(other) = meta.nodes.iter().find(|m| as_stored(m)) {
+            return Err(format!(
+                "node {i} ({}, conv_winograd): its direct weights {} are transformed at load, and node {} ({}) reads them as stored",
+                n.name, meta.tensors[w].name, other.name, other.op.kind()
+            ));
+        }
+    }
     for io in &meta.outputs {
         if io.value >= nv || !produced[io.value] {
             return Err(format!("output {} is never written", io.name));
