@@ -70,7 +70,7 @@ struct Args {
     keep_fp32: Vec<String>,
     /// FP16 with --calibrate: the share of the parameters kept f32, in the layers whose
     /// f16 rounding moves the outputs most per weight (measured on the calibration
-    /// samples, about a minute on the full QualityNet); 0 turns it off. Default: 2.5.
+    /// samples, about 80 s on the full QualityNet on 2 cores); 0 turns it off. Default: 2.5.
     #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
     keep_fp32_share: Option<f64>,
     /// INT8: calibration samples the bias correction measures on (each INT8 convolution's

@@ -356,7 +356,8 @@ fn winograd_at_load(c: &mut Converted) {
 /// measured choice: all but those where rounding costs most and saves least, the layers
 /// reading a model input directly (the 3-channel stem) and the small head layers (dense
 /// layers under 1% of the weights); on the full QualityNet that keeps 0.3 MB f32. Layers
-/// named in `keep_fp32` stay f32 too.
+/// named in `keep_fp32` stay f32 too. A weight outside the f16 range (it would become
+/// infinite) is refused here, naming the tensor, before anything runs the model.
 fn f16_layers(c: &Converted, keep_fp32: &[String]) -> Result<Vec<usize>> {
     let total: usize = c.tensors.iter().map(|t| t.len()).sum();
     let model_inputs: Vec<usize> = c.meta.inputs.iter().map(|i| i.value).collect();
@@ -372,7 +373,7 @@ fn f16_layers(c: &Converted, keep_fp32: &[String]) -> Result<Vec<usize>> {
             );
         }
     }
-    Ok(weighted
+    let layers: Vec<usize> = weighted
         .into_iter()
         .filter(|&n| {
             let node = &c.meta.nodes[n];
@@ -380,19 +381,8 @@ fn f16_layers(c: &Converted, keep_fp32: &[String]) -> Result<Vec<usize>> {
             let small_head = matches!(node.op, Op::Dense { .. }) && c.tensors[node.params[0]].len() * 100 < total;
             !reads_input && !small_head && !keep_fp32.contains(&node.name)
         })
-        .collect())
-}
-
-/// Marks the weight tensors of `layers` f16; the file is then about half the f32 one.
-/// Values outside the f16 range would become infinite: refused, naming the tensor.
-/// With `gptq` (calibration samples, and the FP32 model's bytes) the weights are rounded
-/// with GPTQ against their inputs on those samples instead of to nearest.
-fn store_weights_as_f16(
-    c: &mut Converted,
-    layers: &[usize],
-    gptq: Option<(&[quant::dataset::Sample], &[u8])>,
-) -> Result<()> {
-    for &n in layers {
+        .collect();
+    for &n in &layers {
         let id = c.meta.nodes[n].params[0];
         let values = c.tensors[id].as_f32().unwrap_or_default();
         if let Some(v) = values.iter().find(|v| v.abs() > half::f16::MAX.to_f32()) {
@@ -402,6 +392,17 @@ fn store_weights_as_f16(
             );
         }
     }
+    Ok(layers)
+}
+
+/// Marks the weight tensors of `layers` (from `f16_layers`) f16; the file is then about
+/// half the f32 one. With `gptq` (calibration samples, and the FP32 model's bytes) the weights are rounded
+/// with GPTQ against their inputs on those samples instead of to nearest.
+fn store_weights_as_f16(
+    c: &mut Converted,
+    layers: &[usize],
+    gptq: Option<(&[quant::dataset::Sample], &[u8])>,
+) -> Result<()> {
     if let Some((samples, fp32)) = gptq {
         quant::half::round_weights(c, fp32, layers, samples)?;
     }
@@ -712,4 +713,32 @@ pub(crate) fn direct_fixture(name: &str) -> Converted {
         ..Default::default()
     };
     convert_bytes(&onnx, name, &direct).unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A weight f16 cannot hold is refused by name before anything rounds or runs it.
+    #[test]
+    fn a_weight_outside_the_f16_range_is_refused() {
+        let mut model = direct_fixture("tiny_bn");
+        let node = model
+            .meta
+            .nodes
+            .iter()
+            .position(|n| n.name == "layer2.0.conv2")
+            .unwrap();
+        let id = model.meta.nodes[node].params[0];
+        let TensorData::F32(w) = &mut model.tensors[id] else {
+            panic!("f32 weights")
+        };
+        w[5] = 1e6;
+        let err = halve_weights(&mut model, &Int8Options::default(), true).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("outside the f16 range") && msg.contains(&model.meta.tensors[id].name),
+            "{msg}"
+        );
+    }
 }
