@@ -327,7 +327,7 @@ pub fn run(args: &HealthcheckArgs) -> anyhow::Result<()> {
     };
     match probe(&url, Duration::from_millis(args.timeout_ms)) {
         Ok(status) => {
-            println!("{url}: HTTP {} {}", status.code, status.reason);
+            crate::outln!("{url}: HTTP {} {}", status.code, status.reason);
             Ok(())
         }
         Err(e) => Err(anyhow::anyhow!("healthcheck {url}: {e}")),

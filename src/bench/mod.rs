@@ -215,7 +215,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         results,
     };
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        crate::outln!("{}", serde_json::to_string(&report)?);
     } else {
         print_footer(&report);
     }
@@ -307,37 +307,55 @@ fn load_average() -> Option<String> {
 
 fn print_header(args: &BenchArgs, meta: &ModelMeta) {
     let cpu = qp_kernels::cpuinfo::cpu_info();
-    println!(
+    crate::outln!(
         "model  {} ({}), {:.2} GFLOP per sample",
         meta.name,
         args.model.display(),
         meta.stats.flops_per_sample as f64 / 1e9
     );
-    println!(
+    crate::outln!(
         "cpu    {} ({} logical cores, best tier {})",
         cpu.brand,
         cpu.logical_cores,
         cpu.features.best_isa()
     );
     if let Some(load) = load_average() {
-        println!("load   {load} (1/5/15 min; other processes skew timings)");
+        crate::outln!("load   {load} (1/5/15 min; other processes skew timings)");
     }
-    println!();
+    crate::outln!();
 }
 
 fn print_result_header() {
-    println!(
+    crate::outln!(
         "{:<7} {:>5} {:>7} {:>10} {:>10} {:>9} {:>5} {:>10} {:>6} {:>10}",
-        "tier", "batch", "threads", "median ms", "p90 ms", "images/s", "iters", "first ms", "first/", "act. MB"
+        "tier",
+        "batch",
+        "threads",
+        "median ms",
+        "p90 ms",
+        "images/s",
+        "iters",
+        "first ms",
+        "first/",
+        "act. MB"
     );
-    println!(
+    crate::outln!(
         "{:<7} {:>5} {:>7} {:>10} {:>10} {:>9} {:>5} {:>10} {:>6} {:>10}",
-        "", "", "", "", "", "", "", "", "steady", ""
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "steady",
+        ""
     );
 }
 
 fn print_result(r: &BenchResult) {
-    println!(
+    crate::outln!(
         "{:<7} {:>5} {:>7} {:>10.2} {:>10.2} {:>9.1} {:>5} {:>10.1} {:>5.2}x {:>10.2}",
         r.tier,
         r.batch,
@@ -353,11 +371,11 @@ fn print_result(r: &BenchResult) {
 }
 
 fn print_footer(report: &BenchReport) {
-    println!();
-    println!("threads: 'p' = workers pinned to cores. first ms = load + plan + first run in a fresh");
-    println!("engine (file already in the OS page cache); first/steady = first ms / median ms.");
+    crate::outln!();
+    crate::outln!("threads: 'p' = workers pinned to cores. first ms = load + plan + first run in a fresh");
+    crate::outln!("engine (file already in the OS page cache); first/steady = first ms / median ms.");
     if let Some(load) = &report.load_after {
-        println!("load after: {load}");
+        crate::outln!("load after: {load}");
     }
 }
 
@@ -429,10 +447,10 @@ fn accuracy(args: &BenchArgs, meta: &ModelMeta, reference: &Path) -> Result<()> 
     }
     let results = accuracy::compare_each(&sets, &want, &got);
     if args.json {
-        println!("{}", serde_json::to_string(&results)?);
+        crate::outln!("{}", serde_json::to_string(&results)?);
         return Ok(());
     }
-    println!(
+    crate::outln!(
         "{} ({}) against {}:",
         args.model.display(),
         meta.precision,
@@ -440,7 +458,7 @@ fn accuracy(args: &BenchArgs, meta: &ModelMeta, reference: &Path) -> Result<()> 
     );
     for a in &results {
         for o in &a.outputs {
-            print!(
+            crate::out!(
                 "  {:<14} ({:>3}) {:<10} mean |d| {:.5} (bias {:+.5})  p99 {:.5}  max {:.5}  r {:.5}",
                 a.set,
                 a.samples,
@@ -452,9 +470,9 @@ fn accuracy(args: &BenchArgs, meta: &ModelMeta, reference: &Path) -> Result<()> 
                 o.pearson_r
             );
             if let Some(f) = &a.pooled_features {
-                print!("  features cos {:.5} (min {:.5})", f.mean, f.min);
+                crate::out!("  features cos {:.5} (min {:.5})", f.mean, f.min);
             }
-            println!();
+            crate::outln!();
         }
     }
     Ok(())
@@ -463,15 +481,15 @@ fn accuracy(args: &BenchArgs, meta: &ModelMeta, reference: &Path) -> Result<()> 
 /// `--cpu-profile`.
 fn cpu_profile(args: &BenchArgs, meta: &ModelMeta) -> Result<()> {
     let info = qp_kernels::cpuinfo::cpu_info();
-    println!("== CPU");
-    println!("{info}");
+    crate::outln!("== CPU");
+    crate::outln!("{info}");
     let chosen = qp_kernels::cpu::select_isa(args.max_isa).map_err(anyhow::Error::msg)?;
     let threads = args.threads.first().copied();
     let batch = args.batch[0];
     // A probe engine reports the thread count and pinning the engine really gets.
     let probe = load_engine(&args.model, chosen, threads)?;
     let thread_count = probe.threads();
-    println!(
+    crate::outln!(
         "engine: tier {chosen}{}, {thread_count} threads, workers {}",
         match args.max_isa {
             Some(cap) => format!(" (capped at {cap})"),
@@ -490,13 +508,13 @@ fn cpu_profile(args: &BenchArgs, meta: &ModelMeta) -> Result<()> {
         } else {
             ""
         };
-        println!("INT8 convolutions: tier {}{note}", tier.name());
+        crate::outln!("INT8 convolutions: tier {}{note}", tier.name());
     }
     drop(probe);
 
-    println!();
-    println!("== FMA peak, FP32 GFLOP/s ({} ms per measurement)", args.peak_ms);
-    println!(
+    crate::outln!();
+    crate::outln!("== FMA peak, FP32 GFLOP/s ({} ms per measurement)", args.peak_ms);
+    crate::outln!(
         "{:<7} {:>10} {:>16} {:>16}",
         "tier",
         "1 core",
@@ -507,7 +525,7 @@ fn cpu_profile(args: &BenchArgs, meta: &ModelMeta) -> Result<()> {
     let mut peaks = Vec::new();
     for &tier in &all_tiers {
         let p = measure_peak(tier, thread_count, args.peak_ms);
-        println!(
+        crate::outln!(
             "{:<7} {:>10.1} {:>16.1} {:>16.1}",
             tier.name(),
             p.single,
@@ -517,8 +535,8 @@ fn cpu_profile(args: &BenchArgs, meta: &ModelMeta) -> Result<()> {
         peaks.push(p);
     }
 
-    println!();
-    println!(
+    crate::outln!();
+    crate::outln!(
         "== Model {} on every tier, batch {}",
         meta.name,
         args.batch.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(",")
@@ -532,9 +550,9 @@ fn cpu_profile(args: &BenchArgs, meta: &ModelMeta) -> Result<()> {
 
     // An INT8 model's integer layers are measured against their own tier's rate.
     let int8_peak = int8_tier.map(|tier| {
-        println!();
-        println!("== INT8 peak, GOP/s ({} ms per measurement)", args.peak_ms);
-        println!(
+        crate::outln!();
+        crate::outln!("== INT8 peak, GOP/s ({} ms per measurement)", args.peak_ms);
+        crate::outln!(
             "{:<16} {:>10} {:>16} {:>16}",
             "tier",
             "1 core",
@@ -543,7 +561,7 @@ fn cpu_profile(args: &BenchArgs, meta: &ModelMeta) -> Result<()> {
         );
         let (single, all_threads) =
             alone_and_together(thread_count, || qp_kernels::qconv::int8_peak_gops(tier, args.peak_ms));
-        println!(
+        crate::outln!(
             "{:<16} {:>10.1} {:>16.1} {:>16.1}",
             tier.name(),
             single,
@@ -562,7 +580,7 @@ fn cpu_profile(args: &BenchArgs, meta: &ModelMeta) -> Result<()> {
         int8: int8_peak.map_or(0.0, |(_, p)| p),
     };
     let (layers, end_to_end) = profile_layers(&args.model, meta, chosen, batch, threads, args)?;
-    println!();
+    crate::outln!();
     let int8_note = match int8_peak {
         Some((tier, p)) => format!(
             "; qconv rows count integer ops, against {thread_count} x 1-core {} peak ({p:.1} GOP/s)",
@@ -570,13 +588,13 @@ fn cpu_profile(args: &BenchArgs, meta: &ModelMeta) -> Result<()> {
         ),
         None => String::new(),
     };
-    println!(
+    crate::outln!(
         "== Per layer: tier {chosen}, batch {batch}, {thread_count} threads, median of {} runs; % of peak = of {thread_count} x 1-core FMA peak ({fma_peak:.1} GFLOP/s){int8_note}",
         args.iterations
     );
     print_layers(&layers, peak);
-    println!();
-    println!("== By op kind");
+    crate::outln!();
+    crate::outln!("== By op kind");
     print_kind_totals(&layers, peak, end_to_end);
     Ok(())
 }
@@ -643,13 +661,18 @@ fn print_layers(layers: &[LayerTime], peak: PeakRates) {
     let name_w = layers.iter().map(|l| l.name.len()).max().unwrap_or(4).max(4);
     let label_w = layers.iter().map(|l| l.label.len()).max().unwrap_or(2).max(2);
     let shape_w = layers.iter().map(|l| l.shape.len()).max().unwrap_or(5).max(5);
-    println!(
+    crate::outln!(
         "{:<name_w$} {:<label_w$} {:<shape_w$} {:>8} {:>8} {:>6}",
-        "node", "op", "shape", "ms", "GFLOP/s", "%peak"
+        "node",
+        "op",
+        "shape",
+        "ms",
+        "GFLOP/s",
+        "%peak"
     );
     for l in layers {
         let gf = l.gflops_per_s();
-        println!(
+        crate::outln!(
             "{:<name_w$} {:<label_w$} {:<shape_w$} {:>8.3} {:>8} {:>6}",
             l.name,
             l.label,
@@ -664,15 +687,21 @@ fn print_layers(layers: &[LayerTime], peak: PeakRates) {
 fn print_kind_totals(layers: &[LayerTime], peak: PeakRates, end_to_end: f64) {
     let totals = kind_totals(layers);
     let sum: f64 = layers.iter().map(|l| l.seconds).sum();
-    println!(
+    crate::outln!(
         "{:<20} {:>5} {:>9} {:>6} {:>8} {:>8} {:>6}",
-        "op kind", "nodes", "ms", "%time", "GFLOP", "GFLOP/s", "%peak"
+        "op kind",
+        "nodes",
+        "ms",
+        "%time",
+        "GFLOP",
+        "GFLOP/s",
+        "%peak"
     );
     let mut rows: Vec<_> = totals.iter().collect();
     rows.sort_by(|a, b| b.1.seconds.total_cmp(&a.1.seconds));
     for (kind, t) in rows {
         let gf = (t.flops > 0 && t.flop_seconds > 0.0).then(|| t.flops as f64 / t.flop_seconds / 1e9);
-        println!(
+        crate::outln!(
             "{:<20} {:>5} {:>9.3} {:>5.1}% {:>8} {:>8} {:>6}",
             kind,
             t.count,
@@ -690,7 +719,7 @@ fn print_kind_totals(layers: &[LayerTime], peak: PeakRates, end_to_end: f64) {
     let int8 = totals.contains_key("qconv");
     let flops: u64 = totals.values().map(|t| t.flops).sum();
     let gf = (sum > 0.0).then(|| flops as f64 / sum / 1e9);
-    println!(
+    crate::outln!(
         "{:<20} {:>5} {:>9.3} {:>5.1}% {:>8.3} {:>8} {:>6}",
         "total",
         layers.len(),
@@ -700,7 +729,7 @@ fn print_kind_totals(layers: &[LayerTime], peak: PeakRates, end_to_end: f64) {
         gf.map_or("-".into(), |g| format!("{g:.1}")),
         percent_of(gf.filter(|_| !int8), peak.fma)
     );
-    println!(
+    crate::outln!(
         "(sum of node times {:.3} ms; end-to-end median of the profiled runs {:.3} ms)",
         sum * 1e3,
         end_to_end * 1e3

@@ -204,31 +204,33 @@ fn main() -> ExitCode {
                     "reports": meta.reports,
                     "seconds": secs,
                 });
-                println!("{summary}");
+                qp::outln!("{summary}");
             } else {
-                println!(
+                qp::outln!(
                     "wrote {} ({:.1} MB) in {secs:.2} s",
                     output.display(),
                     size as f64 / 1e6
                 );
-                println!(
+                qp::outln!(
                     "model      {} (opset {}, from {})",
-                    meta.name, meta.source.opset, meta.source.producer_name
+                    meta.name,
+                    meta.source.opset,
+                    meta.source.producer_name
                 );
                 let ops: Vec<String> = meta.stats.onnx_ops.iter().map(|(k, v)| format!("{k} x{v}")).collect();
-                println!("onnx ops   {}", ops.join(", "));
+                qp::outln!("onnx ops   {}", ops.join(", "));
                 let ops: Vec<String> = meta.stats.engine_ops.iter().map(|(k, v)| format!("{k} x{v}")).collect();
-                println!("engine ops {}", ops.join(", "));
-                println!("parameters {:.3} M", meta.stats.parameters as f64 / 1e6);
-                println!(
+                qp::outln!("engine ops {}", ops.join(", "));
+                qp::outln!("parameters {:.3} M", meta.stats.parameters as f64 / 1e6);
+                qp::outln!(
                     "FLOPs      {:.3} G per sample",
                     meta.stats.flops_per_sample as f64 / 1e9
                 );
                 if let Some(report) = meta.reports.get("quantization") {
-                    print!("{}", qp::quant::report_text(report));
+                    qp::out!("{}", qp::quant::report_text(report));
                 }
                 if let Some(report) = meta.reports.get("fp16") {
-                    print!("{}", qp::quant::half::report_text(report));
+                    qp::out!("{}", qp::quant::half::report_text(report));
                 }
             }
             ExitCode::SUCCESS

@@ -103,13 +103,13 @@ fn run(model: &Path, inputs: &[String], out: &Path, engine: &EngineArgs) -> Resu
         // Output names may hold '/' or other characters unfit for file names.
         let file = out.join(format!("{}.npy", sanitize(name)));
         qp::npy::write(&file, t)?;
-        println!("{name}: {:?} -> {}", t.shape, file.display());
+        qp::outln!("{name}: {:?} -> {}", t.shape, file.display());
     }
     // Which kernels ran: a tier cap above what this CPU has is lowered silently, so the
     // test scripts read this line to tell a tier that ran from one that fell back.
     match engine.int8_tier() {
-        Some(int8) => println!("tier: {} (int8: {})", engine.isa(), int8.name()),
-        None => println!("tier: {}", engine.isa()),
+        Some(int8) => qp::outln!("tier: {} (int8: {})", engine.isa(), int8.name()),
+        None => qp::outln!("tier: {}", engine.isa()),
     }
     Ok(())
 }
@@ -132,35 +132,41 @@ fn info(model: &Path, json: bool) -> Result<()> {
     qp::plan::validate::validate(&file.meta).map_err(|e| anyhow!("invalid model: {e}"))?;
     let m = &file.meta;
     if json {
-        println!("{}", serde_json::to_string_pretty(m)?);
+        qp::outln!("{}", serde_json::to_string_pretty(m)?);
         return Ok(());
     }
-    println!("model       {}", m.name);
+    qp::outln!("model       {}", m.name);
     if !m.description.is_empty() {
-        println!("description {}", m.description);
+        qp::outln!("description {}", m.description);
     }
-    println!("precision   {}", m.precision);
-    println!(
+    qp::outln!("precision   {}", m.precision);
+    qp::outln!(
         "file        {} ({:.1} MB, format v{})",
         model.display(),
         file.file_len() as f64 / 1e6,
         file.header.version
     );
-    println!(
+    qp::outln!(
         "source      {} {} opset {} sha256 {}",
-        m.source.producer_name, m.source.producer_version, m.source.opset, m.source.sha256
+        m.source.producer_name,
+        m.source.producer_version,
+        m.source.opset,
+        m.source.sha256
     );
     for i in &m.inputs {
-        println!("input       {} [N, {}]", i.name, dims(&i.shape));
+        qp::outln!("input       {} [N, {}]", i.name, dims(&i.shape));
         if let Some(im) = &i.image {
-            println!(
+            qp::outln!(
                 "            image {}x{} mean {:?} std {:?}",
-                im.width, im.height, im.mean, im.std
+                im.width,
+                im.height,
+                im.mean,
+                im.std
             );
         }
         for f in i.features.iter().flatten() {
             let d = f.default.map(|d| format!(" default {d}")).unwrap_or_default();
-            println!(
+            qp::outln!(
                 "            {:<20} [{}, {}]{d}{}",
                 f.name,
                 f.min,
@@ -170,21 +176,21 @@ fn info(model: &Path, json: bool) -> Result<()> {
         }
     }
     for o in &m.outputs {
-        println!("output      {} [N, {}]", o.name, dims(&o.shape));
+        qp::outln!("output      {} [N, {}]", o.name, dims(&o.shape));
     }
     let ops: Vec<String> = m.stats.engine_ops.iter().map(|(k, v)| format!("{k} x{v}")).collect();
-    println!("ops         {}", ops.join(", "));
-    println!("parameters  {:.3} M", m.stats.parameters as f64 / 1e6);
-    println!("FLOPs       {:.3} G per sample", m.stats.flops_per_sample as f64 / 1e9);
+    qp::outln!("ops         {}", ops.join(", "));
+    qp::outln!("parameters  {:.3} M", m.stats.parameters as f64 / 1e6);
+    qp::outln!("FLOPs       {:.3} G per sample", m.stats.flops_per_sample as f64 / 1e9);
     let plan = qp::plan::Plan::new(m, 1);
-    println!("activations {:.2} MB at batch 1", plan.arena_bytes() as f64 / 1e6);
+    qp::outln!("activations {:.2} MB at batch 1", plan.arena_bytes() as f64 / 1e6);
     for (k, v) in &m.reports {
         if k == "quantization" {
-            print!("{}", qp::quant::report_text(v));
+            qp::out!("{}", qp::quant::report_text(v));
         } else if k == "fp16" {
-            print!("{}", qp::quant::half::report_text(v));
+            qp::out!("{}", qp::quant::half::report_text(v));
         } else {
-            println!("report      {k}: {v}");
+            qp::outln!("report      {k}: {v}");
         }
     }
     Ok(())
@@ -231,9 +237,9 @@ fn predict(model: &Path, image: Option<&Path>, params: &[String], engine: &Engin
     let ms = start.elapsed().as_secs_f64() * 1e3;
     for (name, t) in &outputs {
         if t.data.len() == 1 {
-            println!("{name} = {:.4}", t.data[0]);
+            qp::outln!("{name} = {:.4}", t.data[0]);
         } else {
-            println!("{name} = {:?}", t.data);
+            qp::outln!("{name} = {:?}", t.data);
         }
     }
     eprintln!("({ms:.1} ms, {} tier, {} threads)", engine.isa(), engine.threads());
