@@ -17,11 +17,13 @@ the grid, then back to f32), run by ONNX Runtime and compared with the FP32 mode
   - activations: every conv input except the model input (the stem stays FP32, as in
     the default profile), u8 on [0, hi] with `hi` the MSE-optimal clip; by group (block
     inputs = the residual stream a bottleneck reads; inner = the inputs of conv2 and
-    conv3); at 8 and 10 bits; read by the convolutions only, or by every reader (the
-    residual adds too, as qp stores a block output once, as u8).
+    conv3); at 8, 10 and 12 bits; read by the convolutions only, or by every reader (the
+    residual adds too, as qp stores a block output once, as u8);
+  - both, with layer1 and layer2.0's shortcut (the layers whose weights lose most to s8
+    rounding) kept f32.
 
 No qp code runs here: this separates the error sources, which the converter's own
-report (`qp-convert --precision int8`) can only show combined. About 10 minutes on 2 cores.
+report (`qp-convert --precision int8`) can only show combined. About 15 minutes on 2 cores.
 
 --fp16-layers instead rounds each conv and Gemm layer's weights alone to f16 (nearest),
 then all of them at once, and prints each one's `ssim` delta on the same held-out
@@ -260,6 +262,7 @@ def main():
     samples = {n: np.concatenate(v) for n, v in samples.items()}
     clip8 = {n: mse_clip(samples[n], peak[n], 255) for n in inputs}
     clip10 = {n: mse_clip(samples[n], peak[n], 1023) for n in inputs}
+    clip12 = {n: mse_clip(samples[n], peak[n], 4095) for n in inputs}
 
     def report(label, model):
         got = run(model, ho_img, ho_p)[0]
@@ -281,6 +284,18 @@ def main():
     report("weights gptq + activations u8, residual adds too",
            quantize_activations(w_gptq, clip8, 8, every_reader=True))
     report("weights gptq + activations u8 inner, block inputs f32", quantize_activations(w_gptq, clip8, 8, inner))
+    # What a wider-activation INT8 path would reach: 10 or 12 bits (what s16 activations
+    # under `vpmaddwd` / `vpdpwssd` hold without overflowing i32 on 3x3x512 reductions),
+    # with and without the layers whose weights lose most to s8 (layer1 and layer2.0's
+    # shortcut, as for f16) kept f32.
+    report("weights gptq + activations 10-bit", quantize_activations(w_gptq, clip10, 10))
+    report("weights gptq + activations 12-bit", quantize_activations(w_gptq, clip12, 12))
+    kept = [c for c in convs if not c.name.startswith("layer1.") and c.name != "layer2.0.downsample"]
+    w_kept = quantize_weights(model, kept, "gptq", moments)
+    report("weights gptq, layer1 + layer2.0.downsample f32", w_kept)
+    report("... + activations u8", quantize_activations(w_kept, clip8, 8))
+    report("... + activations 10-bit", quantize_activations(w_kept, clip10, 10))
+    report("... + activations 12-bit", quantize_activations(w_kept, clip12, 12))
 
 
 if __name__ == "__main__":
