@@ -364,17 +364,22 @@ impl Engine {
     }
 }
 
-/// Warns once per load where this CPU's best INT8 kernels are the exact AVX2 ones (no
-/// VNNI): they multiply no faster than FP32 FMA there, and the FP32 model's Winograd 3x3
-/// layers make it as fast or faster (docs/PERFORMANCE.md: Zen 1, batch 1, 2 threads, INT8
-/// 135 ms against FP32 107 ms; Zen 3 about even). Not where a tier cap chose them.
+/// Warns, once per process, where this CPU's best INT8 kernels are the exact AVX2 ones
+/// (no VNNI): they multiply no faster than FP32 FMA there, and the FP32 model's Winograd
+/// 3x3 layers make it as fast or faster (docs/PERFORMANCE.md: Zen 1, batch 1, 2 threads,
+/// INT8 135 ms against FP32 107 ms; Zen 3 about even). Not where a tier cap chose them.
+/// Once, because the converter loads an engine per corrected layer (it printed the same
+/// line 45 times).
 fn warn_if_int8_gains_nothing() {
     use qp_kernels::qconv::{int8_tier, Int8Tier};
+    static WARNED: std::sync::Once = std::sync::Once::new();
     let features = qp_kernels::cpu::features();
     if int8_tier(features.best_isa(), features) == Int8Tier::Avx2 {
-        tracing::warn!(
-            "this CPU has no VNNI: the INT8 model runs exact AVX2 integer kernels, which are no \
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "this CPU has no VNNI: the INT8 model runs exact AVX2 integer kernels, which are no \
              faster than FP32 here; serve the FP32 file on this CPU"
-        );
+            )
+        });
     }
 }
