@@ -296,6 +296,8 @@ def main():
     report("... + activations u8", quantize_activations(w_kept, clip8, 8))
     report("... + activations 10-bit", quantize_activations(w_kept, clip10, 10))
     report("... + activations 12-bit", quantize_activations(w_kept, clip12, 12))
+    report("... + activations 12-bit for block inputs, u8 inner",
+           quantize_activations(quantize_activations(w_kept, clip12, 12, block_in), clip8, 8, inner))
 
 
 if __name__ == "__main__":
