@@ -213,7 +213,7 @@ mod tests {
 
     /// On residual-block fixtures at batch 1 and 3: values alive at the same time never
     /// share memory, and the values one node reads and writes start on different lines
-    /// of a page (`page_offset`).
+    /// of a page (`page_line`).
     #[test]
     fn live_values_are_disjoint_and_start_on_different_lines_of_a_page() {
         for fixture in ["basic_block", "feature_model", "tiny_bn"] {
