@@ -267,15 +267,22 @@ fn invert_lower(l: &Array2<f64>) -> Array2<f64> {
         for r in 0..i1 - i0 {
             rhs[[r, i0 + r]] = 1.0;
         }
+        // Row by row, each an update by the rows above it in the block: contiguous rows of
+        // `x` (row p is zero beyond column p), where a column-wise walk missed the cache on
+        // every step of the 4608-wide moments.
         for r in 0..i1 - i0 {
             let i = i0 + r;
-            for col in 0..=i {
-                let mut v = rhs[[r, col]];
-                for p in i0..i {
-                    v -= l[[i, p]] * x[[p, col]];
-                }
-                x[[i, col]] = v / l[[i, i]];
+            let mut row = rhs.row(r).slice_axis(Axis(0), (..=i).into()).to_owned();
+            for p in i0..i {
+                let f = l[[i, p]];
+                let above = x.row(p);
+                row.slice_axis_mut(Axis(0), (..=p).into())
+                    .zip_mut_with(&above.slice_axis(Axis(0), (..=p).into()), |v, &a| *v -= f * a);
             }
+            let d = l[[i, i]];
+            x.row_mut(i)
+                .slice_axis_mut(Axis(0), (..=i).into())
+                .zip_mut_with(&row, |out, &v| *out = v / d);
         }
     }
     x
