@@ -2,12 +2,16 @@
 //! Throughput is reported in integer operations (2 per multiply-add), so criterion's
 //! "elem/s" reads as OP/s. Inputs are <= 127 so the 7-bit AVX2 tier runs on the same data
 //! and the exact and 7-bit AVX2 kernels can be compared directly. The 64 -> 256 layer adds a
-//! u8 residual, as every ResNet-50 block's last layer does.
+//! u8 residual, as every ResNet-50 block's last layer does. `<tier>-i16` runs the same
+//! layer on i16 activations of an 11-bit grid (i16 residual and output) on each tier that
+//! has its own i16 kernel.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use qp_kernels::cpu::features;
 use qp_kernels::parallel::Serial;
-use qp_kernels::qconv::{packed_weight_len, qconv2d_nhwc_tier, Int8Tier, QConvGeometry, QOutput, QResidual};
+use qp_kernels::qconv::{
+    effective_tier_for, packed_weight_len, qconv2d_nhwc_tier, Int8Tier, QConvGeometry, QOutput, QResidual,
+};
 use std::time::Duration;
 
 /// (name, input extent, cin, cout, kernel, stride, pad)
@@ -81,6 +85,41 @@ fn bench_qconv(c: &mut Criterion) {
                             data: &mut y,
                             scale: 0.05,
                             zero: 0,
+                        },
+                    )
+                })
+            });
+        }
+        let x16: Vec<i16> = (0..g.input_len()).map(|i| (i * 7919 % 2048) as i16).collect();
+        let residual16: Vec<i16> = (0..g.output_len()).map(|i| (i * 31 % 2048) as i16).collect();
+        let mut y16 = vec![0i16; g.output_len()];
+        for &tier in tiers.iter().filter(|&&t| effective_tier_for::<i16>(t) == t) {
+            group.bench_function(BenchmarkId::from_parameter(format!("{}-i16", tier.name())), |bench| {
+                bench.iter(|| {
+                    qconv2d_nhwc_tier(
+                        tier,
+                        &Serial,
+                        &g,
+                        &x16,
+                        0,
+                        &w,
+                        &bias,
+                        &scale,
+                        if with_residual {
+                            QResidual::I16 {
+                                data: &residual16,
+                                scale: 0.003,
+                                zero: 0,
+                            }
+                        } else {
+                            QResidual::None
+                        },
+                        true,
+                        QOutput::I16 {
+                            data: &mut y16,
+                            scale: 0.005,
+                            zero: 0,
+                            max: 2047,
                         },
                     )
                 })

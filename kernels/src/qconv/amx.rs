@@ -125,7 +125,7 @@ pub(super) fn reads_padded(g: &QConvGeometry) -> bool {
 
 impl PaddedInput {
     /// Writes `job`'s padded input, rows split over `par`.
-    pub(super) fn new(job: &Job, par: &dyn ParallelFor) -> PaddedInput {
+    pub(super) fn new(job: &Job<u8>, par: &dyn ParallelFor) -> PaddedInput {
         let g = job.g;
         let cin = g.cin;
         let [top, left, bottom, right] = g.pads;
@@ -213,7 +213,7 @@ fn segment_at(g: &QConvGeometry, q: usize, end: usize) -> Segment {
 /// elements of (`px` x channels of `co`) meanwhile; `px.start` is a multiple of
 /// `AmxTiles::PIXELS`.
 #[target_feature(enable = "avx512vnni,avx512bw,avx512vl,avx512f,avx2")]
-pub(super) unsafe fn run_amx(job: &Job, padded: Option<&PaddedInput>, px: Range<usize>, co: Range<usize>) {
+pub(super) unsafe fn run_amx(job: &Job<u8>, padded: Option<&PaddedInput>, px: Range<usize>, co: Range<usize>) {
     let g = job.g;
     let cin = g.cin;
     let k_bytes = g.kernel[0] * g.kernel[1] * cin;
@@ -362,17 +362,19 @@ struct Pending {
 /// works. A 56x56 64 -> 256 1x1 layer, one thread: f32 output 350 -> 300 µs, f32
 /// residual 457 -> 350 µs; prefetching u8 outputs and residuals changed nothing.
 #[inline(always)]
-fn prefetch_block(job: &Job, segments: [Segment; 2], first_panel: usize) {
+fn prefetch_block(job: &Job<u8>, segments: [Segment; 2], first_panel: usize) {
     let cout = job.g.cout;
     let channels = (2 * PANEL).min(cout - first_panel * PANEL);
 
     let (out, out_elem): (*const u8, usize) = match job.out {
         OutPtr::F32(p) => (p.cast_const().cast(), 4),
+        OutPtr::I16 { ptr, .. } => (ptr.cast_const().cast(), 2),
         OutPtr::U8 { .. } => (std::ptr::null(), 0),
     };
     let (res, res_elem): (*const u8, usize) = match job.residual {
         QResidual::None => (std::ptr::null(), 0),
         QResidual::F32(r) => (r.as_ptr().cast(), 4),
+        QResidual::I16 { data, .. } => (data.as_ptr().cast(), 2),
         QResidual::U8 { .. } => (std::ptr::null(), 0),
     };
     // Nothing to ask for: skip the loop over the block's pixels, which the compiler
@@ -408,7 +410,7 @@ fn prefetch_block(job: &Job, segments: [Segment; 2], first_panel: usize) {
 /// AVX-512 F usable; `job` passed `check_args` and `takes(job.g)`; `buf` has `rows` rows
 /// of `kh * kw * cin` writable bytes; pixels `q0..q0+rows` are output pixels.
 #[inline(always)]
-unsafe fn gather(job: &Job, q0: usize, rows: usize, buf: *mut u8) {
+unsafe fn gather(job: &Job<u8>, q0: usize, rows: usize, buf: *mut u8) {
     let g = job.g;
     let cin = g.cin;
     let [kh_n, kw_n] = g.kernel;
@@ -554,7 +556,7 @@ unsafe fn multiply_block(
 /// AVX-512 F/BW/VL usable; as `run_amx` for the output elements of these pixels and the
 /// channels of panels `first_panel..first_panel + 2` below `cout`.
 #[inline(always)]
-unsafe fn store_block(job: &Job, segments: [Segment; 2], first_panel: usize, sums: &Sums) {
+unsafe fn store_block(job: &Job<u8>, segments: [Segment; 2], first_panel: usize, sums: &Sums) {
     let cout = job.g.cout;
     let mut bias = [Vnni512::zero(); 2];
     for (v, b) in bias.iter_mut().enumerate() {
@@ -574,11 +576,11 @@ unsafe fn store_block(job: &Job, segments: [Segment; 2], first_panel: usize, sum
         unsafe {
             if seg.len == TILE_ROWS {
                 let acc = &*rows.add(first_row).cast::<[[__m512i; 2]; TILE_ROWS]>();
-                epilogue::<Vnni512, TILE_ROWS, 2>(job, seg.q0, first_panel, acc, Some(&bias));
+                epilogue::<Vnni512, u8, TILE_ROWS, 2>(job, seg.q0, first_panel, acc, Some(&bias));
             } else {
                 for i in 0..seg.len {
                     let acc = &*rows.add(first_row + i).cast::<[[__m512i; 2]; 1]>();
-                    epilogue::<Vnni512, 1, 2>(job, seg.q0 + i, first_panel, acc, Some(&bias));
+                    epilogue::<Vnni512, u8, 1, 2>(job, seg.q0 + i, first_panel, acc, Some(&bias));
                 }
             }
         }

@@ -1,39 +1,49 @@
 //! The VNNI tilings (zmm: 14 pixels x two 16-channel panels with a one-panel tail; ymm: 6
-//! pixels x one panel), ragged pixel tiles and the whole epilogue, run with a portable
-//! vector of `vpdpbusd` semantics, so their indexing is tested on CPUs without AVX512-VNNI
-//! or AVX-VNNI. Only the intrinsic wrappers of `x86::Vnni512` and `x86::Vnni256` are left
-//! to the tier tests on such hardware.
+//! pixels x one panel; on i16 activations 12 and 4 pixels), ragged pixel tiles and the
+//! whole epilogue, run with a portable vector of `vpdpbusd` / `vpdpwssd` semantics, so
+//! their indexing is tested on CPUs without AVX512-VNNI or AVX-VNNI. Only the intrinsic
+//! wrappers of `x86::Vnni512` and `x86::Vnni256` are left to the tier tests on such
+//! hardware.
 
 use proptest::prelude::*;
 
 use super::reference::{max_f32, min_f32, round_to_i32};
-use super::tile::{remainder_tile, run_range, QVector};
+use super::tile::{remainder_tile, run_range, QDot, QVector};
 use super::*;
 use crate::parallel::{Serial, ThreeThreads};
 
-/// N lanes in plain Rust: `dot` is `vpdpbusd` (u8 x s8, groups of 4, wrapping i32), the
-/// f32 operations those of `reference`.
+/// N lanes in plain Rust: `dot` multiplies each input by the weight byte its element
+/// type's `GROUP_ORDER` puts it at (u8: `vpdpbusd`; i16: the pairs of `vpdpwssd`),
+/// wrapping i32; the f32 operations are those of `reference`.
 struct Lanes<const N: usize>;
 
-impl<const N: usize> QVector for Lanes<N> {
-    type I = [i32; N];
-    type F = [f32; N];
+impl<const N: usize, E: QElement> QDot<E> for Lanes<N> {
     type W = [[i8; 4]; N];
-    type X = [u8; 4];
-    const LANES: usize = N;
-    unsafe fn zero() -> [i32; N] {
-        [0; N]
-    }
+    type X = [E; 4];
     unsafe fn load_weights(p: *const i8) -> [[i8; 4]; N] {
         // safety: 4 * N readable bytes (trait contract).
         let w = unsafe { std::slice::from_raw_parts(p, 4 * N) };
         std::array::from_fn(|l| std::array::from_fn(|k| w[4 * l + k]))
     }
-    unsafe fn splat_quad(quad: u32) -> [u8; 4] {
-        quad.to_le_bytes()
+    unsafe fn load_quad(p: *const E) -> [E; 4] {
+        // safety: 4 readable elements (trait contract).
+        unsafe { std::ptr::read_unaligned(p.cast::<[E; 4]>()) }
     }
-    unsafe fn dot(acc: [i32; N], x: [u8; 4], w: [[i8; 4]; N]) -> [i32; N] {
-        std::array::from_fn(|l| (0..4).fold(acc[l], |a, k| a.wrapping_add(x[k] as i32 * w[l][k] as i32)))
+    unsafe fn dot(acc: [i32; N], x: [E; 4], w: [[i8; 4]; N]) -> [i32; N] {
+        std::array::from_fn(|l| {
+            (0..4).fold(acc[l], |a, k| {
+                a.wrapping_add(x[k].to_i32() * w[l][E::GROUP_ORDER[k]] as i32)
+            })
+        })
+    }
+}
+
+impl<const N: usize> QVector for Lanes<N> {
+    type I = [i32; N];
+    type F = [f32; N];
+    const LANES: usize = N;
+    unsafe fn zero() -> [i32; N] {
+        [0; N]
     }
     unsafe fn load_i32(p: *const i32, n: usize) -> [i32; N] {
         let mut v = [0; N];
@@ -64,6 +74,22 @@ impl<const N: usize> QVector for Lanes<N> {
             *d = b as f32;
         }
         v
+    }
+    unsafe fn load_i16(p: *const i16, n: usize) -> [f32; N] {
+        let mut v = [0.0; N];
+        // safety: n readable lanes (trait contract).
+        let words = unsafe { std::slice::from_raw_parts(p, n) };
+        for (d, &w) in v.iter_mut().zip(words) {
+            *d = w as f32;
+        }
+        v
+    }
+    unsafe fn store_i16(p: *mut i16, a: [i32; N], n: usize) {
+        // safety: n writable lanes (trait contract).
+        let out = unsafe { std::slice::from_raw_parts_mut(p, n) };
+        for (d, &x) in out.iter_mut().zip(&a) {
+            *d = x as i16;
+        }
     }
     unsafe fn add(a: [f32; N], b: [f32; N]) -> [f32; N] {
         std::array::from_fn(|l| a[l] + b[l])
@@ -105,9 +131,10 @@ impl<const N: usize> QVector for Lanes<N> {
 /// Which tiling to emulate.
 #[derive(Clone, Copy, Debug)]
 enum Shape {
-    /// `run_avx512_vnni`: zmm, 14 pixels x 32 channels, one-panel tail.
+    /// `run_avx512_vnni`: zmm, 14 pixels x 32 channels, one-panel tail (12 pixels on
+    /// i16).
     Zmm,
-    /// `run_avx512_vnni_256` and `run_avx_vnni`: ymm, 6 pixels x 16 channels.
+    /// `run_avx512_vnni_256` and `run_avx_vnni`: ymm, 6 pixels x 16 channels (4 on i16).
     Ymm,
 }
 
@@ -116,25 +143,97 @@ enum ResidualKind {
     None,
     F32,
     U8,
+    I16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum OutputKind {
+    F32,
+    U8,
+    I16,
+}
+
+/// An activation type whose tilings are emulated here.
+trait Element: QElement {
+    /// A random activation from random bits.
+    fn from_bits(bits: u64) -> Self;
+    /// Runs the emulated tiling `shape` on `job`.
+    fn run_shape(shape: Shape, par: &dyn ParallelFor, job: &Job<Self>);
+}
+
+impl Element for u8 {
+    fn from_bits(bits: u64) -> u8 {
+        bits as u8
+    }
+    fn run_shape(shape: Shape, par: &dyn ParallelFor, job: &Job<u8>) {
+        match shape {
+            Shape::Zmm => run_tasks(par, job, x86::Vnni512Tiles, |px, co| {
+                let remainder = |q0: usize, mr: usize, first_panel: usize, one_panel: bool| {
+                    remainder_tile!(Lanes<16>, 2, 1, job, q0, mr, first_panel, one_panel,
+                        [1 2 3 4 5 6 7 8 9 10 11 12 13])
+                };
+                // safety: `Lanes` needs no CPU feature; `job` passed `check_args`; the
+                // ranges come from `run_tasks`.
+                unsafe { run_range::<Lanes<16>, u8, { x86::VNNI512_MR }, 2, 1>(job, px, co, remainder) }
+            }),
+            Shape::Ymm => run_tasks(par, job, x86::Vnni256Tiles, |px, co| {
+                let remainder = |q0: usize, mr: usize, first_panel: usize, one_panel: bool| {
+                    remainder_tile!(Lanes<8>, 2, 2, job, q0, mr, first_panel, one_panel,
+                        [1 2 3 4 5])
+                };
+                // safety: as above.
+                unsafe { run_range::<Lanes<8>, u8, { x86::VNNI256_MR }, 2, 2>(job, px, co, remainder) }
+            }),
+        }
+    }
+}
+
+impl Element for i16 {
+    /// Mostly on an 11-bit grid, as the converter's, sometimes anywhere in i16.
+    fn from_bits(bits: u64) -> i16 {
+        if bits.is_multiple_of(8) {
+            (bits >> 8) as i16
+        } else {
+            ((bits >> 8) % 2048) as i16
+        }
+    }
+    fn run_shape(shape: Shape, par: &dyn ParallelFor, job: &Job<i16>) {
+        match shape {
+            Shape::Zmm => run_tasks(par, job, x86::Vnni512I16Tiles, |px, co| {
+                let remainder = |q0: usize, mr: usize, first_panel: usize, one_panel: bool| {
+                    remainder_tile!(Lanes<16>, 2, 1, job, q0, mr, first_panel, one_panel,
+                        [1 2 3 4 5 6 7 8 9 10 11])
+                };
+                // safety: as for u8.
+                unsafe { run_range::<Lanes<16>, i16, { x86::VNNI512_I16_MR }, 2, 1>(job, px, co, remainder) }
+            }),
+            Shape::Ymm => run_tasks(par, job, x86::Vnni256I16Tiles, |px, co| {
+                let remainder = |q0: usize, mr: usize, first_panel: usize, one_panel: bool| remainder_tile!(Lanes<8>, 2, 2, job, q0, mr, first_panel, one_panel, [1 2 3]);
+                // safety: as for u8.
+                unsafe { run_range::<Lanes<8>, i16, { x86::VNNI256_I16_MR }, 2, 2>(job, px, co, remainder) }
+            }),
+        }
+    }
 }
 
 #[derive(Debug)]
-struct Problem {
+struct Problem<E> {
     g: QConvGeometry,
-    input: Vec<u8>,
-    x_zero: u8,
+    input: Vec<E>,
+    x_zero: E,
     weights: Vec<i8>,
     bias: Vec<i32>,
     scale: Vec<f32>,
     residual_f32: Vec<f32>,
     residual_u8: Vec<u8>,
+    residual_i16: Vec<i16>,
     residual: ResidualKind,
     relu: bool,
-    u8_output: bool,
+    output: OutputKind,
 }
 
-impl Problem {
-    fn new(g: QConvGeometry, residual: ResidualKind, relu: bool, u8_output: bool, seed: u64) -> Self {
+impl<E: Element> Problem<E> {
+    fn new(g: QConvGeometry, residual: ResidualKind, relu: bool, output: OutputKind, seed: u64) -> Self {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         let mut next = move || {
             s ^= s << 13;
@@ -145,19 +244,20 @@ impl Problem {
         let [kh, kw] = g.kernel;
         let oihw: Vec<i8> = (0..g.cout * g.cin * kh * kw).map(|_| next() as i8).collect();
         Problem {
-            input: (0..g.input_len()).map(|_| next() as u8).collect(),
-            x_zero: next() as u8,
-            weights: pack_weights_s8(&oihw, g.cout, g.cin, kh, kw),
+            input: (0..g.input_len()).map(|_| E::from_bits(next())).collect(),
+            x_zero: E::from_bits(next()),
+            weights: pack_weights_for::<E>(&oihw, g.cout, g.cin, kh, kw),
             bias: (0..g.cout).map(|_| (next() % 20001) as i32 - 10000).collect(),
             scale: (0..g.cout).map(|_| (next() % 1000 + 1) as f32 * 1e-6).collect(),
             residual_f32: (0..g.output_len())
                 .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
                 .collect(),
             residual_u8: (0..g.output_len()).map(|_| next() as u8).collect(),
+            residual_i16: (0..g.output_len()).map(|_| (next() % 2048) as i16).collect(),
             g,
             residual,
             relu,
-            u8_output,
+            output,
         }
     }
 
@@ -170,21 +270,32 @@ impl Problem {
                 scale: 0.02,
                 zero: 131,
             },
+            ResidualKind::I16 => QResidual::I16 {
+                data: &self.residual_i16,
+                scale: 0.002,
+                zero: 700,
+            },
         }
     }
 
     /// Runs `f` on the job of this problem; returns the output as bit patterns.
-    fn run(&self, f: impl FnOnce(&Job)) -> Vec<u32> {
+    fn run(&self, f: impl FnOnce(&Job<E>)) -> Vec<u32> {
         let mut out_f32 = vec![f32::NAN; self.g.output_len()];
         let mut out_u8 = vec![0xa5u8; self.g.output_len()];
-        let mut out = if self.u8_output {
-            QOutput::U8 {
+        let mut out_i16 = vec![-0x5a5a_i16; self.g.output_len()];
+        let mut out = match self.output {
+            OutputKind::F32 => QOutput::F32(&mut out_f32),
+            OutputKind::U8 => QOutput::U8 {
                 data: &mut out_u8,
                 scale: 0.05,
                 zero: 17,
-            }
-        } else {
-            QOutput::F32(&mut out_f32)
+            },
+            OutputKind::I16 => QOutput::I16 {
+                data: &mut out_i16,
+                scale: 0.005,
+                zero: 170,
+                max: 2047,
+            },
         };
         let g = &self.g;
         check_args(
@@ -208,10 +319,10 @@ impl Problem {
             &mut out,
             f,
         );
-        if self.u8_output {
-            out_u8.iter().map(|&b| b as u32).collect()
-        } else {
-            out_f32.iter().map(|x| x.to_bits()).collect()
+        match self.output {
+            OutputKind::F32 => out_f32.iter().map(|x| x.to_bits()).collect(),
+            OutputKind::U8 => out_u8.iter().map(|&b| b as u32).collect(),
+            OutputKind::I16 => out_i16.iter().map(|&w| w as u16 as u32).collect(),
         }
     }
 
@@ -221,25 +332,7 @@ impl Problem {
                 reference::conv_pixels(job, px)
             })
         });
-        let got = self.run(|job| match shape {
-            Shape::Zmm => run_tasks(par, job, x86::Vnni512Tiles, |px, co| {
-                let remainder = |q0: usize, mr: usize, first_panel: usize, one_panel: bool| {
-                    remainder_tile!(Lanes<16>, 2, 1, job, q0, mr, first_panel, one_panel,
-                        [1 2 3 4 5 6 7 8 9 10 11 12 13])
-                };
-                // safety: `Lanes` needs no CPU feature; `job` passed `check_args`; the
-                // ranges come from `run_tasks`.
-                unsafe { run_range::<Lanes<16>, { x86::VNNI512_MR }, 2, 1>(job, px, co, remainder) }
-            }),
-            Shape::Ymm => run_tasks(par, job, x86::Vnni256Tiles, |px, co| {
-                let remainder = |q0: usize, mr: usize, first_panel: usize, one_panel: bool| {
-                    remainder_tile!(Lanes<8>, 2, 2, job, q0, mr, first_panel, one_panel,
-                        [1 2 3 4 5])
-                };
-                // safety: as above.
-                unsafe { run_range::<Lanes<8>, { x86::VNNI256_MR }, 2, 2>(job, px, co, remainder) }
-            }),
-        });
+        let got = self.run(|job| E::run_shape(shape, par, job));
         match got.iter().zip(&want).position(|(a, b)| a != b) {
             None => Ok(()),
             Some(i) => Err(format!(
@@ -269,8 +362,13 @@ fn residual_kind() -> impl Strategy<Value = ResidualKind> {
     prop_oneof![
         Just(ResidualKind::None),
         Just(ResidualKind::F32),
-        Just(ResidualKind::U8)
+        Just(ResidualKind::U8),
+        Just(ResidualKind::I16)
     ]
+}
+
+fn output_kind() -> impl Strategy<Value = OutputKind> {
+    prop_oneof![Just(OutputKind::F32), Just(OutputKind::U8), Just(OutputKind::I16)]
 }
 
 proptest! {
@@ -280,15 +378,20 @@ proptest! {
         (batch, h, w, cin, cout) in (1usize..=4, 1usize..=13, 1usize..=13, 1usize..=70, 1usize..=70),
         (kh, kw, sh, sw, dh, dw) in (1usize..=7, 1usize..=7, 1usize..=3, 1usize..=3, 1usize..=2, 1usize..=2),
         pads in [0usize..=3, 0usize..=3, 0usize..=3, 0usize..=3],
-        residual in residual_kind(),
-        (relu, u8_output, threaded, zmm, seed) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>()),
+        (residual, output) in (residual_kind(), output_kind()),
+        (relu, i16_input, threaded, zmm, seed) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>()),
     ) {
         let h = h.max((dh * (kh - 1) + 1).saturating_sub(pads[0] + pads[2]));
         let w = w.max((dw * (kw - 1) + 1).saturating_sub(pads[1] + pads[3]));
         let g = geometry(batch, [h, w], cin, cout, [kh, kw], [sh, sw], [dh, dw], pads);
         let par: &dyn ParallelFor = if threaded { &ThreeThreads } else { &Serial };
         let shape = if zmm { Shape::Zmm } else { Shape::Ymm };
-        Problem::new(g, residual, relu, u8_output, seed).check(shape, par).map_err(TestCaseError::fail)?;
+        let checked = if i16_input {
+            Problem::<i16>::new(g, residual, relu, output, seed).check(shape, par)
+        } else {
+            Problem::<u8>::new(g, residual, relu, output, seed).check(shape, par)
+        };
+        checked.map_err(TestCaseError::fail)?;
     }
 }
 
@@ -307,7 +410,12 @@ fn vnni_tilings_on_row_ends_and_resnet_shapes() {
     }
     for (i, g) in shapes.into_iter().enumerate() {
         for shape in [Shape::Zmm, Shape::Ymm] {
-            Problem::new(g, ResidualKind::U8, true, i % 2 == 0, i as u64)
+            let output = if i % 2 == 0 { OutputKind::U8 } else { OutputKind::F32 };
+            Problem::<u8>::new(g, ResidualKind::U8, true, output, i as u64)
+                .check(shape, &Serial)
+                .unwrap();
+            let output = if i % 2 == 0 { OutputKind::I16 } else { OutputKind::F32 };
+            Problem::<i16>::new(g, ResidualKind::I16, true, output, i as u64)
                 .check(shape, &Serial)
                 .unwrap();
         }

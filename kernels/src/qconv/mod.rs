@@ -1,5 +1,5 @@
-//! INT8 NHWC convolution (group 1): u8 activations with a zero point, s8 symmetric
-//! per-output-channel weights, exact i32 accumulation, and a fused f32 epilogue.
+//! INT8 NHWC convolution (group 1): u8 or i16 activations with a zero point, s8
+//! symmetric per-output-channel weights, exact i32 accumulation, and a fused f32 epilogue.
 //!
 //! Definition, per output element (pixel `q`, channel `co`), with `u = 1 / out_scale` for
 //! u8 output and `u = 1` for f32 output:
@@ -12,6 +12,7 @@
 //! y    = max(y, 0)                                        (optional ReLU)
 //! out  = y                                                (f32 output), or
 //! out  = max(round_half_even(min(y, 255 - z)) + z, 0)     (u8 output, z = out_zero; NaN -> 0)
+//! out  = max(round_half_even(min(y, m - z)) + z, 0)       (i16 output on [0, m])
 //! ```
 //! So `y` is the real value in units of the output's quantization step, and the
 //! requantization is a multiply folded into the per-channel scale, not a divide per
@@ -28,6 +29,18 @@
 //! the 4 consecutive input channels `vpdpbusd` multiplies, input channels padded to a
 //! multiple of 4 and output channels to a multiple of 16 with zero weights.
 //!
+//! **16-bit activations** (`i16`, `QElement`): u8 activations cost the whole model far
+//! more accuracy than s8 weights (docs/PERFORMANCE.md, "INT8 error budget": 0.021 mean
+//! |d ssim| against 0.006 with the same weights at 12 bits), so activations may also be
+//! i16, on a grid of up to 15 bits. Products are i16 x s8, exact (wrapping i32 as for u8;
+//! `max_reduction_i16` gives the bound for a grid). They run as `vpmaddwd` (AVX2) or
+//! `vpdpwssd` (AVX512-VNNI, AVX-VNNI): two input channels per i32 lane instead of
+//! `vpdpbusd`'s four, so half the u8 rate on VNNI, and on AVX2 the rate of the exact u8
+//! path, which widens its bytes to 16 bit anyway. Their weights pair input channels
+//! (0, 1) and (2, 3) of a group (`pack_weights_for::<i16>`: bytes 0, 2, 1, 3), so that
+//! the even and odd bytes of each lane line up with the two i32 words of 4 consecutive
+//! i16 inputs, each broadcast straight from memory.
+//!
 //! Tiers (`Int8Tier`), all instantiations of one generic register-tile kernel (`tile`):
 //! - `Scalar` (`reference`): plain loops, the oracle;
 //! - `Avx2`: exact for all u8 inputs; weights sign-extended to 16 bit, `vpmaddwd`;
@@ -38,6 +51,8 @@
 //!   exact and 51-72 GOP/s 7-bit, 1.3-1.6x;
 //! - `AvxVnni` (VEX `vpdpbusd` ymm) and `Avx512Vnni256` (EVEX ymm): one 256-bit body;
 //! - `Avx512Vnni`: `vpdpbusd` zmm.
+//! - `Amx` runs i16 activations on `Avx512Vnni` (AMX multiplies bytes only), `Avx2Act7`
+//!   on `Avx2`.
 //!
 //! Work is split into disjoint (pixel-tile range, channel-tile range) tasks handed to the
 //! caller's `ParallelFor`, as in `conv`.
@@ -72,6 +87,50 @@ pub type QConvGeometry = ConvGeometry;
 /// The longest reduction (`kh * kw * cin` rounded up to a multiple of 4) whose i32
 /// accumulator cannot overflow: every product lies in [255 * -128, 255 * 127].
 pub const MAX_REDUCTION: usize = (i32::MAX / (255 * 128)) as usize;
+
+/// The longest reduction whose i32 accumulator cannot overflow for i16 activations on
+/// `[0, max_input]` (and a zero point there): every product lies in
+/// `[max_input * -128, max_input * 127]`. 8196 for 11-bit grids (`max_input` 2047), which
+/// covers every ResNet-50 layer (at most 3 x 3 x 512 = 4608).
+pub fn max_reduction_i16(max_input: u16) -> usize {
+    (i32::MAX as u32 / (max_input.max(1) as u32 * 128)) as usize
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for u8 {}
+    impl Sealed for i16 {}
+}
+
+/// An activation element the INT8 kernels read: `u8` or `i16` (module docs).
+pub trait QElement: Copy + Default + PartialEq + std::fmt::Debug + Send + Sync + 'static + sealed::Sealed {
+    /// Where input channel `k` of a group of 4 sits in each lane's 4 packed weight bytes.
+    const GROUP_ORDER: [usize; GROUP];
+    fn to_i32(self) -> i32;
+    /// Runs `job` on `tier`, which `effective_tier` returned for this element type.
+    #[doc(hidden)]
+    fn run_tier(tier: Int8Tier, par: &dyn ParallelFor, job: &Job<Self>);
+}
+
+impl QElement for u8 {
+    const GROUP_ORDER: [usize; GROUP] = [0, 1, 2, 3];
+    fn to_i32(self) -> i32 {
+        self as i32
+    }
+    fn run_tier(tier: Int8Tier, par: &dyn ParallelFor, job: &Job<u8>) {
+        run_tier_u8(tier, par, job)
+    }
+}
+
+impl QElement for i16 {
+    const GROUP_ORDER: [usize; GROUP] = [0, 2, 1, 3];
+    fn to_i32(self) -> i32 {
+        self as i32
+    }
+    fn run_tier(tier: Int8Tier, par: &dyn ParallelFor, job: &Job<i16>) {
+        run_tier_i16(tier, par, job)
+    }
+}
 
 /// The INT8 kernel tiers, from the portable reference to AVX-512 VNNI.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -208,8 +267,8 @@ pub fn int8_tier_capped(isa: Isa, f: &Features, cap: Int8Tier) -> Int8Tier {
         .unwrap_or(Int8Tier::Scalar)
 }
 
-/// The tier `qconv2d_nhwc_tier` runs for a request: the request, or the first tier down
-/// its fallback chain this CPU supports.
+/// The tier `qconv2d_nhwc_tier` runs for a request on u8 activations: the request, or
+/// the first tier down its fallback chain this CPU supports.
 pub fn effective_tier(requested: Int8Tier) -> Int8Tier {
     let f = cpu::features();
     let mut t = requested;
@@ -217,6 +276,17 @@ pub fn effective_tier(requested: Int8Tier) -> Int8Tier {
         t = t.fallback();
     }
     t
+}
+
+/// `effective_tier` for activations of type `E`: i16 activations run AMX requests on
+/// AVX512-VNNI and `avx2-act7` requests on AVX2.
+pub fn effective_tier_for<E: QElement>(requested: Int8Tier) -> Int8Tier {
+    let t = effective_tier(requested);
+    match t {
+        Int8Tier::Amx if std::any::TypeId::of::<E>() == std::any::TypeId::of::<i16>() => Int8Tier::Avx512Vnni,
+        Int8Tier::Avx2Act7 if std::any::TypeId::of::<E>() == std::any::TypeId::of::<i16>() => Int8Tier::Avx2,
+        t => t,
+    }
 }
 
 static CALLS_PER_TIER: [AtomicU64; 7] = [
@@ -248,6 +318,12 @@ pub enum QResidual<'a> {
         scale: f32,
         zero: u8,
     },
+    /// Quantized on a 16-bit grid: real value `(data - zero) as f32 * scale`.
+    I16 {
+        data: &'a [i16],
+        scale: f32,
+        zero: i16,
+    },
 }
 
 /// Where and how results go, NHWC `[batch][out_h][out_w][cout]`.
@@ -261,6 +337,14 @@ pub enum QOutput<'a> {
         scale: f32,
         zero: u8,
     },
+    /// Requantized onto `[0, max]`: `round_half_even(clamp(real / scale, -zero, max -
+    /// zero)) + zero`, with `0 <= zero <= max`.
+    I16 {
+        data: &'a mut [i16],
+        scale: f32,
+        zero: i16,
+        max: i16,
+    },
 }
 
 impl QOutput<'_> {
@@ -268,6 +352,7 @@ impl QOutput<'_> {
         match self {
             QOutput::F32(d) => d.len(),
             QOutput::U8 { data, .. } => data.len(),
+            QOutput::I16 { data, .. } => data.len(),
         }
     }
 }
@@ -285,8 +370,15 @@ pub fn packed_weight_len(g: &QConvGeometry) -> usize {
 }
 
 /// Packs OIHW weights (`w[co][ci][kh][kw]`) into
-/// `[ceil(cout/16)][kh][kw][ceil(cin/4)][16][4]`; channels past `cin` or `cout` get zero.
+/// `[ceil(cout/16)][kh][kw][ceil(cin/4)][16][4]` for u8 activations; channels past `cin`
+/// or `cout` get zero.
 pub fn pack_weights_s8(w_oihw: &[i8], cout: usize, cin: usize, kh: usize, kw: usize) -> Vec<i8> {
+    pack_weights_for::<u8>(w_oihw, cout, cin, kh, kw)
+}
+
+/// Packs OIHW weights for activations of type `E`: as `pack_weights_s8`, with input
+/// channel `k` of each group of 4 at byte `E::GROUP_ORDER[k]` of its lane.
+pub fn pack_weights_for<E: QElement>(w_oihw: &[i8], cout: usize, cin: usize, kh: usize, kw: usize) -> Vec<i8> {
     assert_eq!(
         w_oihw.len(),
         product(&[cout, cin, kh, kw]),
@@ -300,7 +392,7 @@ pub fn pack_weights_s8(w_oihw: &[i8], cout: usize, cin: usize, kh: usize, kw: us
             for y in 0..kh {
                 for x in 0..kw {
                     let row = (((co / PANEL) * kh + y) * kw + x) * groups + ci / GROUP;
-                    let dst = (row * PANEL + co % PANEL) * GROUP + ci % GROUP;
+                    let dst = (row * PANEL + co % PANEL) * GROUP + E::GROUP_ORDER[ci % GROUP];
                     packed[dst] = w_oihw[((co * cin + ci) * kh + y) * kw + x];
                 }
             }
@@ -326,13 +418,15 @@ fn pixels(g: &QConvGeometry) -> usize {
 enum OutPtr {
     F32(*mut f32),
     U8 { ptr: *mut u8, zero: u8 },
+    I16 { ptr: *mut i16, zero: i16, max: i16 },
 }
 
 /// Everything a task needs, shared read-only between tasks.
-struct Job<'a> {
+#[doc(hidden)]
+pub struct Job<'a, E> {
     g: &'a QConvGeometry,
-    input: &'a [u8],
-    x_zero: u8,
+    input: &'a [E],
+    x_zero: E,
     weights: &'a [i8],
     bias: &'a [i32],
     scale: &'a [f32],
@@ -346,26 +440,26 @@ struct Job<'a> {
     pointwise: bool,
     relu: bool,
     out: OutPtr,
-    /// `kernel[1] * cin` bytes of `x_zero`: the row that out-of-bounds taps read.
-    pad_row: &'a [u8],
+    /// `kernel[1] * cin` elements of `x_zero`: the row that out-of-bounds taps read.
+    pad_row: &'a [E],
 }
 
 // safety: the output pointer is only dereferenced inside tasks of one `run_tasks` call,
 // each of which writes a region disjoint from every other task's (argued at `run_tasks`);
 // the `&mut` slice it came from is borrowed for the whole call, so nothing else touches
 // the buffer meanwhile. Everything else in `Job` is shared references.
-unsafe impl Sync for Job<'_> {}
+unsafe impl<E: Sync> Sync for Job<'_, E> {}
 
 /// Quantized NHWC convolution, group 1, on the best exact tier the CPU has at or below
 /// the FP32 tier `isa` and `QP_MAX_INT8` (`select_int8_tier`). Arguments as
 /// `qconv2d_nhwc_tier`.
 #[allow(clippy::too_many_arguments)]
-pub fn qconv2d_nhwc(
+pub fn qconv2d_nhwc<E: QElement>(
     isa: Isa,
     par: &dyn ParallelFor,
     g: &QConvGeometry,
-    input: &[u8],
-    x_zero: u8,
+    input: &[E],
+    x_zero: E,
     weights: &[i8],
     bias_i32: &[i32],
     scale: &[f32],
@@ -380,23 +474,25 @@ pub fn qconv2d_nhwc(
 }
 
 /// Quantized NHWC convolution, group 1, on `tier` or the first tier down its fallback
-/// chain this CPU supports (`effective_tier`).
+/// chain this CPU supports for `E` (`effective_tier_for`).
 ///
-/// `input`: u8 `[batch][in_h][in_w][cin]` with zero point `x_zero`; `weights`: packed by
-/// `pack_weights_s8`; `bias_i32`, `scale`: `[cout]` (see the module docs for what they
-/// fold); `residual`, `out`: `[batch][out_h][out_w][cout]`.
+/// `input`: u8 or i16 `[batch][in_h][in_w][cin]` with zero point `x_zero`; `weights`:
+/// packed by `pack_weights_for::<E>`; `bias_i32`, `scale`: `[cout]` (see the module docs
+/// for what they fold); `residual`, `out`: `[batch][out_h][out_w][cout]`.
 ///
 /// # Panics
-/// When a slice length or the output extent does not match `g`, when the reduction is
-/// longer than `MAX_REDUCTION`, or, for `Avx2Act7`, when an activation or `x_zero`
-/// exceeds 127 (callers validate first; these checks guard the unsafe kernels).
+/// When a slice length or the output extent does not match `g`, when an i16 output's
+/// zero point is outside `[0, max]`, when a u8 reduction is longer than `MAX_REDUCTION`
+/// (i16 sums wrap past `max_reduction_i16`, alike on every tier), or, for `Avx2Act7` on
+/// u8, when an activation or `x_zero` exceeds 127 (callers validate first; these checks
+/// guard the unsafe kernels).
 #[allow(clippy::too_many_arguments)]
-pub fn qconv2d_nhwc_tier(
+pub fn qconv2d_nhwc_tier<E: QElement>(
     tier: Int8Tier,
     par: &dyn ParallelFor,
     g: &QConvGeometry,
-    input: &[u8],
-    x_zero: u8,
+    input: &[E],
+    x_zero: E,
     weights: &[i8],
     bias_i32: &[i32],
     scale: &[f32],
@@ -406,13 +502,13 @@ pub fn qconv2d_nhwc_tier(
 ) {
     check_args(g, input, weights, bias_i32, scale, residual, &out);
     // Checked on the request, so the contract does not depend on the CPU.
-    if tier == Int8Tier::Avx2Act7 {
+    if tier == Int8Tier::Avx2Act7 && std::mem::size_of::<E>() == 1 {
         assert!(
-            x_zero <= 127 && input.iter().all(|&x| x <= 127),
+            x_zero.to_i32() <= 127 && input.iter().all(|&x| x.to_i32() <= 127),
             "qconv2d_nhwc: the avx2-act7 tier needs activations and x_zero <= 127"
         );
     }
-    let mut tier = effective_tier(tier);
+    let mut tier = effective_tier_for::<E>(tier);
     #[cfg(target_arch = "x86_64")]
     if tier == Int8Tier::Amx && !amx::takes(g) {
         tier = Int8Tier::Avx512Vnni;
@@ -432,23 +528,23 @@ pub fn qconv2d_nhwc_tier(
         residual,
         relu,
         &mut out,
-        |job| run_tier(tier, par, job),
+        |job| E::run_tier(tier, par, job),
     );
 }
 
 /// Builds the shared `Job` of one call (arguments already checked) and runs `f` on it.
 #[allow(clippy::too_many_arguments)]
-fn with_job(
+fn with_job<E: QElement>(
     g: &QConvGeometry,
-    input: &[u8],
-    x_zero: u8,
+    input: &[E],
+    x_zero: E,
     weights: &[i8],
     bias: &[i32],
     scale: &[f32],
     residual: QResidual<'_>,
     relu: bool,
     out: &mut QOutput<'_>,
-    f: impl FnOnce(&Job),
+    f: impl FnOnce(&Job<E>),
 ) {
     let pad_row = vec![x_zero; g.kernel[1] * g.cin];
     let (out, u) = match out {
@@ -460,10 +556,18 @@ fn with_job(
             },
             1.0 / *scale,
         ),
+        QOutput::I16 { data, scale, zero, max } => (
+            OutPtr::I16 {
+                ptr: data.as_mut_ptr(),
+                zero: *zero,
+                max: *max,
+            },
+            1.0 / *scale,
+        ),
     };
     let residual_scale = match residual {
         QResidual::None | QResidual::F32(_) => u,
-        QResidual::U8 { scale, .. } => scale * u,
+        QResidual::U8 { scale, .. } | QResidual::I16 { scale, .. } => scale * u,
     };
     f(&Job {
         g,
@@ -482,8 +586,42 @@ fn with_job(
     });
 }
 
+/// Runs `job` on `tier`, which `effective_tier_for::<i16>` returned (so the CPU
+/// supports it).
+fn run_tier_i16(tier: Int8Tier, par: &dyn ParallelFor, job: &Job<i16>) {
+    match tier {
+        #[cfg(target_arch = "x86_64")]
+        Int8Tier::Avx512Vnni => run_tasks(par, job, x86::Vnni512I16Tiles, |px, co| {
+            // safety (every arm below): `effective_tier_for` returned this tier, so
+            // `features()` reported the features its shim enables; `job` passed
+            // `check_args`; the ranges come from `run_tasks`, disjoint from every other
+            // task's.
+            unsafe { x86::run_avx512_vnni_i16(job, px, co) }
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Int8Tier::Avx512Vnni256 => run_tasks(par, job, x86::Vnni256I16Tiles, |px, co| {
+            // safety: as above.
+            unsafe { x86::run_avx512_vnni_256_i16(job, px, co) }
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Int8Tier::AvxVnni => run_tasks(par, job, x86::Vnni256I16Tiles, |px, co| {
+            // safety: as above.
+            unsafe { x86::run_avx_vnni_i16(job, px, co) }
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Int8Tier::Avx2 => run_tasks(par, job, x86::Avx2Tiles, |px, co| {
+            // safety: as above.
+            unsafe { x86::run_avx2_i16(job, px, co) }
+        }),
+        _ => run_tasks(par, job, reference::ReferenceTiles, |px, co| {
+            debug_assert_eq!(co, 0..1);
+            reference::conv_pixels(job, px);
+        }),
+    }
+}
+
 /// Runs `job` on `tier`, which `effective_tier` returned (so the CPU supports it).
-fn run_tier(tier: Int8Tier, par: &dyn ParallelFor, job: &Job) {
+fn run_tier_u8(tier: Int8Tier, par: &dyn ParallelFor, job: &Job<u8>) {
     match tier {
         #[cfg(target_arch = "x86_64")]
         Int8Tier::Avx512Vnni => run_tasks(par, job, x86::Vnni512Tiles, |px, co| {
@@ -532,9 +670,9 @@ fn run_tier(tier: Int8Tier, par: &dyn ParallelFor, job: &Job) {
     }
 }
 
-fn check_args(
+fn check_args<E: QElement>(
     g: &QConvGeometry,
-    input: &[u8],
+    input: &[E],
     weights: &[i8],
     bias: &[i32],
     scale: &[f32],
@@ -551,7 +689,7 @@ fn check_args(
     }
     let reduction = product(&[g.kernel[0], g.kernel[1], g.cin.div_ceil(GROUP), GROUP]);
     assert!(
-        reduction <= MAX_REDUCTION,
+        std::mem::size_of::<E>() != 1 || reduction <= MAX_REDUCTION,
         "qconv2d_nhwc: reduction of {reduction} products may overflow i32 (at most {MAX_REDUCTION})"
     );
     let expect = |what: &str, got: usize, want: usize| {
@@ -569,6 +707,13 @@ fn check_args(
         QResidual::None => {}
         QResidual::F32(r) => expect("residual", r.len(), g.output_len()),
         QResidual::U8 { data, .. } => expect("residual", data.len(), g.output_len()),
+        QResidual::I16 { data, .. } => expect("residual", data.len(), g.output_len()),
+    }
+    if let QOutput::I16 { zero, max, .. } = *out {
+        assert!(
+            0 <= zero && zero <= max,
+            "qconv2d_nhwc: i16 output zero point {zero} outside [0, {max}]"
+        );
     }
 }
 
@@ -576,19 +721,19 @@ pub(crate) use crate::split::Tiling;
 
 /// Runs `task` over disjoint (pixel range, channel-tile range) pieces of `job`'s output
 /// (the split rule and its disjointness argument: `crate::split::run_tasks`).
-fn run_tasks<T: Tiling>(
+fn run_tasks<T: Tiling, E>(
     par: &dyn ParallelFor,
-    job: &Job,
+    job: &Job<E>,
     _tiling: T,
     task: impl Fn(Range<usize>, Range<usize>) + Sync,
 ) {
-    let input = pixels(job.g) * job.g.cin;
+    let input = pixels(job.g) * job.g.cin * std::mem::size_of::<E>();
     crate::split::run_tasks::<T>(par, &work(job, input), task)
 }
 
 /// The sizes that decide `job`'s split, with `input` the bytes one pass over all pixels
 /// reads.
-fn work(job: &Job, input: usize) -> crate::split::Work {
+fn work<E>(job: &Job<E>, input: usize) -> crate::split::Work {
     let g = job.g;
     let panels = g.cout.div_ceil(PANEL);
     crate::split::Work {
@@ -607,7 +752,12 @@ fn work(job: &Job, input: usize) -> crate::split::Work {
 /// costs about twice streaming, hence the factor for 2 threads. Those layers in the
 /// model, batch 1, 2 threads: 0.107-0.113 -> 0.102 ms.
 #[cfg(target_arch = "x86_64")]
-fn run_amx_tasks(par: &dyn ParallelFor, job: &Job, gathers: bool, task: impl Fn(Range<usize>, Range<usize>) + Sync) {
+fn run_amx_tasks(
+    par: &dyn ParallelFor,
+    job: &Job<u8>,
+    gathers: bool,
+    task: impl Fn(Range<usize>, Range<usize>) + Sync,
+) {
     let g = job.g;
     let input = if gathers {
         3 * pixels(g) * g.kernel[0] * g.kernel[1] * g.cin

@@ -14,7 +14,7 @@
 use std::hint::black_box;
 
 #[cfg(target_arch = "x86_64")]
-use super::tile::QVector;
+use super::tile::QDot;
 #[cfg(target_arch = "x86_64")]
 use super::{
     amx,
@@ -80,13 +80,13 @@ fn scalar_loop(iters: u64) -> u64 {
 /// The ISA of `V` must be enabled.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn fused_dot_loop<V: QVector>(iters: u64) -> u64 {
+unsafe fn fused_dot_loop<V: QDot<u8>>(iters: u64) -> u64 {
     let weights = black_box([3i8; 64]);
     // safety (this block): the ISA is enabled (contract); `weights` holds 64 >= 4 * LANES
     // bytes.
     unsafe {
         let w = V::load_weights(weights.as_ptr());
-        let x = V::splat_quad(black_box(0x0102_0304));
+        let x = V::load_quad(black_box(0x0102_0304u32.to_le_bytes()).as_ptr());
         let mut acc = [V::zero(); CHAINS];
         for _ in 0..iters {
             for a in acc.iter_mut() {
@@ -105,7 +105,7 @@ unsafe fn fused_dot_loop<V: QVector>(iters: u64) -> u64 {
 /// The ISA of `V` must be enabled.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn tile_step_loop<V: QVector>(iters: u64) -> u64 {
+unsafe fn tile_step_loop<V: QDot<u8>>(iters: u64) -> u64 {
     const PIXELS: usize = CHAINS / 2;
     let weights = black_box([3i8; 128]);
     // safety (this block): the ISA is enabled (contract); `weights` holds 128 >= 2 * 4 *
@@ -119,7 +119,7 @@ unsafe fn tile_step_loop<V: QVector>(iters: u64) -> u64 {
         let mut acc = [[V::zero(); 2]; PIXELS];
         for _ in 0..iters {
             for (i, a) in acc.iter_mut().enumerate() {
-                let x = V::splat_quad(quad.wrapping_add(i as u32));
+                let x = V::load_quad(quad.wrapping_add(i as u32).to_le_bytes().as_ptr());
                 a[0] = V::dot(a[0], x, w[0]);
                 a[1] = V::dot(a[1], x, w[1]);
             }

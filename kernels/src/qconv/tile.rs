@@ -3,8 +3,8 @@
 //!
 //! A tile is MR consecutive output pixels (flattened over batch, rows and columns) by NV
 //! vectors of output channels, accumulated in i32. Each step takes 4 input channels of a
-//! tap: broadcast those 4 bytes per pixel and multiply them by the 4 weights of every
-//! channel lane (`vpdpbusd` semantics). Out-of-bounds taps read a row of `x_zero`; a tap
+//! tap: broadcast those 4 elements (u8 or i16) per pixel and multiply them by the 4
+//! weights of every channel lane (`QDot`). Out-of-bounds taps read a row of `x_zero`; a tap
 //! row wholly out of bounds for every pixel is skipped; when `cin` is a multiple of 4 and
 //! every in-bounds pixel sees all `kw` taps of a row contiguously (dilation 1, no
 //! horizontal padding), the `kw` and channel loops run as one. The epilogue runs on the
@@ -14,7 +14,7 @@
 
 use std::ops::Range;
 
-use super::{Job, OutPtr, QResidual, GROUP, PANEL};
+use super::{Job, OutPtr, QElement, QResidual, GROUP, PANEL};
 use crate::conv::Windows;
 
 /// LANES output channels of i32 accumulators and the f32 epilogue on them.
@@ -27,18 +27,8 @@ pub(super) trait QVector {
     type I: Copy;
     /// LANES f32.
     type F: Copy;
-    /// The weights of LANES channels by 4 input channels, prepared for `dot`.
-    type W: Copy;
-    /// Four input bytes for every lane, prepared for `dot`.
-    type X: Copy;
     const LANES: usize;
     unsafe fn zero() -> Self::I;
-    /// `4 * LANES` packed weight bytes (lane-major, 4 per lane) from `p`.
-    unsafe fn load_weights(p: *const i8) -> Self::W;
-    /// The 4 bytes of `quad` (little-endian: byte k is input channel k) for every lane.
-    unsafe fn splat_quad(quad: u32) -> Self::X;
-    /// `acc[l] + Σ_k x[k] * w[l][k]`, u8 times s8, exact (wrapping i32).
-    unsafe fn dot(acc: Self::I, x: Self::X, w: Self::W) -> Self::I;
     unsafe fn load_i32(p: *const i32, n: usize) -> Self::I;
     /// Wrapping.
     unsafe fn add_i32(a: Self::I, b: Self::I) -> Self::I;
@@ -48,6 +38,8 @@ pub(super) trait QVector {
     unsafe fn load_f32(p: *const f32, n: usize) -> Self::F;
     /// Bytes as f32 values.
     unsafe fn load_u8(p: *const u8, n: usize) -> Self::F;
+    /// i16 elements as f32 values.
+    unsafe fn load_i16(p: *const i16, n: usize) -> Self::F;
     unsafe fn add(a: Self::F, b: Self::F) -> Self::F;
     unsafe fn sub(a: Self::F, b: Self::F) -> Self::F;
     unsafe fn mul(a: Self::F, b: Self::F) -> Self::F;
@@ -63,6 +55,8 @@ pub(super) trait QVector {
     unsafe fn store_f32(p: *mut f32, a: Self::F, n: usize);
     /// Lanes hold integers in 0..=255.
     unsafe fn store_u8(p: *mut u8, a: Self::I, n: usize);
+    /// Lanes hold integers in i16's range.
+    unsafe fn store_i16(p: *mut i16, a: Self::I, n: usize);
     /// Stores `a`, whose lanes are at least 0 (a ReLU's output), rounded half to even and
     /// saturated to 255: `reference::requantize(a, 0)`.
     #[inline(always)]
@@ -76,6 +70,22 @@ pub(super) trait QVector {
     fn prefetch(_p: *const u8) {}
 }
 
+/// The products of 4 input channels of activation type `E` with the s8 weights of
+/// LANES output channels. Every method is `unsafe` as `QVector`'s.
+pub(super) trait QDot<E: QElement>: QVector {
+    /// The weights of LANES channels by 4 input channels, prepared for `dot`.
+    type W: Copy;
+    /// Four input elements for every lane, prepared for `dot`.
+    type X: Copy;
+    /// `4 * LANES` packed weight bytes (lane-major, 4 per lane, in `E::GROUP_ORDER`)
+    /// from `p`.
+    unsafe fn load_weights(p: *const i8) -> Self::W;
+    /// The 4 elements from `p` (input channels k..k+4 of one pixel) for every lane.
+    unsafe fn load_quad(p: *const E) -> Self::X;
+    /// `acc[l] + Σ_k x[k] * w[l][k]`, exact (wrapping i32).
+    unsafe fn dot(acc: Self::I, x: Self::X, w: Self::W) -> Self::I;
+}
+
 /// Runs a ragged pixel tile (`mr` below the full tile) with the matching instantiation.
 macro_rules! remainder_tile {
     ($V:ty, $nv:literal, $nv_tail:literal, $job:expr, $q0:expr, $mr:expr, $first_panel:expr,
@@ -86,10 +96,10 @@ macro_rules! remainder_tile {
             // matches what is left.
             $(
                 ($m, false) => unsafe {
-                    $crate::qconv::tile::tile::<$V, $m, $nv>($job, $q0, $first_panel)
+                    $crate::qconv::tile::tile::<$V, _, $m, $nv>($job, $q0, $first_panel)
                 },
                 ($m, true) => unsafe {
-                    $crate::qconv::tile::tile::<$V, $m, $nv_tail>($job, $q0, $first_panel)
+                    $crate::qconv::tile::tile::<$V, _, $m, $nv_tail>($job, $q0, $first_panel)
                 },
             )*
             _ => unreachable!("remainder tile of {} pixels", $mr),
@@ -108,8 +118,8 @@ pub(super) use remainder_tile;
 /// The ISA of `V` must be enabled; `job` must have passed `check_args`; no other thread may
 /// write the output elements of (`px` x channels of `co`) meanwhile.
 #[inline(always)]
-pub(super) unsafe fn run_range<V: QVector, const MR: usize, const NV: usize, const NV_TAIL: usize>(
-    job: &Job,
+pub(super) unsafe fn run_range<V: QDot<E>, E: QElement, const MR: usize, const NV: usize, const NV_TAIL: usize>(
+    job: &Job<E>,
     px: Range<usize>,
     co: Range<usize>,
     tile_remainder: impl Fn(usize, usize, usize, bool),
@@ -138,8 +148,8 @@ pub(super) unsafe fn run_range<V: QVector, const MR: usize, const NV: usize, con
                     // safety: forwarded from the caller; `first_panel + NV*LANES/16 <=
                     // panels` in the full case, `first_panel + 1 <= panels` in the
                     // one-panel case; `windows` are those of this pixel tile.
-                    (true, false) => unsafe { tile_in::<V, MR, NV>(job, q0, &windows, first_panel) },
-                    (true, true) => unsafe { tile_in::<V, MR, NV_TAIL>(job, q0, &windows, first_panel) },
+                    (true, false) => unsafe { tile_in::<V, E, MR, NV>(job, q0, &windows, first_panel) },
+                    (true, true) => unsafe { tile_in::<V, E, MR, NV_TAIL>(job, q0, &windows, first_panel) },
                     (false, _) => tile_remainder(q0, mr, first_panel, one_panel),
                 }
             }
@@ -155,9 +165,13 @@ pub(super) unsafe fn run_range<V: QVector, const MR: usize, const NV: usize, con
 /// As `run_range`, plus `q0 + MR <= pixels` and `first_panel * 16 + NV * LANES <=` the
 /// padded channel count.
 #[inline(always)]
-pub(super) unsafe fn tile<V: QVector, const MR: usize, const NV: usize>(job: &Job, q0: usize, first_panel: usize) {
+pub(super) unsafe fn tile<V: QDot<E>, E: QElement, const MR: usize, const NV: usize>(
+    job: &Job<E>,
+    q0: usize,
+    first_panel: usize,
+) {
     // safety: forwarded; the windows are those of pixels q0..q0+MR.
-    unsafe { tile_in::<V, MR, NV>(job, q0, &job.g.windows(q0), first_panel) }
+    unsafe { tile_in::<V, E, MR, NV>(job, q0, &job.g.windows(q0), first_panel) }
 }
 
 /// `tile` with the pixel windows already computed (once per pixel tile, not per channel
@@ -166,8 +180,8 @@ pub(super) unsafe fn tile<V: QVector, const MR: usize, const NV: usize>(job: &Jo
 /// # Safety
 /// As `tile`, and `windows` must be `job.g.windows(q0)`.
 #[inline(always)]
-unsafe fn tile_in<V: QVector, const MR: usize, const NV: usize>(
-    job: &Job,
+unsafe fn tile_in<V: QDot<E>, E: QElement, const MR: usize, const NV: usize>(
+    job: &Job<E>,
     q0: usize,
     windows: &Windows<MR>,
     first_panel: usize,
@@ -213,10 +227,12 @@ unsafe fn tile_in<V: QVector, const MR: usize, const NV: usize>(
     let tile_channels = NV * V::LANES;
     let (out_bytes, out_elem) = match job.out {
         OutPtr::F32(p) => (p.cast::<u8>().cast_const(), 4),
+        OutPtr::I16 { ptr, .. } => (ptr.cast::<u8>().cast_const(), 2),
         OutPtr::U8 { .. } => (std::ptr::null(), 0),
     };
     let (res_bytes, res_elem) = match job.residual {
         QResidual::F32(r) => (r.as_ptr().cast::<u8>(), 4),
+        QResidual::I16 { data, .. } => (data.as_ptr().cast::<u8>(), 2),
         QResidual::None | QResidual::U8 { .. } => (std::ptr::null(), 0),
     };
     for i in 0..MR {
@@ -235,11 +251,11 @@ unsafe fn tile_in<V: QVector, const MR: usize, const NV: usize>(
         let mut rows = [None; MR];
         let whole_rows;
         if job.pointwise {
-            // 1x1, stride 1, unpadded: output pixel q reads input pixel q's `cin` bytes,
+            // 1x1, stride 1, unpadded: output pixel q reads input pixel q's `cin` elements,
             // found without the windows.
             for i in 0..MR {
                 // safety: pixel q0 + i is inside the output (caller), so inside the input,
-                // which has the same pixels, `cin` bytes each.
+                // which has the same pixels, `cin` elements each.
                 ptrs[i] = unsafe { input.add((q0 + i) * cin) };
             }
             whole_rows = true;
@@ -260,7 +276,7 @@ unsafe fn tile_in<V: QVector, const MR: usize, const NV: usize>(
                 for i in 0..MR {
                     ptrs[i] = match rows[i] {
                         // safety: `iw0 >= 0` and `iw0 + kw - 1 < in_w` (checked above), so
-                        // the `kw * cin` bytes from here are pixels iw0.. of input row `r`.
+                        // the `kw * cin` elements from here are pixels iw0.. of input row `r`.
                         Some(r) => unsafe { input.add((r * g.in_w + iw0[i] as usize) * cin) },
                         None => pad_row,
                     };
@@ -269,12 +285,12 @@ unsafe fn tile_in<V: QVector, const MR: usize, const NV: usize>(
             whole_rows = whole;
         }
         if whole_rows {
-            // safety: every pointer has `kw * cin` readable bytes (above; `pad_row` has
+            // safety: every pointer has `kw * cin` readable elements (above; `pad_row` has
             // exactly that many) and `cin` is a multiple of 4 unless the layer is
             // pointwise (one tap: the rows of a tap are `ceil(cin/4)`); the weight rows
             // kh*kw*groups .. (kh+1)*kw*groups of each panel used are inside the panel.
             unsafe {
-                accumulate::<V, MR, NV>(
+                accumulate::<V, E, MR, NV>(
                     &mut acc,
                     &ptrs,
                     wpanel.add(kh * kw_n * groups * row_bytes),
@@ -290,15 +306,15 @@ unsafe fn tile_in<V: QVector, const MR: usize, const NV: usize>(
                 let iw = iw0[i] + dx;
                 ptrs[i] = match rows[i] {
                     // safety: row `r` and column `iw` are inside the input, so the `cin`
-                    // bytes from here are that pixel's channels.
+                    // elements from here are that pixel's channels.
                     Some(r) if (0..in_w).contains(&iw) => unsafe { input.add((r * g.in_w + iw as usize) * cin) },
                     _ => pad_row,
                 };
             }
-            // safety: every pointer has `cin` readable bytes (`pad_row` has `kw * cin`);
+            // safety: every pointer has `cin` readable elements (`pad_row` has `kw * cin`);
             // weight rows (kh, kw, 0..groups) of each panel used are inside the panel.
             unsafe {
-                accumulate::<V, MR, NV>(
+                accumulate::<V, E, MR, NV>(
                     &mut acc,
                     &ptrs,
                     wpanel.add((kh * kw_n + kw) * groups * row_bytes),
@@ -310,21 +326,21 @@ unsafe fn tile_in<V: QVector, const MR: usize, const NV: usize>(
     }
 
     // safety: the epilogue's contract is this function's.
-    unsafe { epilogue::<V, MR, NV>(job, q0, first_panel, &acc, None) };
+    unsafe { epilogue::<V, E, MR, NV>(job, q0, first_panel, &acc, None) };
 }
 
-/// The hot loop: the products of `len` input bytes per pixel pointer with `ceil(len/4)`
-/// weight rows. Step j reads bytes 4j..4j+4 of every pixel pointer (a ragged last step
-/// only the bytes below `len`; its weights past them are zero padding) and weight row j
-/// (64 bytes apart) of each panel.
+/// The hot loop: the products of `len` input elements per pixel pointer with
+/// `ceil(len/4)` weight rows. Step j reads elements 4j..4j+4 of every pixel pointer (a
+/// ragged last step only the elements below `len`; its weights past them are zero
+/// padding) and weight row j (64 bytes apart) of each panel.
 ///
 /// # Safety
-/// The ISA of `V` is enabled; each `ptrs[i]` has `len` readable bytes; `w + wofs[v]` has
-/// `ceil(len/4)` rows of 64 readable bytes from it, `4 * LANES` used per row.
+/// The ISA of `V` is enabled; each `ptrs[i]` has `len` readable elements; `w + wofs[v]`
+/// has `ceil(len/4)` rows of 64 readable bytes from it, `4 * LANES` used per row.
 #[inline(always)]
-unsafe fn accumulate<V: QVector, const MR: usize, const NV: usize>(
+unsafe fn accumulate<V: QDot<E>, E: QElement, const MR: usize, const NV: usize>(
     acc: &mut [[V::I; NV]; MR],
-    ptrs: &[*const u8; MR],
+    ptrs: &[*const E; MR],
     w: *const i8,
     wofs: &[usize; NV],
     len: usize,
@@ -339,8 +355,7 @@ unsafe fn accumulate<V: QVector, const MR: usize, const NV: usize>(
                 b[v] = V::load_weights(wj.add(wofs[v]));
             }
             for i in 0..MR {
-                let quad = ptrs[i].add(j * GROUP).cast::<u32>().read_unaligned();
-                let x = V::splat_quad(u32::from_le(quad));
+                let x = V::load_quad(ptrs[i].add(j * GROUP));
                 for v in 0..NV {
                     acc[i][v] = V::dot(acc[i][v], x, b[v]);
                 }
@@ -349,8 +364,8 @@ unsafe fn accumulate<V: QVector, const MR: usize, const NV: usize>(
     }
     let tail = len % GROUP;
     if tail > 0 {
-        // safety (this block): row `full` exists (ceil(len/4) rows); bytes 4*full..len of
-        // every pointer are readable.
+        // safety (this block): row `full` exists (ceil(len/4) rows); elements
+        // 4*full..len of every pointer are readable; `quad` has 4.
         unsafe {
             let wj = w.add(full * PANEL * GROUP);
             let mut b = [V::load_weights(wj); NV];
@@ -358,12 +373,9 @@ unsafe fn accumulate<V: QVector, const MR: usize, const NV: usize>(
                 b[v] = V::load_weights(wj.add(wofs[v]));
             }
             for i in 0..MR {
-                let p = ptrs[i].add(full * GROUP);
-                let mut quad = 0u32;
-                for k in 0..tail {
-                    quad |= (*p.add(k) as u32) << (8 * k);
-                }
-                let x = V::splat_quad(quad);
+                let mut quad = [E::default(); GROUP];
+                std::ptr::copy_nonoverlapping(ptrs[i].add(full * GROUP), quad.as_mut_ptr(), tail);
+                let x = V::load_quad(quad.as_ptr());
                 for v in 0..NV {
                     acc[i][v] = V::dot(acc[i][v], x, b[v]);
                 }
@@ -385,8 +397,8 @@ unsafe fn accumulate<V: QVector, const MR: usize, const NV: usize>(
 /// # Safety
 /// As `tile`.
 #[inline(always)]
-pub(super) unsafe fn epilogue<V: QVector, const MR: usize, const NV: usize>(
-    job: &Job,
+pub(super) unsafe fn epilogue<V: QVector, E, const MR: usize, const NV: usize>(
+    job: &Job<E>,
     q0: usize,
     first_panel: usize,
     acc: &[[V::I; NV]; MR],
@@ -397,34 +409,46 @@ pub(super) unsafe fn epilogue<V: QVector, const MR: usize, const NV: usize>(
         match (job.residual, job.out, job.relu) {
             // A ReLU's output has zero point 0 (`quant::range`): every inner layer's.
             (QResidual::None, OutPtr::U8 { zero: 0, .. }, true) => {
-                epilogue_as::<V, MR, NV, RESIDUAL_NONE, OUT_NONNEGATIVE_U8>(job, q0, first_panel, acc, bias)
+                epilogue_as::<V, E, MR, NV, RESIDUAL_NONE, OUT_NONNEGATIVE_U8>(job, q0, first_panel, acc, bias)
             }
             // The last layer of a residual block.
             (QResidual::U8 { .. }, OutPtr::U8 { zero: 0, .. }, true) => {
-                epilogue_as::<V, MR, NV, RESIDUAL_U8, OUT_NONNEGATIVE_U8>(job, q0, first_panel, acc, bias)
+                epilogue_as::<V, E, MR, NV, RESIDUAL_U8, OUT_NONNEGATIVE_U8>(job, q0, first_panel, acc, bias)
             }
             (QResidual::F32(_), OutPtr::U8 { zero: 0, .. }, true) => {
-                epilogue_as::<V, MR, NV, RESIDUAL_F32, OUT_NONNEGATIVE_U8>(job, q0, first_panel, acc, bias)
+                epilogue_as::<V, E, MR, NV, RESIDUAL_F32, OUT_NONNEGATIVE_U8>(job, q0, first_panel, acc, bias)
+            }
+            // The same three on 16-bit grids.
+            (QResidual::None, OutPtr::I16 { zero: 0, .. }, true) => {
+                epilogue_as::<V, E, MR, NV, RESIDUAL_NONE, OUT_NONNEGATIVE_I16>(job, q0, first_panel, acc, bias)
+            }
+            (QResidual::I16 { .. }, OutPtr::I16 { zero: 0, .. }, true) => {
+                epilogue_as::<V, E, MR, NV, RESIDUAL_I16, OUT_NONNEGATIVE_I16>(job, q0, first_panel, acc, bias)
+            }
+            (QResidual::F32(_), OutPtr::I16 { zero: 0, .. }, true) => {
+                epilogue_as::<V, E, MR, NV, RESIDUAL_F32, OUT_NONNEGATIVE_I16>(job, q0, first_panel, acc, bias)
             }
             // A projection shortcut, read only as a residual.
             (QResidual::None, OutPtr::F32(_), _) => {
-                epilogue_as::<V, MR, NV, RESIDUAL_NONE, OUT_F32>(job, q0, first_panel, acc, bias)
+                epilogue_as::<V, E, MR, NV, RESIDUAL_NONE, OUT_F32>(job, q0, first_panel, acc, bias)
             }
-            _ => epilogue_as::<V, MR, NV, RESIDUAL_ANY, OUT_ANY>(job, q0, first_panel, acc, bias),
+            _ => epilogue_as::<V, E, MR, NV, RESIDUAL_ANY, OUT_ANY>(job, q0, first_panel, acc, bias),
         }
     }
 }
 
-/// `epilogue_as`'s residual kinds: none, f32, u8, or whichever `job.residual` is.
+/// `epilogue_as`'s residual kinds: none, f32, u8, i16, or whichever `job.residual` is.
 const RESIDUAL_NONE: u8 = 0;
 const RESIDUAL_F32: u8 = 1;
 const RESIDUAL_U8: u8 = 2;
-const RESIDUAL_ANY: u8 = 3;
-/// `epilogue_as`'s output kinds: f32, u8 with zero point 0 after a ReLU, or whichever
-/// `job.out` is.
+const RESIDUAL_I16: u8 = 3;
+const RESIDUAL_ANY: u8 = 4;
+/// `epilogue_as`'s output kinds: f32, u8 or i16 with zero point 0 after a ReLU, or
+/// whichever `job.out` is.
 const OUT_F32: u8 = 0;
 const OUT_NONNEGATIVE_U8: u8 = 1;
-const OUT_ANY: u8 = 2;
+const OUT_NONNEGATIVE_I16: u8 = 2;
+const OUT_ANY: u8 = 3;
 
 /// `epilogue` for a layer whose residual kind is `RESIDUAL` and output kind `OUT` (the
 /// caller matched them against `job`).
@@ -432,27 +456,31 @@ const OUT_ANY: u8 = 2;
 /// # Safety
 /// As `tile`.
 #[inline(always)]
-unsafe fn epilogue_as<V: QVector, const MR: usize, const NV: usize, const RESIDUAL: u8, const OUT: u8>(
-    job: &Job,
+unsafe fn epilogue_as<V: QVector, E, const MR: usize, const NV: usize, const RESIDUAL: u8, const OUT: u8>(
+    job: &Job<E>,
     q0: usize,
     first_panel: usize,
     acc: &[[V::I; NV]; MR],
     bias: Option<&[V::I; NV]>,
 ) {
     let cout = job.g.cout;
-    let (residual_f32, residual_u8, residual_zero) = match job.residual {
-        QResidual::None => (std::ptr::null(), std::ptr::null(), 0.0),
-        QResidual::F32(r) => (r.as_ptr(), std::ptr::null(), 0.0),
-        QResidual::U8 { data, zero, .. } => (std::ptr::null(), data.as_ptr(), zero as f32),
+    let (residual_f32, residual_u8, residual_i16, residual_zero) = match job.residual {
+        QResidual::None => (std::ptr::null(), std::ptr::null(), std::ptr::null(), 0.0),
+        QResidual::F32(r) => (r.as_ptr(), std::ptr::null(), std::ptr::null(), 0.0),
+        QResidual::U8 { data, zero, .. } => (std::ptr::null(), data.as_ptr(), std::ptr::null(), zero as f32),
+        QResidual::I16 { data, zero, .. } => (std::ptr::null(), std::ptr::null(), data.as_ptr(), zero as f32),
     };
-    let (out_f32, out_u8, out_zero) = match job.out {
-        OutPtr::F32(out) => (out, std::ptr::null_mut(), 0),
-        OutPtr::U8 { ptr, zero } => (std::ptr::null_mut(), ptr, zero),
+    let (out_f32, out_u8, out_i16, out_zero, out_max) = match job.out {
+        OutPtr::F32(out) => (out, std::ptr::null_mut(), std::ptr::null_mut(), 0, 255),
+        OutPtr::U8 { ptr, zero } => (std::ptr::null_mut(), ptr, std::ptr::null_mut(), zero as i32, 255),
+        OutPtr::I16 { ptr, zero, max } => (std::ptr::null_mut(), std::ptr::null_mut(), ptr, zero as i32, max as i32),
     };
     let has_f32_residual = RESIDUAL == RESIDUAL_F32 || (RESIDUAL == RESIDUAL_ANY && !residual_f32.is_null());
     let has_u8_residual = RESIDUAL == RESIDUAL_U8 || (RESIDUAL == RESIDUAL_ANY && !residual_u8.is_null());
-    let relu = OUT == OUT_NONNEGATIVE_U8 || job.relu;
+    let has_i16_residual = RESIDUAL == RESIDUAL_I16 || (RESIDUAL == RESIDUAL_ANY && !residual_i16.is_null());
+    let relu = OUT == OUT_NONNEGATIVE_U8 || OUT == OUT_NONNEGATIVE_I16 || job.relu;
     let f32_out = OUT == OUT_F32 || (OUT == OUT_ANY && !out_f32.is_null());
+    let i16_out = OUT == OUT_ANY && !out_i16.is_null();
     // safety (this block): the ISA of `V` is enabled (caller). For every access below, `q <
     // pixels` and `ch + lanes <= cout`: scale has `cout` elements, residual and output
     // `pixels * cout`, so the `lanes` elements from each pointer are in bounds (the
@@ -491,18 +519,30 @@ unsafe fn epilogue_as<V: QVector, const MR: usize, const NV: usize, const RESIDU
                 } else if has_u8_residual {
                     let r = V::sub(V::load_u8(residual_u8.add(at), lanes), V::splat(residual_zero));
                     y = V::add(y, V::mul(r, residual_scale));
+                } else if has_i16_residual {
+                    let r = V::sub(V::load_i16(residual_i16.add(at), lanes), V::splat(residual_zero));
+                    y = V::add(y, V::mul(r, residual_scale));
                 }
                 if relu {
                     y = V::max(y, zero);
                 }
                 if OUT == OUT_NONNEGATIVE_U8 {
                     V::store_nonnegative_u8(out_u8.add(at), y, lanes);
+                } else if OUT == OUT_NONNEGATIVE_I16 {
+                    // y >= 0 (ReLU; NaN became 0), so clamping above is all requantization
+                    // needs.
+                    let q = V::to_i32_round(V::min(V::splat(out_max as f32), y));
+                    V::store_i16(out_i16.add(at), q, lanes);
                 } else if f32_out {
                     V::store_f32(out_f32.add(at), y, lanes);
                 } else {
-                    let q = V::to_i32_round(V::min(V::splat(255.0 - out_zero as f32), y));
-                    let q = V::max_i32(V::add_i32(q, V::splat_i32(out_zero as i32)), V::zero());
-                    V::store_u8(out_u8.add(at), q, lanes);
+                    let q = V::to_i32_round(V::min(V::splat((out_max - out_zero) as f32), y));
+                    let q = V::max_i32(V::add_i32(q, V::splat_i32(out_zero)), V::zero());
+                    if i16_out {
+                        V::store_i16(out_i16.add(at), q, lanes);
+                    } else {
+                        V::store_u8(out_u8.add(at), q, lanes);
+                    }
                 }
             }
         }
