@@ -157,10 +157,24 @@ impl Engine {
 
     /// The INT8 convolution tier this engine runs (`qconv::select_int8_tier`), for a model
     /// with INT8 convolutions; AMX takes the layers with a multiple of 64 input channels,
-    /// AVX512-VNNI the others.
+    /// AVX512-VNNI the others. A model whose activations are i16 (wider grids) runs them
+    /// on the tier `qconv::effective_tier_for::<i16>` gives (AVX512-VNNI for AMX).
     pub fn int8_tier(&self) -> Option<qp_kernels::qconv::Int8Tier> {
-        let int8 = self.file.meta.nodes.iter().any(|n| matches!(n.op, Op::QConv { .. }));
-        (int8 && !self.reference).then(|| qp_kernels::qconv::select_int8_tier(self.isa))
+        let meta = &self.file.meta;
+        let int8 = meta.nodes.iter().any(|n| matches!(n.op, Op::QConv { .. }));
+        let wide = meta
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::QConv { .. }))
+            .any(|n| meta.values[n.inputs[0]].quant.is_some_and(|q| q.is_wide()));
+        (int8 && !self.reference).then(|| {
+            let tier = qp_kernels::qconv::select_int8_tier(self.isa);
+            if wide {
+                qp_kernels::qconv::effective_tier_for::<i16>(tier)
+            } else {
+                tier
+            }
+        })
     }
 
     pub fn executor_name(&self) -> &'static str {

@@ -234,12 +234,13 @@ fn wrong_magic_is_an_error() {
 
 #[test]
 fn other_versions_are_refused_even_with_a_valid_checksum() {
-    for version in [0, 2, 3, u32::MAX] {
+    // 1: before quantization grids wider than u8, which a version-1 reader would misread.
+    for version in [0, 1, 3, u32::MAX] {
         let bytes = with_header(dense_model(), |h| h.version = version);
         let e = load_err(&bytes);
         match e {
             FormatError::Version { found, supported } => {
-                assert_eq!((found, supported), (version, 1));
+                assert_eq!((found, supported), (version, 2));
                 assert_gist(&e, "re-convert", "version");
             }
             other => panic!("version {version}: {other}"),
@@ -897,5 +898,66 @@ fn a_non_finite_weight_is_refused_even_with_matching_checksums() {
         };
         let (odd, _, _) = with_element(bytes, dtype, &finite);
         QpwFile::from_bytes(&odd).unwrap_or_else(|e| panic!("{case}: a finite weight was refused: {e}"));
+    }
+}
+
+#[test]
+fn a_quantization_grid_off_its_limits_is_refused() {
+    use qp::format::meta::QuantParams;
+    let bad = [
+        (
+            QuantParams {
+                scale: 0.1,
+                zero: 0,
+                bits: 16,
+            },
+            "16 bits",
+        ),
+        (
+            QuantParams {
+                scale: 0.1,
+                zero: 0,
+                bits: 7,
+            },
+            "7 bits",
+        ),
+        (
+            QuantParams {
+                scale: 0.1,
+                zero: 256,
+                bits: 8,
+            },
+            "zero point 256 is off the grid [0, 255]",
+        ),
+        (
+            QuantParams {
+                scale: 0.1,
+                zero: 2048,
+                bits: 11,
+            },
+            "zero point 2048 is off the grid [0, 2047]",
+        ),
+        (
+            QuantParams {
+                scale: -1.0,
+                zero: 0,
+                bits: 11,
+            },
+            "scale -1",
+        ),
+        (
+            QuantParams {
+                scale: 0.0,
+                zero: 0,
+                bits: 8,
+            },
+            "scale 0",
+        ),
+    ];
+    for (grid, gist) in bad {
+        let mut p = parts(conv_model());
+        let v = p.meta.nodes[1].outputs[0];
+        p.meta.values[v].quant = Some(grid);
+        expect(&p, gist, &[&format!("value {v}"), "invalid quantization grid", gist]);
     }
 }

@@ -404,7 +404,8 @@ fn winograd_layers_agree_with_the_direct_ones() {
         sensitivity: false,
         keep_fp32: vec![],
         bias_correction_samples: 0,
-        weight_rounding: qp::quant::DEFAULT_WEIGHT_ROUNDING,
+        weight_rounding: qp::quant::DEFAULT_PROFILE.default_weight_rounding(),
+        activation_bits: None,
     };
     match qp::quant::quantize(&winograd, &options) {
         Err(e) => assert!(format!("{e:#}").contains("Winograd"), "{e:#}"),
@@ -431,7 +432,7 @@ fn winograd_layers_agree_with_the_direct_ones() {
 /// Converts the tiny QualityNet to INT8, calibrated on pseudo-images, with the report's
 /// held-out set.
 fn tiny_int8(profile: qp::quant::Profile) -> (Vec<u8>, Vec<u8>) {
-    tiny_int8_rounded(profile, qp::quant::DEFAULT_WEIGHT_ROUNDING, None)
+    tiny_int8_rounded(profile, profile.default_weight_rounding(), None)
 }
 
 /// `tiny_int8` with the given weight rounding and bias correction samples (`None`: the
@@ -440,6 +441,17 @@ fn tiny_int8_rounded(
     profile: qp::quant::Profile,
     rounding: qp::quant::WeightRounding,
     bias_correction: Option<usize>,
+) -> (Vec<u8>, Vec<u8>) {
+    tiny_int8_with(profile, rounding, bias_correction, None)
+}
+
+/// `tiny_int8_rounded` with activation grids of `activation_bits` (`None`: the
+/// profile's).
+fn tiny_int8_with(
+    profile: qp::quant::Profile,
+    rounding: qp::quant::WeightRounding,
+    bias_correction: Option<usize>,
+    activation_bits: Option<u8>,
 ) -> (Vec<u8>, Vec<u8>) {
     use qp::quant::dataset::pseudo_images;
     let onnx = std::fs::read(fixtures().join("tiny_bn/model.onnx")).unwrap();
@@ -458,6 +470,7 @@ fn tiny_int8_rounded(
         keep_fp32: vec![],
         bias_correction_samples: bias_correction.unwrap_or(qp::quant::default_bias_correction_samples(rounding)),
         weight_rounding: rounding,
+        activation_bits,
     };
     let int8 = qp::quant::quantize(&fp32, &options).unwrap();
     (fp32.to_bytes().unwrap(), int8.to_bytes().unwrap())
@@ -471,7 +484,7 @@ fn int8_model_runs_on_every_tier_close_to_onnx_runtime() {
     let expected = qp::npy::read(&dir.join("expected/ssim.npy")).unwrap();
     for profile in qp::quant::Profile::ALL {
         let (fp32, int8) = tiny_int8(profile);
-        // The conservative profile keeps the projections and the last block FP32.
+        // The conservative profile keeps the first stage FP32.
         let budget = if profile == qp::quant::Profile::Conservative {
             0.6
         } else {
@@ -496,18 +509,36 @@ fn int8_model_runs_on_every_tier_close_to_onnx_runtime() {
         let want: &[&str] = match profile {
             qp::quant::Profile::Aggressive => &[],
             qp::quant::Profile::Balanced => &["conv1"],
+            // The stem, and the first stage: layer1 and the three convolutions of layer2.0
+            // that read maps of its size (conv2 strides).
             qp::quant::Profile::Conservative => &[
                 "conv1",
+                "layer1.0.conv1",
+                "layer1.0.conv2",
+                "layer1.0.conv3",
                 "layer1.0.downsample",
+                "layer1.1.conv1",
+                "layer1.1.conv2",
+                "layer1.1.conv3",
+                "layer1.2.conv1",
+                "layer1.2.conv2",
+                "layer1.2.conv3",
+                "layer2.0.conv1",
+                "layer2.0.conv2",
                 "layer2.0.downsample",
-                "layer3.0.downsample",
-                "layer4.0.downsample",
-                "layer4.2.conv1",
-                "layer4.2.conv2",
-                "layer4.2.conv3",
             ],
         };
         assert_eq!(kept, want, "{profile:?}: convolutions kept FP32");
+        let bits = if profile == qp::quant::Profile::Conservative {
+            11
+        } else {
+            8
+        };
+        assert_eq!(report["activation_bits"], bits, "{profile:?}");
+        assert!(
+            file.meta.values.iter().filter_map(|v| v.quant).all(|q| q.bits == bits),
+            "{profile:?}: grids of {bits} bits"
+        );
         // The pooled features keep the FP32 ones' direction (measured on this narrow model:
         // mean cosine 0.974 aggressive, above 0.99 for the others; 0.9994 on the full one).
         let cosine = report["accuracy"][1]["pooled_features"]["mean"].as_f64().unwrap();
@@ -536,12 +567,22 @@ fn int8_model_runs_on_every_tier_close_to_onnx_runtime() {
                 assert!((g - w).abs() <= 0.15, "{profile:?} {exec}: int8 {g} vs fp32 {w}");
             }
             // The integer kernels are exact and identical across tiers; only the FP32
-            // layers around them (stem, head) differ in summation order.
+            // layers around them (stem, head) differ in summation order. Where one of
+            // those differences moves a value across a rounding boundary of the next
+            // quantization, the INT8 layers carry it on. The conservative profile's grid
+            // is 8x finer and follows ten FP32 layers: on this narrow model its tiers
+            // differed by 0.003 (one element of 1536 at the quantization, then a growing
+            // number of 1-step differences downstream).
+            let agree = if profile == qp::quant::Profile::Conservative {
+                1e-2
+            } else {
+                2e-3
+            };
             match &first {
                 None => first = Some(ssim.clone()),
                 Some(f) => {
                     for (a, b) in ssim.iter().zip(f) {
-                        assert!((a - b).abs() <= 2e-3, "{profile:?} {exec}: tiers disagree: {a} vs {b}");
+                        assert!((a - b).abs() <= agree, "{profile:?} {exec}: tiers disagree: {a} vs {b}");
                     }
                 }
             }
@@ -574,6 +615,55 @@ fn gptq_rounding_beats_nearest_rounding() {
     eprintln!("mean |d| gptq {d_gptq:.4} nearest {d_nearest:.4}; cosine {cos_gptq:.5} vs {cos_nearest:.5}");
     assert!(d_gptq < d_nearest, "gptq {d_gptq} vs nearest {d_nearest}");
     assert!(cos_gptq > cos_nearest, "gptq {cos_gptq} vs nearest {cos_nearest}");
+}
+
+/// 11-bit activation grids (i16 values, paired weights, `vpmaddwd` / `vpdpwssd`): the
+/// model runs on every tier, the tiers agree as closely as for u8, and it stays closer to
+/// FP32 than the u8 model on held-out samples.
+#[test]
+fn wide_activation_grids_run_on_every_tier_closer_to_fp32() {
+    use qp::quant::{Profile, WeightRounding};
+    let dir = fixtures().join("tiny_bn");
+    let image = qp::npy::read(&dir.join("inputs/image.npy")).unwrap();
+    let params = qp::npy::read(&dir.join("inputs/params.npy")).unwrap();
+    let expected = qp::npy::read(&dir.join("expected/ssim.npy")).unwrap();
+    let (_, u8_file) = tiny_int8_with(Profile::Balanced, WeightRounding::Nearest, None, Some(8));
+    let (_, wide) = tiny_int8_with(Profile::Balanced, WeightRounding::Nearest, None, Some(11));
+    let file = QpwFile::from_bytes(&wide).unwrap();
+    let grids: Vec<_> = file.meta.values.iter().filter_map(|v| v.quant).collect();
+    assert!(
+        !grids.is_empty() && grids.iter().all(|q| q.bits == 11 && q.max() == 2047),
+        "{grids:?}"
+    );
+    assert_eq!(file.meta.reports["quantization"]["activation_bits"], 11);
+    let (d_wide, cos_wide, _) = reported_accuracy(&wide);
+    let (d_u8, cos_u8, _) = reported_accuracy(&u8_file);
+    eprintln!("mean |d| 11-bit {d_wide:.4} u8 {d_u8:.4}; cosine {cos_wide:.5} vs {cos_u8:.5}");
+    assert!(
+        d_wide < d_u8 && cos_wide > cos_u8,
+        "11-bit {d_wide} {cos_wide} vs u8 {d_u8} {cos_u8}"
+    );
+    let mut first: Option<Vec<f32>> = None;
+    for (exec, options) in executors().into_iter().filter(|(e, _)| e != "reference") {
+        let mut engine = Engine::from_file(QpwFile::from_bytes(&wide).unwrap(), options).unwrap();
+        let out = engine
+            .run(&[("image", image.clone()), ("params", params.clone())])
+            .unwrap();
+        let ssim = &out[0].1.data;
+        for (g, w) in ssim.iter().zip(&expected.data) {
+            // As for u8 (the bound of `int8_model_runs_on_every_tier_close_to_onnx_runtime`):
+            // on this narrow model the s8 weights dominate single samples (up to 0.13 here).
+            assert!((g - w).abs() <= 0.15, "{exec}: 11-bit {g} vs fp32 {w}");
+        }
+        match &first {
+            None => first = Some(ssim.clone()),
+            Some(f) => {
+                for (a, b) in ssim.iter().zip(f) {
+                    assert!((a - b).abs() <= 2e-3, "{exec}: tiers disagree: {a} vs {b}");
+                }
+            }
+        }
+    }
 }
 
 #[test]

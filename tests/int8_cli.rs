@@ -76,12 +76,15 @@ fn images_calibrate_and_the_report_is_printed_and_stored() {
         dir.join("icons").to_str().unwrap(),
         "--pseudo-samples",
         "8",
+        // Off by default with GPTQ rounding; on here for the VNNI advice check below.
+        "--bias-correction-samples",
+        "9",
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let printed = text(&o);
     assert!(
         printed.contains(
-            "profile balanced, clipping mse, nearest weight rounding, 9 calibration samples, biases corrected on 9"
+            "profile conservative, 11-bit activations (i16), clipping mse, gptq weight rounding, 9 calibration samples, biases corrected on 9"
         ),
         "{printed}"
     );
@@ -198,10 +201,37 @@ fn npy_arrays_calibrate_too() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
-        text(&o).contains("profile aggressive, clipping percentile(99.9), gptq weight rounding, 3 calibration samples, biases not corrected"),
+        text(&o).contains("profile aggressive, 8-bit activations (u8), clipping percentile(99.9), gptq weight rounding, 3 calibration samples, biases not corrected"),
         "{}",
         text(&o)
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn wider_activation_grids_are_stored_as_i16_and_reported() {
+    let dir = scratch("wide");
+    write_images(&dir, 6);
+    let out = dir.join("tiny.int8-12.qpw");
+    let o = convert(&[
+        fixture("tiny_bn/model.onnx").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--precision",
+        "int8",
+        "--calibrate",
+        dir.to_str().unwrap(),
+        "--pseudo-samples",
+        "4",
+        "--activation-bits",
+        "12",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("12-bit activations (i16)"), "{}", text(&o));
+    assert!(engine_info(&out).contains("12-bit activations (i16)"));
+    let file = QpwFile::open(&out).unwrap();
+    let grids: Vec<_> = file.meta.values.iter().filter_map(|v| v.quant).collect();
+    assert!(!grids.is_empty() && grids.iter().all(|q| q.bits == 12), "{grids:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -444,6 +474,14 @@ fn misuse_is_a_clear_error() {
         (
             vec![model, "-o", out, "--keep-fp32", "layer1.0.conv1"],
             "--keep-fp32 applies to --precision int8 and fp16 only",
+        ),
+        (
+            vec![model, "-o", out, "--precision", "int8", "--activation-bits", "16"],
+            "16 is not in 8..=15",
+        ),
+        (
+            vec![model, "-o", out, "--precision", "fp16", "--activation-bits", "11"],
+            "--activation-bits applies to --precision int8 only",
         ),
     ];
     for (args, want) in cases {

@@ -55,9 +55,13 @@ pub struct Int8Options {
     /// Calibration samples the bias correction measures on; 0 turns it off; `None`: the
     /// weight rounding's default (`quant::default_bias_correction_samples`).
     pub bias_correction_samples: Option<usize>,
-    /// `None`: the precision's default (INT8: `quant::DEFAULT_WEIGHT_ROUNDING`; FP16:
-    /// GPTQ with calibration data, nearest without).
+    /// `None`: the precision's default (INT8: the profile's,
+    /// `quant::Profile::default_weight_rounding`; FP16: GPTQ with calibration data,
+    /// nearest without).
     pub weight_rounding: Option<quant::WeightRounding>,
+    /// Bits of the activation grids; `None`: the profile's
+    /// (`quant::Profile::default_activation_bits`).
+    pub activation_bits: Option<u8>,
 }
 
 impl Int8Options {
@@ -89,6 +93,7 @@ impl Default for Int8Options {
             keep_fp32_share: quant::half::DEFAULT_KEEP_FP32_SHARE,
             bias_correction_samples: None,
             weight_rounding: None,
+            activation_bits: None,
         }
     }
 }
@@ -210,6 +215,7 @@ pub fn convert_bytes(onnx_bytes: &[u8], default_name: &str, options: &ConvertOpt
         Precision::Int8 => {
             let o = &options.int8;
             let (calibration, holdout) = o.load_sets(&converted.meta)?;
+            let rounding = o.weight_rounding.unwrap_or(o.profile.default_weight_rounding());
             converted = quant::quantize(
                 &converted,
                 &quant::QuantizeOptions {
@@ -220,12 +226,11 @@ pub fn convert_bytes(onnx_bytes: &[u8], default_name: &str, options: &ConvertOpt
                     compare: o.compare,
                     sensitivity: o.sensitivity,
                     keep_fp32: o.keep_fp32.clone(),
-                    bias_correction_samples: o.bias_correction_samples.unwrap_or_else(|| {
-                        quant::default_bias_correction_samples(
-                            o.weight_rounding.unwrap_or(quant::DEFAULT_WEIGHT_ROUNDING),
-                        )
-                    }),
-                    weight_rounding: o.weight_rounding.unwrap_or(quant::DEFAULT_WEIGHT_ROUNDING),
+                    bias_correction_samples: o
+                        .bias_correction_samples
+                        .unwrap_or_else(|| quant::default_bias_correction_samples(rounding)),
+                    weight_rounding: rounding,
+                    activation_bits: o.activation_bits,
                 },
             )?;
         }

@@ -196,7 +196,16 @@ fn as_u8_mut(slot: &mut [f32], elements: usize) -> &mut [u8] {
     &mut bytemuck::cast_slice_mut(slot)[..elements]
 }
 
-/// The INT8 ops: their operands are u8 or f32 as the values' grids say.
+/// An i16 value's elements in its slot (two to an f32 word).
+fn as_i16(slot: &[f32], elements: usize) -> &[i16] {
+    &bytemuck::cast_slice(slot)[..elements]
+}
+
+fn as_i16_mut(slot: &mut [f32], elements: usize) -> &mut [i16] {
+    &mut bytemuck::cast_slice_mut(slot)[..elements]
+}
+
+/// The INT8 ops: their operands are u8, i16 or f32 as the values' grids say.
 fn run_int8_node(
     file: &QpwFile,
     node: &NodeSpec,
@@ -210,10 +219,16 @@ fn run_int8_node(
     let value = |v: usize| &meta.values[v];
     let elements = |v: usize| value(v).shape.iter().product::<usize>() * batch;
     let (x, y) = (node.inputs[0], node.outputs[0]);
+    // Validated: every grid has 8 to 15 bits and its zero point on it, so the narrowing
+    // casts below are exact.
     match &node.op {
         Op::Quantize => {
-            let q = value(y).quant.expect("validated: quantize writes u8");
-            quantize::quantize_u8(isa, par, ins[0], q.scale, q.zero, as_u8_mut(out, elements(y)));
+            let q = value(y).quant.expect("validated: quantize writes a quantized value");
+            if q.is_wide() {
+                quantize::quantize_i16(isa, par, ins[0], q.scale, q.zero, q.max(), as_i16_mut(out, elements(y)));
+            } else {
+                quantize::quantize_u8(isa, par, ins[0], q.scale, q.zero as u8, as_u8_mut(out, elements(y)));
+            }
         }
         Op::QConv {
             cin,
@@ -222,41 +237,74 @@ fn run_int8_node(
             activation,
         } => {
             let g = conv_geometry(batch, &value(x).shape, &value(y).shape, *cin, *cout, window);
-            let xq = value(x).quant.expect("validated: qconv reads u8");
+            let xq = value(x).quant.expect("validated: qconv reads a quantized value");
             let residual = match node.inputs.get(1) {
                 None => QResidual::None,
                 Some(&r) => match value(r).quant {
+                    Some(q) if q.is_wide() => QResidual::I16 {
+                        data: as_i16(ins[1], elements(r)),
+                        scale: q.scale,
+                        zero: q.zero as i16,
+                    },
                     Some(q) => QResidual::U8 {
                         data: as_u8(ins[1], elements(r)),
                         scale: q.scale,
-                        zero: q.zero,
+                        zero: q.zero as u8,
                     },
                     None => QResidual::F32(ins[1]),
                 },
             };
             let output = match value(y).quant {
+                Some(q) if q.is_wide() => QOutput::I16 {
+                    data: as_i16_mut(out, elements(y)),
+                    scale: q.scale,
+                    zero: q.zero as i16,
+                    max: q.max() as i16,
+                },
                 Some(q) => QOutput::U8 {
                     data: as_u8_mut(out, elements(y)),
                     scale: q.scale,
-                    zero: q.zero,
+                    zero: q.zero as u8,
                 },
                 None => QOutput::F32(out),
             };
             let [w, b, s] = [0, 1, 2].map(|k| node.params[k]);
-            qconv::qconv2d_nhwc(
-                isa,
-                par,
-                &g,
-                as_u8(ins[0], elements(x)),
-                xq.zero,
-                file.tensor_i8(w).expect("validated: i8 weights"),
-                // Stored padded to whole panels; the kernel takes exactly `cout`.
-                &file.tensor_i32(b).expect("validated: i32 bias")[..*cout],
-                &file.tensor_f32(s).expect("validated: f32 scale")[..*cout],
-                residual,
-                *activation == Activation::Relu,
-                output,
-            );
+            let weights = file.tensor_i8(w).expect("validated: i8 weights");
+            // Stored padded to whole panels; the kernel takes exactly `cout`.
+            let bias = &file.tensor_i32(b).expect("validated: i32 bias")[..*cout];
+            let scale = &file.tensor_f32(s).expect("validated: f32 scale")[..*cout];
+            let relu = *activation == Activation::Relu;
+            if xq.is_wide() {
+                let input = as_i16(ins[0], elements(x));
+                qconv::qconv2d_nhwc(
+                    isa,
+                    par,
+                    &g,
+                    input,
+                    xq.zero as i16,
+                    weights,
+                    bias,
+                    scale,
+                    residual,
+                    relu,
+                    output,
+                );
+            } else {
+                let input = as_u8(ins[0], elements(x));
+                qconv::qconv2d_nhwc(
+                    isa,
+                    par,
+                    &g,
+                    input,
+                    xq.zero as u8,
+                    weights,
+                    bias,
+                    scale,
+                    residual,
+                    relu,
+                    output,
+                );
+            }
         }
         other => unreachable!("{} is not an INT8 op", other.kind()),
     }

@@ -11,7 +11,10 @@
 use bytemuck::{Pod, Zeroable};
 
 pub const MAGIC: [u8; 8] = *b"QPWMODEL";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: quantization grids wider than 8 bits (`QuantParams::bits`, values stored as i16)
+/// and the paired weight packing of a `qconv` that reads one, which a version-1 reader
+/// would misread as u8.
+pub const FORMAT_VERSION: u32 = 2;
 pub const HEADER_SIZE: usize = std::mem::size_of::<Header>();
 /// Every tensor starts on a cache line, so SIMD loads never split one.
 pub const TENSOR_ALIGN: usize = 64;

@@ -98,8 +98,8 @@ pub struct IoSpec {
 pub struct ValueSpec {
     pub name: String,
     pub shape: Vec<usize>,
-    /// Set for a value stored as u8 (inside an INT8 region): its grid, `real = (q - zero)
-    /// * scale`. Unset: the value is f32.
+    /// Set for a value stored quantized (inside an INT8 region): its grid, `real = (q -
+    /// zero) * scale`, u8 for 8 bits, i16 for more. Unset: the value is f32.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quant: Option<QuantParams>,
 }

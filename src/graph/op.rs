@@ -60,11 +60,78 @@ pub enum Activation {
     Relu,
 }
 
-/// The grid of a value stored as u8 (INT8 regions): `real = (q - zero) * scale`.
+/// The grid of a quantized value (INT8 regions): `real = (q - zero) * scale`, `q` in
+/// `[0, 2^bits - 1]`. An 8-bit value is stored as u8, a wider one (9 to 15 bits) as
+/// i16.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QuantParams {
     pub scale: f32,
-    pub zero: u8,
+    pub zero: u16,
+    /// Absent in files written before wider grids existed: 8.
+    #[serde(default = "QuantParams::u8_bits", skip_serializing_if = "QuantParams::is_u8_bits")]
+    pub bits: u8,
+}
+
+impl QuantParams {
+    pub const U8_BITS: u8 = 8;
+    /// The widest grid an i16 holds.
+    pub const MAX_BITS: u8 = 15;
+
+    fn u8_bits() -> u8 {
+        Self::U8_BITS
+    }
+
+    fn is_u8_bits(bits: &u8) -> bool {
+        *bits == Self::U8_BITS
+    }
+
+    /// A u8 grid.
+    pub fn u8(scale: f32, zero: u8) -> QuantParams {
+        QuantParams {
+            scale,
+            zero: zero as u16,
+            bits: Self::U8_BITS,
+        }
+    }
+
+    /// The largest grid point, `2^bits - 1`.
+    pub fn max(&self) -> u16 {
+        ((1u32 << self.bits.min(16)) - 1) as u16
+    }
+
+    /// Whether the value is stored as i16 rather than u8.
+    pub fn is_wide(&self) -> bool {
+        self.bits > Self::U8_BITS
+    }
+
+    /// Bytes per stored element.
+    pub fn element_bytes(&self) -> usize {
+        if self.is_wide() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// What a valid file may hold: a finite positive scale, 8 to 15 bits, the zero point
+    /// on the grid.
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.scale.is_finite() && self.scale > 0.0) {
+            return Err(format!("scale {} is not finite and positive", self.scale));
+        }
+        if !(Self::U8_BITS..=Self::MAX_BITS).contains(&self.bits) {
+            return Err(format!(
+                "{} bits (a grid has {} to {})",
+                self.bits,
+                Self::U8_BITS,
+                Self::MAX_BITS
+            ));
+        }
+        if self.zero > self.max() {
+            return Err(format!("zero point {} is off the grid [0, {}]", self.zero, self.max()));
+        }
+        Ok(())
+    }
 }
 
 /// One engine operator. Parameters (weights, biases) are tensor ids into the file's

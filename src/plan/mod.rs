@@ -61,11 +61,12 @@ impl Plan {
     /// share memory with its inputs; a value's memory is reused after its last reader.
     pub fn new(meta: &ModelMeta, batch: usize) -> Plan {
         let nv = meta.values.len();
-        // Slots are counted in f32 words; a u8 value packs four elements a word.
+        // Slots are counted in f32 words; a u8 value packs four elements a word, an i16
+        // value two.
         let exact = |v: usize| -> usize {
             let elements = meta.values[v].shape.iter().product::<usize>() * batch;
             match meta.values[v].quant {
-                Some(_) => elements.div_ceil(4),
+                Some(q) => (elements * q.element_bytes()).div_ceil(4),
                 None => elements,
             }
         };

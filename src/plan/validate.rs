@@ -53,15 +53,14 @@ pub fn validate(meta: &ModelMeta) -> Result<(), String> {
     }
     for (i, v) in meta.values.iter().enumerate() {
         if let Some(q) = v.quant {
-            if !(q.scale.is_finite() && q.scale > 0.0) {
-                return Err(format!("value {i} ({}) has an invalid u8 grid {q:?}", v.name));
-            }
+            q.check()
+                .map_err(|e| format!("value {i} ({}) has an invalid quantization grid: {e}", v.name))?;
         }
     }
     for io in meta.inputs.iter().chain(&meta.outputs) {
         if meta.values.get(io.value).is_some_and(|v| v.quant.is_some()) {
             return Err(format!(
-                "model input or output {} is stored as u8; the interface is f32",
+                "model input or output {} is stored quantized; the interface is f32",
                 io.name
             ));
         }
@@ -138,13 +137,15 @@ pub fn validate(meta: &ModelMeta) -> Result<(), String> {
                 .map(|&p| meta.tensors[p].dims.as_slice())
                 .ok_or_else(|| ctx(format!("is missing parameter {k}")))
         };
-        let is_u8 = |v: usize| meta.values[v].quant.is_some();
+        let is_quantized = |v: usize| meta.values[v].quant.is_some();
         let param_dtype = |k: usize| n.params.get(k).map(|&p| meta.tensors[p].dtype);
         // Which values are u8 and which parameters are which type is fixed by the op.
         match &n.op {
             Op::QConv { .. } => {
-                if !is_u8(n.inputs[0]) {
-                    return Err(ctx("reads an f32 input; an INT8 convolution reads u8".into()));
+                if !is_quantized(n.inputs[0]) {
+                    return Err(ctx(
+                        "reads an f32 input; an INT8 convolution reads a quantized one".into()
+                    ));
                 }
                 if [param_dtype(0), param_dtype(1), param_dtype(2)]
                     != [Some(DType::I8), Some(DType::I32), Some(DType::F32)]
@@ -153,13 +154,13 @@ pub fn validate(meta: &ModelMeta) -> Result<(), String> {
                 }
             }
             Op::Quantize => {
-                if is_u8(n.inputs[0]) || !is_u8(out) {
-                    return Err(ctx("must turn an f32 value into a u8 one".into()));
+                if is_quantized(n.inputs[0]) || !is_quantized(out) {
+                    return Err(ctx("must turn an f32 value into a quantized one".into()));
                 }
             }
             _ => {
-                if n.inputs.iter().chain(&n.outputs).any(|&v| is_u8(v)) {
-                    return Err(ctx("reads or writes a u8 value; only INT8 ops do".into()));
+                if n.inputs.iter().chain(&n.outputs).any(|&v| is_quantized(v)) {
+                    return Err(ctx("reads or writes a quantized value; only INT8 ops do".into()));
                 }
                 let float = |d: Option<DType>| matches!(d, Some(DType::F32 | DType::F16));
                 if !n.params.iter().enumerate().all(|(k, _)| float(param_dtype(k))) {
@@ -200,8 +201,16 @@ pub fn validate(meta: &ModelMeta) -> Result<(), String> {
                 let [kh, kw] = window.kernel;
                 if let Op::QConv { .. } = n.op {
                     let groups = cin.div_ceil(QPACK_GROUP);
-                    if kh * kw * groups * QPACK_GROUP > qp_kernels::qconv::MAX_REDUCTION {
-                        return Err(ctx("reduction too long for exact i32 accumulation".into()));
+                    let reduction = kh * kw * groups * QPACK_GROUP;
+                    let limit = match meta.values[n.inputs[0]].quant {
+                        Some(q) if q.is_wide() => qp_kernels::qconv::max_reduction_i16(q.max()),
+                        _ => qp_kernels::qconv::MAX_REDUCTION,
+                    };
+                    if reduction > limit {
+                        return Err(ctx(format!(
+                            "reduction of {reduction} products too long for exact i32 accumulation on its \
+                             input's grid (at most {limit})"
+                        )));
                     }
                     if tensor_dims(0)? != [padded(*cout) / PACK_LANES, kh, kw, groups, PACK_LANES, QPACK_GROUP] {
                         return Err(ctx(format!(

@@ -43,7 +43,7 @@ impl ChannelStats {
     }
 
     /// Adds the values of `images` images in an executor slot (NHWC, channel fastest),
-    /// f32 or u8 on `spec`'s grid.
+    /// f32, or u8 or i16 on `spec`'s grid.
     fn observe(&mut self, spec: &ValueSpec, slot: &[f32], images: usize) {
         let channels = self.sum.len();
         let n = images * spec.shape.iter().product::<usize>();
@@ -53,6 +53,12 @@ impl ChannelStats {
             self.positive[c] += (x > 0.0) as u64;
         };
         match spec.quant {
+            Some(q) if q.is_wide() => {
+                let words: &[i16] = bytemuck::cast_slice(slot);
+                for (i, &w) in words[..n].iter().enumerate() {
+                    add(i, (w as f32 - q.zero as f32) * q.scale);
+                }
+            }
             Some(q) => {
                 let bytes: &[u8] = bytemuck::cast_slice(slot);
                 for (i, &b) in bytes[..n].iter().enumerate() {
@@ -183,7 +189,8 @@ mod tests {
             sensitivity: false,
             keep_fp32: vec![],
             bias_correction_samples: 0,
-            weight_rounding: crate::quant::DEFAULT_WEIGHT_ROUNDING,
+            weight_rounding: crate::quant::WeightRounding::Nearest,
+            activation_bits: None,
         };
         let int8 = quantize(&fp32, &options).unwrap();
         let reference = reference_stats(&fp32.to_bytes().unwrap(), &samples).unwrap();

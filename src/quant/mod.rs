@@ -38,10 +38,12 @@ pub enum Profile {
     /// The stem (convolutions reading a model input: 3 channels, little work, the
     /// largest rounding error relative to its signal) stays FP32.
     Balanced,
-    /// The stem, the projection shortcuts (the convolutions on a residual block's skip
-    /// path, which the sensitivity report ranks right after the stem) and the last
-    /// residual block (the convolutions that shape the pooled features directly) stay
-    /// FP32.
+    /// The stem and the first stage (the convolutions reading the largest maps after
+    /// the stem: ResNet-50's layer1 and layer2.0's conv1, conv2 and projection shortcut;
+    /// layer1's s8 weights cost the most accuracy) stay FP32, and activations are stored on
+    /// 11-bit grids (i16) with GPTQ-rounded weights: the profile that keeps the INT8
+    /// model within 0.01 of FP32 on the reference model (docs/PERFORMANCE.md, "INT8
+    /// error budget"), at half the VNNI multiply rate.
     Conservative,
 }
 
@@ -58,6 +60,27 @@ impl Profile {
 
     pub fn parse(s: &str) -> Option<Profile> {
         Profile::ALL.into_iter().find(|p| p.name() == s)
+    }
+
+    /// Activation grid bits when none are asked for: u8 for aggressive and balanced,
+    /// 11 bits (i16) for conservative. 11 bits is the widest grid whose sums stay exact
+    /// in i32 for every ResNet-50 layer (3 x 3 x 512 products: `qconv::max_reduction_i16`);
+    /// on the reference model 10 bits measured 0.0077 and 12 bits 0.0063 mean |d ssim|.
+    pub fn default_activation_bits(self) -> u8 {
+        match self {
+            Profile::Aggressive | Profile::Balanced => QuantParams::U8_BITS,
+            Profile::Conservative => 11,
+        }
+    }
+
+    /// Weight rounding when none is asked for: nearest (with bias correction) where
+    /// u8 activations dominate the error, GPTQ for conservative, whose finer activations
+    /// leave the weights' rounding as the larger part (docs/PERFORMANCE.md).
+    pub fn default_weight_rounding(self) -> WeightRounding {
+        match self {
+            Profile::Aggressive | Profile::Balanced => WeightRounding::Nearest,
+            Profile::Conservative => WeightRounding::Gptq,
+        }
     }
 }
 
@@ -86,18 +109,13 @@ impl WeightRounding {
     }
 }
 
-/// Nearest rounding with bias correction. GPTQ takes the mean |delta ssim| of INT8
-/// weights alone on the reference model from 0.034 to 0.011, and of the whole INT8 model
-/// without bias correction from 0.067 to 0.030, but with the activations' u8 rounding
-/// noise on top it lands where nearest rounding with bias correction does (0.027-0.033
-/// either way, within what a different tie in one weight's rounding moves the figure),
-/// so the established default stays (docs/PERFORMANCE.md, "INT8 error budget").
-pub const DEFAULT_WEIGHT_ROUNDING: WeightRounding = WeightRounding::Nearest;
-
 /// The default clipping method: on the reference model, MSE-optimal clipping moved the
 /// predicted SSIM least (docs/PERFORMANCE.md, "INT8 accuracy").
 pub const DEFAULT_METHOD: Method = Method::Mse;
-pub const DEFAULT_PROFILE: Profile = Profile::Balanced;
+/// The profile that meets the accuracy bar (mean |d| <= 0.01, p99 <= 0.04, Pearson >=
+/// 0.99 against FP32) on the reference model; `balanced` is the fast one
+/// (docs/PERFORMANCE.md, "INT8 profiles").
+pub const DEFAULT_PROFILE: Profile = Profile::Conservative;
 /// Bias correction samples when the weights are rounded to nearest: on the reference
 /// model 32 samples took the mean |delta ssim| from 0.067 to 0.027 (docs/PERFORMANCE.md;
 /// fewer samples measured worse, 64 no better), at about one full-model pass over those
@@ -129,12 +147,19 @@ pub struct QuantizeOptions {
     /// 0 turns it off.
     pub bias_correction_samples: usize,
     pub weight_rounding: WeightRounding,
+    /// Bits of the activation grids: 8 (u8, the fastest kernels) or 9 to 15 (i16,
+    /// `vpdpwssd`: half the VNNI rate, 2^(bits-8) times finer); `None`: each profile's
+    /// default (`Profile::default_activation_bits`).
+    pub activation_bits: Option<u8>,
 }
 
 /// One profile x method evaluated on all held-out samples.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Candidate {
     pub profile: Profile,
+    /// Files written before wider grids existed used 8.
+    #[serde(default = "u8_activation_bits")]
+    pub activation_bits: u8,
     pub method: String,
     pub int8_convolutions: usize,
     pub accuracy: Accuracy,
@@ -165,12 +190,19 @@ pub struct QuantizationReport {
     /// Files written before the option existed rounded to nearest.
     #[serde(default = "rounded_to_nearest")]
     pub weight_rounding: WeightRounding,
+    /// Files written before wider grids existed used 8.
+    #[serde(default = "u8_activation_bits")]
+    pub activation_bits: u8,
     /// Against the FP32 model, per held-out set and over all of them (`all`).
     pub accuracy: Vec<Accuracy>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub candidates: Vec<Candidate>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sensitivity: Vec<Sensitivity>,
+}
+
+fn u8_activation_bits() -> u8 {
+    QuantParams::U8_BITS
 }
 
 fn rounded_to_nearest() -> WeightRounding {
@@ -184,6 +216,17 @@ fn convolutions(meta: &ModelMeta) -> Vec<usize> {
         .collect()
 }
 
+/// The first stage: the convolutions other than the stem that read the largest maps any
+/// of them reads (ResNet-50: layer1, and layer2.0's conv1, conv2 and projection shortcut,
+/// which read maps of layer1's size; conv2 strides).
+fn first_stage(meta: &ModelMeta) -> BTreeSet<usize> {
+    let stem = stem(meta);
+    let rest: Vec<usize> = convolutions(meta).into_iter().filter(|n| !stem.contains(n)).collect();
+    let extent = |n: usize| -> usize { meta.values[meta.nodes[n].inputs[0]].shape.iter().skip(1).product() };
+    let largest = rest.iter().map(|&n| extent(n)).max().unwrap_or(0);
+    rest.into_iter().filter(|&n| extent(n) == largest).collect()
+}
+
 /// Convolutions reading a model input directly.
 fn stem(meta: &ModelMeta) -> BTreeSet<usize> {
     let inputs: Vec<usize> = meta.inputs.iter().map(|i| i.value).collect();
@@ -193,66 +236,12 @@ fn stem(meta: &ModelMeta) -> BTreeSet<usize> {
         .collect()
 }
 
-/// The convolutions of the last residual block: walking back from the last convolution
-/// to its residual input (the block's input). Without a residual, the last convolution.
-fn last_block(meta: &ModelMeta) -> BTreeSet<usize> {
-    let Some(&last) = convolutions(meta).last() else {
-        return BTreeSet::new();
-    };
-    let producer = |v: usize| meta.nodes.iter().position(|n| n.outputs[0] == v);
-    let stop = meta.nodes[last].inputs.get(1).copied();
-    let mut seen = BTreeSet::new();
-    let mut todo = vec![last];
-    while let Some(n) = todo.pop() {
-        if !seen.insert(n) {
-            continue;
-        }
-        for &v in &meta.nodes[n].inputs {
-            if Some(v) != stop {
-                todo.extend(producer(v));
-            }
-        }
-    }
-    if stop.is_none() {
-        return BTreeSet::from([last]);
-    }
-    seen.into_iter()
-        .filter(|&n| matches!(meta.nodes[n].op, Op::Conv { .. }))
-        .collect()
-}
-
-/// Projection shortcuts: in a residual block whose two sides both end in a convolution
-/// (one of them carries the fused add, the other's output is its residual), the side
-/// that reads the block's input directly, a value other convolutions read too.
-fn projections(meta: &ModelMeta) -> BTreeSet<usize> {
-    let producer = |v: usize| meta.nodes.iter().position(|n| n.outputs[0] == v);
-    let shared_input = |c: usize| {
-        let x = meta.nodes[c].inputs[0];
-        meta.nodes.iter().filter(|n| n.inputs.first() == Some(&x)).count() > 1
-    };
-    let mut found = BTreeSet::new();
-    for fused in convolutions(meta) {
-        let Some(&residual) = meta.nodes[fused].inputs.get(1) else {
-            continue;
-        };
-        let Some(other) = producer(residual).filter(|&p| matches!(meta.nodes[p].op, Op::Conv { .. })) else {
-            continue;
-        };
-        found.extend([fused, other].into_iter().filter(|&c| shared_input(c)));
-    }
-    found
-}
-
 /// The convolutions `profile` quantizes, less those named in `keep_fp32`.
 pub fn int8_convolutions(meta: &ModelMeta, profile: Profile, keep_fp32: &[String]) -> BTreeSet<usize> {
     let keep: BTreeSet<usize> = match profile {
         Profile::Aggressive => BTreeSet::new(),
         Profile::Balanced => stem(meta),
-        Profile::Conservative => stem(meta)
-            .into_iter()
-            .chain(projections(meta))
-            .chain(last_block(meta))
-            .collect(),
+        Profile::Conservative => stem(meta).into_iter().chain(first_stage(meta)).collect(),
     };
     convolutions(meta)
         .into_iter()
@@ -264,12 +253,13 @@ pub fn int8_convolutions(meta: &ModelMeta, profile: Profile, keep_fp32: &[String
 struct Grids<'a> {
     hists: &'a std::collections::BTreeMap<usize, Histogram>,
     method: Method,
+    bits: u8,
 }
 
 impl Grids<'_> {
     fn grid(&self, v: usize) -> QuantParams {
-        let (lo, hi) = self.hists[&v].clip(self.method);
-        QuantParams::from_interval(lo, hi)
+        let (lo, hi) = self.hists[&v].clip(self.method, self.bits);
+        QuantParams::from_interval(lo, hi, self.bits)
     }
 }
 
@@ -332,7 +322,11 @@ pub fn quantize(fp32: &Converted, options: &QuantizeOptions) -> Result<Converted
     let rounded = round_weights(fp32, &fp32_bytes, &roundable, options)?;
 
     let build = |profile: Profile, method: Method, only: Option<usize>| -> Result<Converted> {
-        let grids = Grids { hists: &hists, method };
+        let grids = Grids {
+            hists: &hists,
+            method,
+            bits: options.activation_bits.unwrap_or(profile.default_activation_bits()),
+        };
         let set = match only {
             Some(n) => BTreeSet::from([n]),
             None => int8_convolutions(meta, profile, &options.keep_fp32),
@@ -366,6 +360,7 @@ pub fn quantize(fp32: &Converted, options: &QuantizeOptions) -> Result<Converted
                 let m = build(profile, method, None)?.to_bytes()?;
                 candidates.push(Candidate {
                     profile,
+                    activation_bits: options.activation_bits.unwrap_or(profile.default_activation_bits()),
                     method: method.name(),
                     int8_convolutions: int8_convolutions(meta, profile, &options.keep_fp32).len(),
                     accuracy: compare("all", &reference_all, &run_model(&m, &all)?),
@@ -399,6 +394,9 @@ pub fn quantize(fp32: &Converted, options: &QuantizeOptions) -> Result<Converted
         int8_convolutions: int8.len(),
         bias_correction_samples: correction_samples.len(),
         weight_rounding: options.weight_rounding,
+        activation_bits: options
+            .activation_bits
+            .unwrap_or(options.profile.default_activation_bits()),
         fp32_convolutions: convs
             .iter()
             .filter(|n| !int8.contains(n))
@@ -508,8 +506,10 @@ pub fn report_text(value: &serde_json::Value) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "int8        profile {}, clipping {}, {} weight rounding, {} calibration samples, {}; {} convolutions INT8, FP32: {}",
+        "int8        profile {}, {}-bit activations ({}), clipping {}, {} weight rounding, {} calibration samples, {}; {} convolutions INT8, FP32: {}",
         r.profile.name(),
+        r.activation_bits,
+        if r.activation_bits > QuantParams::U8_BITS { "i16" } else { "u8" },
         r.method,
         r.weight_rounding.name(),
         r.calibration_samples,
@@ -538,8 +538,9 @@ pub fn report_text(value: &serde_json::Value) -> String {
             line(
                 &mut s,
                 &format!(
-                    "  {} {} {:.1}/{:.1} ms",
+                    "  {} {}-bit {} {:.1}/{:.1} ms",
                     c.profile.name(),
+                    c.activation_bits,
                     c.method,
                     c.latency_ms,
                     c.fp32_latency_ms

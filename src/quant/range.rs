@@ -2,14 +2,15 @@
 //! range, then a clipping method that picks the quantized interval.
 //!
 //! Clipping trades resolution against saturation: a 256-level grid stretched over the
-//! rare largest values wastes levels on them. `Method::Mse` picks the interval that
+//! rare largest values wastes levels on them (a wider grid less so: the search weighs
+//! the rounding noise of the grid's own step). `Method::Mse` picks the interval that
 //! minimizes the expected squared error of quantizing the observed distribution;
 //! `Method::Percentile` drops a fixed tail; `Method::MinMax` keeps everything.
 
 use serde::{Deserialize, Serialize};
 
 /// Histogram resolution: the clipping search moves in steps of `1 / BINS` of the range,
-/// well below one quantization step (`1 / 255`) at full range.
+/// below one quantization step at full range for grids up to 12 bits.
 pub const BINS: usize = 4096;
 
 /// How a value's clipping interval is chosen from its calibration histogram.
@@ -52,26 +53,36 @@ impl Method {
 pub use crate::graph::op::QuantParams;
 
 impl QuantParams {
-    /// The grid covering `[lo, hi]` (widened to contain 0, so zero is exact: padding and
-    /// ReLU produce exact zeros).
-    pub fn from_interval(lo: f32, hi: f32) -> QuantParams {
+    /// The `bits`-bit grid covering `[lo, hi]` (widened to contain 0, so zero is exact:
+    /// padding and ReLU produce exact zeros).
+    pub fn from_interval(lo: f32, hi: f32, bits: u8) -> QuantParams {
         let lo = lo.min(0.0);
         let hi = hi.max(0.0);
         let span = hi - lo;
-        if span.is_nan() || span <= f32::MIN_POSITIVE * 256.0 || !span.is_finite() {
-            // A value that is always zero: any grid represents it exactly.
-            return QuantParams { scale: 1.0, zero: 0 };
+        let top = QuantParams {
+            scale: 1.0,
+            zero: 0,
+            bits,
         }
-        let scale = span / 255.0;
-        let zero = (-lo / scale).round().clamp(0.0, 255.0) as u8;
-        QuantParams { scale, zero }
+        .max() as f32;
+        if span.is_nan() || span <= f32::MIN_POSITIVE * (top + 1.0) || !span.is_finite() {
+            // A value that is always zero: any grid represents it exactly.
+            return QuantParams {
+                scale: 1.0,
+                zero: 0,
+                bits,
+            };
+        }
+        let scale = span / top;
+        let zero = (-lo / scale).round().clamp(0.0, top) as u16;
+        QuantParams { scale, zero, bits }
     }
 
     /// The real interval this grid covers.
     pub fn interval(&self) -> (f32, f32) {
         (
             (0.0 - self.zero as f32) * self.scale,
-            (255.0 - self.zero as f32) * self.scale,
+            (self.max() as f32 - self.zero as f32) * self.scale,
         )
     }
 }
@@ -147,8 +158,8 @@ impl Histogram {
         self.lo as f64 + (bin as f64 + 0.5) * self.width()
     }
 
-    /// The clipping interval `method` picks.
-    pub fn clip(&self, method: Method) -> (f32, f32) {
+    /// The clipping interval `method` picks for a grid of `bits` bits.
+    pub fn clip(&self, method: Method, bits: u8) -> (f32, f32) {
         let total: u64 = self.counts.iter().sum();
         if total == 0 || self.width() <= 0.0 {
             return (self.lo, self.hi);
@@ -180,7 +191,7 @@ impl Histogram {
                 // stays where the distribution puts it.
                 for step in 1..=400 {
                     let alpha = step as f64 / 400.0;
-                    let err = self.clip_error(alpha * self.lo as f64, alpha * self.hi as f64);
+                    let err = self.clip_error(alpha * self.lo as f64, alpha * self.hi as f64, bits);
                     if err < best.0 {
                         best = (err, alpha);
                     }
@@ -191,11 +202,11 @@ impl Histogram {
         }
     }
 
-    /// Expected squared error over the histogram of quantizing to 256 levels on
+    /// Expected squared error over the histogram of quantizing to `2^bits` levels on
     /// `[lo, hi]`: uniform rounding noise (`step² / 12`) inside, the distance to the
     /// nearest end outside.
-    fn clip_error(&self, lo: f64, hi: f64) -> f64 {
-        let step = (hi - lo) / 255.0;
+    fn clip_error(&self, lo: f64, hi: f64, bits: u8) -> f64 {
+        let step = (hi - lo) / ((1u32 << bits) - 1) as f64;
         let rounding = step * step / 12.0;
         let mut err = 0.0;
         for (b, &n) in self.counts.iter().enumerate() {
@@ -230,16 +241,19 @@ mod tests {
 
     #[test]
     fn grid_contains_zero_exactly() {
-        let q = QuantParams::from_interval(-1.0, 3.0);
+        let q = QuantParams::from_interval(-1.0, 3.0, 8);
         let (lo, hi) = q.interval();
         assert!(lo <= -0.99 && hi >= 2.99, "{q:?}");
         assert_eq!(q.zero, 64);
-        let relu = QuantParams::from_interval(0.0, 6.0);
+        let relu = QuantParams::from_interval(0.0, 6.0, 8);
         assert_eq!(relu.zero, 0);
-        assert_eq!(
-            QuantParams::from_interval(0.0, 0.0),
-            QuantParams { scale: 1.0, zero: 0 }
-        );
+        assert_eq!(QuantParams::from_interval(0.0, 0.0, 8), QuantParams::u8(1.0, 0));
+        // 11 bits: 2047 steps, the zero point where -lo puts it.
+        let wide = QuantParams::from_interval(-1.0, 3.0, 11);
+        assert_eq!((wide.zero, wide.max(), wide.element_bytes()), (512, 2047, 2));
+        assert!((wide.scale - 4.0 / 2047.0).abs() < 1e-9, "{wide:?}");
+        let (lo, hi) = wide.interval();
+        assert!((lo + 1.0).abs() < 2e-3 && (hi - 3.0).abs() < 2e-3, "{lo} {hi}");
     }
 
     #[test]
@@ -247,8 +261,8 @@ mod tests {
         let mut xs: Vec<f32> = (0..100_000).map(|i| (i % 1000) as f32 / 1000.0).collect();
         xs.push(50.0);
         let h = histogram(&xs);
-        assert_eq!(h.clip(Method::MinMax), (0.0, 50.0));
-        let (lo, hi) = h.clip(Method::Percentile(1e-4));
+        assert_eq!(h.clip(Method::MinMax, 8), (0.0, 50.0));
+        let (lo, hi) = h.clip(Method::Percentile(1e-4), 8);
         assert_eq!(lo, 0.0);
         assert!((0.99..1.05).contains(&hi), "{hi}");
     }
@@ -257,19 +271,25 @@ mod tests {
     fn mse_clips_a_long_tail_but_not_a_uniform_range() {
         // Uniform: clipping only adds error, so the whole range is kept.
         let uniform: Vec<f32> = (0..50_000).map(|i| i as f32 / 50_000.0).collect();
-        let (_, hi) = histogram(&uniform).clip(Method::Mse);
+        let (_, hi) = histogram(&uniform).clip(Method::Mse, 8);
         assert!(hi > 0.98, "{hi}");
         // Exponential tail (post-ReLU activations): the chosen interval is the best of
         // the candidates, cut short of the maximum.
         let tail: Vec<f32> = (1..200_000).map(|i| -((i as f32) / 200_000.0).ln()).collect();
         let h = histogram(&tail);
-        let (_, hi) = h.clip(Method::Mse);
+        let (_, hi) = h.clip(Method::Mse, 8);
         let max = tail.iter().cloned().fold(0.0, f32::max);
         assert!(hi < max && hi > 3.0, "hi {hi} max {max}");
-        let err = h.clip_error(0.0, hi as f64);
+        let err = h.clip_error(0.0, hi as f64, 8);
         for other in [0.25, 0.5, 0.75, 1.0] {
-            assert!(err <= h.clip_error(0.0, other * max as f64), "hi {hi} vs {other} * max");
+            assert!(
+                err <= h.clip_error(0.0, other * max as f64, 8),
+                "hi {hi} vs {other} * max"
+            );
         }
+        // A finer grid's rounding costs less, so it clips less.
+        let (_, hi11) = h.clip(Method::Mse, 11);
+        assert!(hi11 > hi, "11 bits {hi11} vs 8 bits {hi}");
     }
 
     #[test]

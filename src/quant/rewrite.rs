@@ -1,7 +1,8 @@
 //! Turns a converted FP32 model into an INT8 one: the chosen convolutions become `QConv`
-//! (per-channel symmetric s8 weights, the input zero point folded into an i32 bias), a
-//! value is stored as u8 exactly when every reader is INT8 and reads it as its input
-//! (not only as a residual), and a `Quantize` node
+//! (per-channel symmetric s8 weights, packed for the input's element type, the input zero
+//! point folded into an i32 bias), a value is stored quantized (u8, or i16 on a wider
+//! grid) exactly when every reader is INT8 and reads it as its input (not only as a
+//! residual), and a `Quantize` node
 //! appears only where an f32 value first feeds an INT8 layer. An INT8 layer whose
 //! output any FP32 layer reads writes f32 directly from its epilogue, so there is no
 //! separate dequantize step, and no quantize/dequantize pair between two INT8 layers.
@@ -19,7 +20,7 @@ use crate::graph::op::{Op, PACK_LANES, QPACK_GROUP};
 /// `qp_kernels::qconv::MAX_REDUCTION`).
 const MAX_BIAS: f64 = (1u64 << 30) as f64;
 
-/// `fp32` with the conv nodes `int8` (node indices) quantized; `grid(value)` gives the u8
+/// `fp32` with the conv nodes `int8` (node indices) quantized; `grid(value)` gives the
 /// grid of every value an INT8 layer reads or writes, `weights` the rounded weights of
 /// every node in `int8`.
 pub fn quantize_model(
@@ -94,10 +95,11 @@ pub fn quantize_model(
         } else {
             *quantized.entry(x).or_insert_with(|| {
                 let q = values.len();
+                let grid = grid(x);
                 values.push(ValueSpec {
-                    name: format!("{}.u8", values[x].name),
+                    name: format!("{}.{}", values[x].name, if grid.is_wide() { "i16" } else { "u8" }),
                     shape: values[x].shape.clone(),
-                    quant: Some(grid(x)),
+                    quant: Some(grid),
                 });
                 nodes.push(NodeSpec {
                     name: format!("{}.quantize", values[x].name),
@@ -112,7 +114,7 @@ pub fn quantize_model(
         if stored_u8(out, i) {
             values[out].quant = Some(grid(out));
         }
-        let input_grid = values[xq].quant.expect("u8 input");
+        let input_grid = values[xq].quant.expect("quantized input");
         let [kh, kw] = window.kernel;
         let rounded = weights
             .get(&i)
@@ -251,7 +253,8 @@ pub struct QuantizedConv {
 
 /// The INT8 parameters of a conv with rounded weights `w` reading `input`: `scale =
 /// input scale * weight step`, and the bias in accumulator units with the input zero
-/// point folded in: `round(b / scale) - zero * Σ q`.
+/// point folded in: `round(b / scale) - zero * Σ q`. The weights are packed for the
+/// input's element type (u8 or i16), whose grid must keep the layer's sums exact.
 pub fn quantize_conv(
     w: &RoundedWeights,
     bias: &[f32],
@@ -263,6 +266,17 @@ pub fn quantize_conv(
 ) -> Result<QuantizedConv, String> {
     let lanes = cout.div_ceil(PACK_LANES) * PACK_LANES;
     let len = kh * kw * cin;
+    if input.is_wide() {
+        let reduction = kh * kw * cin.div_ceil(QPACK_GROUP) * QPACK_GROUP;
+        let limit = qp_kernels::qconv::max_reduction_i16(input.max());
+        if reduction > limit {
+            return Err(format!(
+                "its {reduction} products per output would overflow exact i32 sums on a {}-bit input grid \
+                 (at most {limit}); use fewer --activation-bits",
+                input.bits
+            ));
+        }
+    }
     let mut oihw = vec![0i8; cout * len];
     let mut bias_q = vec![0i32; lanes];
     let mut scale = vec![0f32; lanes];
@@ -279,14 +293,19 @@ pub fn quantize_conv(
         if b.is_nan() || b.abs() > MAX_BIAS {
             return Err(format!(
                 "output channel {co}: bias {} is {b:.3e} accumulator units, too large for exact INT8 arithmetic; \
-                 keep this layer FP32 (--profile conservative) or recalibrate",
+                 keep this layer FP32 (--keep-fp32) or recalibrate",
                 bias[co]
             ));
         }
         bias_q[co] = b as i32;
     }
+    let weights = if input.is_wide() {
+        qp_kernels::qconv::pack_weights_for::<i16>(&oihw, cout, cin, kh, kw)
+    } else {
+        qp_kernels::qconv::pack_weights_for::<u8>(&oihw, cout, cin, kh, kw)
+    };
     Ok(QuantizedConv {
-        weights: qp_kernels::qconv::pack_weights_s8(&oihw, cout, cin, kh, kw),
+        weights,
         bias: bias_q,
         scale,
     })
@@ -335,7 +354,7 @@ mod tests {
         let mut packed = vec![0f32; PACK_LANES];
         packed[0] = 0.5;
         packed[1] = -2.0;
-        let input = QuantParams { scale: 0.1, zero: 10 };
+        let input = QuantParams::u8(0.1, 10);
         let q = quantize_conv(&nearest(&packed, 2, 1), &[1.0, 0.0], 2, 1, 1, 1, input).unwrap();
         // Each channel's largest weight maps to +-127.
         // Packed [panel][kh][kw][ci/4][16 lanes][4]: channel 1, input 0 is byte 4.
@@ -355,7 +374,7 @@ mod tests {
     fn a_bias_too_large_for_the_accumulator_is_refused() {
         let mut packed = vec![0f32; PACK_LANES];
         packed[0] = 1e-6;
-        let input = QuantParams { scale: 1e-3, zero: 0 };
+        let input = QuantParams::u8(1e-3, 0);
         let err = quantize_conv(&nearest(&packed, 1, 1), &[1e6], 1, 1, 1, 1, input)
             .err()
             .unwrap();
