@@ -9,14 +9,17 @@ Runs after tools/compare_full.py has written DIR/qualitynet_features.onnx and
 DIR/b3/{inputs,ort}/ (it reuses them). Calibration data: --calibrate, else the PNG icons of
 Debian's adwaita-icon-theme when installed, else 96 pseudo-images written as .npy.
 
-Checks, each a regression budget set from measurements on this model (docs/PERFORMANCE.md):
-  - the INT8 file is at most 30% of the FP32 one;
-  - the converter's held-out report (all sets): mean |delta ssim| <= 0.05, Pearson r >= 0.97,
-    pooled-feature cosine >= 0.998 (measured with bias correction and the icons: 0.027,
-    0.991 and 0.9995; 0.067, 0.958 and 0.9994 without);
-  - on the batch-3 pseudo-inputs, every tier's ssim is within 0.15 of ORT FP32 (measured:
-    0.078) and the tiers agree with each other within 2e-3, the pooled features within
-    cosine 0.998; where the CPU has AMX, the AMX and AVX512-VNNI tiers agree bit for bit.
+Checks the default conversion (the conservative profile: 11-bit activations), each a
+regression budget set from measurements on this model (docs/PERFORMANCE.md):
+  - the INT8 file is at most 30% of the FP32 one (measured 27.4%);
+  - the converter's held-out report (all sets): mean |delta ssim| <= 0.02, Pearson r >= 0.99,
+    pooled-feature cosine >= 0.9995 (measured with the icons: 0.0070, 0.9994, 0.99997);
+  - on the batch-3 pseudo-inputs, every tier's ssim is within 0.06 of ORT FP32 (measured:
+    0.023-0.027) and the tiers agree with each other within 1e-2 (measured 0.0037: the FP32
+    first stage sums in a different order per tier, and where that moves a value across a
+    rounding boundary of the 11-bit grid it enters, the INT8 layers carry the step on), the
+    pooled features within cosine 0.9995; where the CPU has AMX, the AMX and AVX512-VNNI
+    tiers agree bit for bit.
 A tier this CPU cannot run (the engine's `tier:` line shows what ran) is reported as skipped.
 Exit status: 0 on success, 1 on a failed check, 2 on a usage or tool error.
 """
@@ -111,12 +114,12 @@ def main(argv=None):
         print(f"report {acc['set']:14s} ({acc['samples']}): mean |d| {ssim['mean_abs_delta']:.4f} "
               f"(bias {ssim.get('mean_delta', float('nan')):+.4f}) p99 {ssim['p99_abs_delta']:.4f} r {ssim['pearson_r']:.4f} features cos {cos:.5f}")
         if acc["set"] == "all":
-            if ssim["mean_abs_delta"] > 0.05:
-                failures.append(f"held-out mean |delta ssim| {ssim['mean_abs_delta']:.4f} > 0.05")
-            if not ssim["pearson_r"] >= 0.97:
-                failures.append(f"held-out Pearson r {ssim['pearson_r']:.4f} < 0.97")
-            if not cos >= 0.998:
-                failures.append(f"held-out feature cosine {cos:.5f} < 0.998")
+            if ssim["mean_abs_delta"] > 0.02:
+                failures.append(f"held-out mean |delta ssim| {ssim['mean_abs_delta']:.4f} > 0.02")
+            if not ssim["pearson_r"] >= 0.99:
+                failures.append(f"held-out Pearson r {ssim['pearson_r']:.4f} < 0.99")
+            if not cos >= 0.9995:
+                failures.append(f"held-out feature cosine {cos:.5f} < 0.9995")
 
     ort = {n: np.load(os.path.join(b3, "ort", f"{n}.npy")) for n in ("ssim", "features")}
     inputs = [f"--input=image={os.path.join(b3, 'inputs', 'image.npy')}",
@@ -143,12 +146,15 @@ def main(argv=None):
         delta = float(np.abs(got["ssim"] - ort["ssim"]).max())
         cos = cosine(got["features"], ort["features"])
         print(f"tier {tier:7s}: ({ran[1]}) max |ssim - ort fp32| {delta:.4f}, min feature cosine {cos:.5f}")
-        if delta > 0.15 or cos < 0.998:
-            failures.append(f"tier {tier}: |delta ssim| {delta:.4f} (budget 0.15), cosine {cos:.5f} (>= 0.998)")
+        if delta > 0.06 or cos < 0.9995:
+            failures.append(f"tier {tier}: |delta ssim| {delta:.4f} (budget 0.06), cosine {cos:.5f} (>= 0.9995)")
         if first is None:
             first = got
-        elif float(np.abs(got["ssim"] - first["ssim"]).max()) > 2e-3:
-            failures.append(f"tier {tier} disagrees with {args.tiers.split(',')[0]} by more than 2e-3")
+        else:
+            apart = float(np.abs(got["ssim"] - first["ssim"]).max())
+            print(f"tier {tier:7s}: max |ssim - first tier's| {apart:.4f}")
+            if apart > 1e-2:
+                failures.append(f"tier {tier} disagrees with {args.tiers.split(',')[0]} by {apart:.4f} (> 1e-2)")
     # Both sum exactly in i32 and share one epilogue: any difference is a kernel bug.
     if "amx" in outputs and "avx512" in outputs:
         same = all(np.array_equal(outputs["amx"][n], outputs["avx512"][n]) for n in ("ssim", "features"))
