@@ -530,7 +530,7 @@ fn int8_model_runs_on_every_tier_close_to_onnx_runtime() {
         };
         assert_eq!(kept, want, "{profile:?}: convolutions kept FP32");
         let bits = if profile == qp::quant::Profile::Conservative {
-            11
+            12
         } else {
             8
         };

@@ -180,7 +180,7 @@ fn an_int8_model_serves_and_shows_its_quantization_report() {
     assert_eq!(m["int8_tier"], best.name(), "{m}");
     let report = &m["reports"]["quantization"];
     assert_eq!(report["profile"], "conservative", "{m}");
-    assert_eq!(report["activation_bits"], 11, "{m}");
+    assert_eq!(report["activation_bits"], 12, "{m}");
     assert!(report["accuracy"][0]["outputs"][0]["mean_abs_delta"].is_number(), "{m}");
 
     // Served answers equal the engine's on the same inputs.

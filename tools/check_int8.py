@@ -9,7 +9,7 @@ Runs after tools/compare_full.py has written DIR/qualitynet_features.onnx and
 DIR/b3/{inputs,ort}/ (it reuses them). Calibration data: --calibrate, else the PNG icons of
 Debian's adwaita-icon-theme when installed, else 96 pseudo-images written as .npy.
 
-Checks the default conversion (the conservative profile: 11-bit activations), each a
+Checks the default conversion (the conservative profile: 12-bit activations), each a
 regression budget set from measurements on this model (docs/PERFORMANCE.md):
   - the INT8 file is at most 30% of the FP32 one (measured 27.4%);
   - the converter's held-out report (all sets): mean |delta ssim| <= 0.02, Pearson r >= 0.99,
@@ -17,7 +17,7 @@ regression budget set from measurements on this model (docs/PERFORMANCE.md):
   - on the batch-3 pseudo-inputs, every tier's ssim is within 0.06 of ORT FP32 (measured:
     0.023-0.027) and the tiers agree with each other within 1e-2 (measured 0.0037: the FP32
     first stage sums in a different order per tier, and where that moves a value across a
-    rounding boundary of the 11-bit grid it enters, the INT8 layers carry the step on), the
+    rounding boundary of the fine grid it enters, the INT8 layers carry the step on), the
     pooled features within cosine 0.9995; where the CPU has AMX, the AMX and AVX512-VNNI
     tiers agree bit for bit.
 A tier this CPU cannot run (the engine's `tier:` line shows what ran) is reported as skipped.

@@ -39,7 +39,7 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     calibrate: Vec<PathBuf>,
     /// INT8: aggressive (every convolution INT8, u8 activations), balanced (the stem
-    /// FP32, u8), conservative (the stem and the first stage FP32, 11-bit i16
+    /// FP32, u8), conservative (the stem and the first stage FP32, 12-bit i16
     /// activations, GPTQ weights: within 0.01 of FP32 on the reference model, at half the
     /// VNNI speed of balanced). Default: conservative.
     #[arg(long, value_parser = parse_profile)]
@@ -87,8 +87,9 @@ struct Args {
     weight_rounding: Option<qp::quant::WeightRounding>,
     /// INT8: bits of the activation grids, 8 to 15. 8 stores activations as u8 (the
     /// fastest kernels); more store them as i16, on grids 2^(bits-8) times finer, at half
-    /// the VNNI multiply rate (the AVX2 rate is the same). Default: 11 for the
-    /// conservative profile, 8 for the others.
+    /// the VNNI multiply rate (the AVX2 rate is the same). A value read by a layer whose
+    /// i32 sums could overflow on that grid gets the widest that keeps them exact.
+    /// Default: 12 for the conservative profile, 8 for the others.
     #[arg(long, value_parser = clap::value_parser!(u8).range(8..=15))]
     activation_bits: Option<u8>,
 }

@@ -41,7 +41,8 @@ pub enum Profile {
     /// The stem and the first stage (the convolutions reading the largest maps after
     /// the stem: ResNet-50's layer1 and layer2.0's conv1, conv2 and projection shortcut;
     /// layer1's s8 weights cost the most accuracy) stay FP32, and activations are stored on
-    /// 11-bit grids (i16) with GPTQ-rounded weights: the profile that keeps the INT8
+    /// 12-bit grids (i16; 11 bits where a reader's sums need it) with GPTQ-rounded
+    /// weights: the profile that keeps the INT8
     /// model within 0.01 of FP32 on the reference model (docs/PERFORMANCE.md, "INT8
     /// error budget"), at half the VNNI multiply rate.
     Conservative,
@@ -63,13 +64,14 @@ impl Profile {
     }
 
     /// Activation grid bits when none are asked for: u8 for aggressive and balanced,
-    /// 11 bits (i16) for conservative. 11 bits is the widest grid whose sums stay exact
-    /// in i32 for every ResNet-50 layer (3 x 3 x 512 products: `qconv::max_reduction_i16`);
-    /// on the reference model 10 bits measured 0.0077 and 12 bits 0.0063 mean |d ssim|.
+    /// 12 bits (i16) for conservative. The inputs of ResNet-50's 3 x 3 x 512 layers get 11
+    /// (`widest_exact_bits`: their 4608 products could overflow i32 on 12). On the
+    /// reference model 12 bits measured 0.0048 / 0.0104 mean |d ssim| on held-out icons /
+    /// pseudo-images, 11 bits everywhere 0.0054 / 0.0108 (docs/PERFORMANCE.md).
     pub fn default_activation_bits(self) -> u8 {
         match self {
             Profile::Aggressive | Profile::Balanced => QuantParams::U8_BITS,
-            Profile::Conservative => 11,
+            Profile::Conservative => 12,
         }
     }
 
@@ -249,17 +251,42 @@ pub fn int8_convolutions(meta: &ModelMeta, profile: Profile, keep_fp32: &[String
         .collect()
 }
 
+/// The widest grid (at most `QuantParams::MAX_BITS`) on which every convolution reading
+/// value `v` as its input keeps its sums exact in i32 (`qconv::max_reduction_i16`).
+fn widest_exact_bits(meta: &ModelMeta, v: usize) -> u8 {
+    let reductions = meta.nodes.iter().filter_map(|n| match n.op {
+        Op::Conv { cin, window, .. } if n.inputs.first() == Some(&v) => {
+            let group = crate::graph::op::QPACK_GROUP;
+            Some(window.kernel[0] * window.kernel[1] * cin.div_ceil(group) * group)
+        }
+        _ => None,
+    });
+    let longest = reductions.max().unwrap_or(0);
+    (QuantParams::U8_BITS + 1..=QuantParams::MAX_BITS)
+        .rev()
+        .find(|&bits| longest <= qp_kernels::qconv::max_reduction_i16(((1u32 << bits) - 1) as u16))
+        .unwrap_or(QuantParams::U8_BITS)
+}
+
 /// Calibrated grids, for one method.
 struct Grids<'a> {
+    meta: &'a ModelMeta,
     hists: &'a std::collections::BTreeMap<usize, Histogram>,
     method: Method,
+    /// The widest grid asked for; a value whose readers' sums could overflow on it gets
+    /// the widest that keeps them exact.
     bits: u8,
 }
 
 impl Grids<'_> {
     fn grid(&self, v: usize) -> QuantParams {
-        let (lo, hi) = self.hists[&v].clip(self.method, self.bits);
-        QuantParams::from_interval(lo, hi, self.bits)
+        let bits = if self.bits > QuantParams::U8_BITS {
+            self.bits.min(widest_exact_bits(self.meta, v))
+        } else {
+            self.bits
+        };
+        let (lo, hi) = self.hists[&v].clip(self.method, bits);
+        QuantParams::from_interval(lo, hi, bits)
     }
 }
 
@@ -323,6 +350,7 @@ pub fn quantize(fp32: &Converted, options: &QuantizeOptions) -> Result<Converted
 
     let build = |profile: Profile, method: Method, only: Option<usize>| -> Result<Converted> {
         let grids = Grids {
+            meta,
             hists: &hists,
             method,
             bits: options.activation_bits.unwrap_or(profile.default_activation_bits()),
