@@ -3,9 +3,11 @@
 //! tier choice and argument checks.
 
 mod conv_support;
+mod qconv_support;
 
 use conv_support::{geometry, Threads};
 use proptest::prelude::*;
+use qconv_support::{arb_geometry, first_difference, naive_accumulators, supported};
 use qp_kernels::cpu::{features, Features, Isa};
 use qp_kernels::fpstatus;
 use qp_kernels::parallel::{ParallelFor, Serial};
@@ -136,37 +138,7 @@ impl Problem {
 
     /// Exact accumulators from OIHW weights in i64, padding taps reading `x_zero`.
     fn naive_accumulators(&self) -> Vec<i64> {
-        let g = &self.g;
-        let [kh_n, kw_n] = g.kernel;
-        let mut acc = vec![0i64; g.output_len()];
-        for n in 0..g.batch {
-            for oh in 0..g.out_h {
-                for ow in 0..g.out_w {
-                    for co in 0..g.cout {
-                        let mut sum = 0i64;
-                        for ci in 0..g.cin {
-                            for kh in 0..kh_n {
-                                for kw in 0..kw_n {
-                                    let ih = (oh * g.stride[0] + kh * g.dilation[0]) as isize - g.pads[0] as isize;
-                                    let iw = (ow * g.stride[1] + kw * g.dilation[1]) as isize - g.pads[1] as isize;
-                                    let inside = ih >= 0 && iw >= 0 && (ih as usize) < g.in_h && (iw as usize) < g.in_w;
-                                    let x = if inside {
-                                        let (ih, iw) = (ih as usize, iw as usize);
-                                        self.input[((n * g.in_h + ih) * g.in_w + iw) * g.cin + ci]
-                                    } else {
-                                        self.x_zero
-                                    };
-                                    let w = self.weights_oihw[((co * g.cin + ci) * kh_n + kh) * kw_n + kw];
-                                    sum += x as i64 * w as i64;
-                                }
-                            }
-                        }
-                        acc[((n * g.out_h + oh) * g.out_w + ow) * g.cout + co] = sum;
-                    }
-                }
-            }
-        }
-        acc
+        naive_accumulators(&self.g, &self.input, self.x_zero, &self.weights_oihw)
     }
 
     /// The module's definition evaluated directly on the naive accumulators.
@@ -201,25 +173,6 @@ impl Problem {
     }
 }
 
-fn first_difference(got: &[u32], want: &[u32], what: &str) -> Result<(), String> {
-    match got.iter().zip(want).position(|(a, b)| a != b) {
-        None if got.len() == want.len() => Ok(()),
-        None => Err(format!("{what}: {} outputs, expected {}", got.len(), want.len())),
-        Some(i) => Err(format!(
-            "{what}: output {i}: got {:#x}, expected {:#x}",
-            got[i], want[i]
-        )),
-    }
-}
-
-fn supported(tier: Int8Tier) -> bool {
-    if !tier.supported(features()) {
-        eprintln!("skipped: this CPU lacks {}", tier.name());
-        return false;
-    }
-    true
-}
-
 /// The largest activation a tier is exact for.
 fn max_input(tier: Int8Tier) -> u8 {
     if tier == Int8Tier::Avx2Act7 {
@@ -235,21 +188,6 @@ fn residual_kind() -> impl Strategy<Value = ResidualKind> {
         Just(ResidualKind::F32),
         Just(ResidualKind::U8)
     ]
-}
-
-/// Random geometry: ragged channel counts, kernels 1..7, strides 1..3, dilations 1..2,
-/// asymmetric padding, batch 1..4, odd spatial sizes.
-fn arb_geometry() -> impl Strategy<Value = QConvGeometry> {
-    (
-        (1usize..=4, 1usize..=13, 1usize..=13, 1usize..=70, 1usize..=70),
-        (1usize..=7, 1usize..=7, 1usize..=3, 1usize..=3, 1usize..=2, 1usize..=2),
-        [0usize..=3, 0usize..=3, 0usize..=3, 0usize..=3],
-    )
-        .prop_map(|((batch, h, w, cin, cout), (kh, kw, sh, sw, dh, dw), pads)| {
-            let h = h.max((dh * (kh - 1) + 1).saturating_sub(pads[0] + pads[2]));
-            let w = w.max((dw * (kw - 1) + 1).saturating_sub(pads[1] + pads[3]));
-            geometry(batch, [h, w], cin, cout, [kh, kw], [sh, sw], [dh, dw], pads)
-        })
 }
 
 /// `arb_geometry` with `cin` a multiple of 64 (what the AMX kernel takes) in most cases,
