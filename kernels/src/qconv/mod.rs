@@ -107,6 +107,9 @@ pub trait QElement: Copy + Default + PartialEq + std::fmt::Debug + Send + Sync +
     /// Where input channel `k` of a group of 4 sits in each lane's 4 packed weight bytes.
     const GROUP_ORDER: [usize; GROUP];
     fn to_i32(self) -> i32;
+    /// The tier that runs this element type for a tier the CPU supports: the same, or
+    /// the one below it that has a kernel for this type.
+    fn kernel_tier(tier: Int8Tier) -> Int8Tier;
     /// Runs `job` on `tier`, which `effective_tier` returned for this element type.
     #[doc(hidden)]
     fn run_tier(tier: Int8Tier, par: &dyn ParallelFor, job: &Job<Self>);
@@ -117,6 +120,9 @@ impl QElement for u8 {
     fn to_i32(self) -> i32 {
         self as i32
     }
+    fn kernel_tier(tier: Int8Tier) -> Int8Tier {
+        tier
+    }
     fn run_tier(tier: Int8Tier, par: &dyn ParallelFor, job: &Job<u8>) {
         run_tier_u8(tier, par, job)
     }
@@ -126,6 +132,14 @@ impl QElement for i16 {
     const GROUP_ORDER: [usize; GROUP] = [0, 2, 1, 3];
     fn to_i32(self) -> i32 {
         self as i32
+    }
+    /// AMX multiplies bytes only; the 7-bit tier exists for u8 inputs.
+    fn kernel_tier(tier: Int8Tier) -> Int8Tier {
+        match tier {
+            Int8Tier::Amx => Int8Tier::Avx512Vnni,
+            Int8Tier::Avx2Act7 => Int8Tier::Avx2,
+            t => t,
+        }
     }
     fn run_tier(tier: Int8Tier, par: &dyn ParallelFor, job: &Job<i16>) {
         run_tier_i16(tier, par, job)
@@ -281,12 +295,7 @@ pub fn effective_tier(requested: Int8Tier) -> Int8Tier {
 /// `effective_tier` for activations of type `E`: i16 activations run AMX requests on
 /// AVX512-VNNI and `avx2-act7` requests on AVX2.
 pub fn effective_tier_for<E: QElement>(requested: Int8Tier) -> Int8Tier {
-    let t = effective_tier(requested);
-    match t {
-        Int8Tier::Amx if std::any::TypeId::of::<E>() == std::any::TypeId::of::<i16>() => Int8Tier::Avx512Vnni,
-        Int8Tier::Avx2Act7 if std::any::TypeId::of::<E>() == std::any::TypeId::of::<i16>() => Int8Tier::Avx2,
-        t => t,
-    }
+    E::kernel_tier(effective_tier(requested))
 }
 
 static CALLS_PER_TIER: [AtomicU64; 7] = [
