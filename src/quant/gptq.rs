@@ -305,10 +305,11 @@ fn inverse_cholesky_upper(h: &Array2<f64>) -> Result<Array2<f64>> {
 }
 
 /// Rounds `weights` (`rows` output channels x `moment.dim` columns, row-major, columns in
-/// patch order) to integers in `[-qmax, qmax]` on the per-row steps `step`, GPTQ style.
+/// patch order) to integers in `[-qmax, qmax]` on the per-row steps `step`, GPTQ style,
+/// the columns rounded in descending order of input energy.
 pub fn round(weights: &[f32], rows: usize, step: &[f32], qmax: f32, moment: &InputMoment) -> Result<Vec<i8>> {
     let qmax = qmax as f64;
-    let snapped = compensate(weights, rows, moment, |r, v| {
+    let snapped = compensate(weights, rows, moment, ColumnOrder::ByEnergy, |r, v| {
         let s = step[r] as f64;
         (v / s).round().clamp(-qmax, qmax) * s
     })?;
@@ -323,10 +324,23 @@ pub fn round(weights: &[f32], rows: usize, step: &[f32], qmax: f32, moment: &Inp
 /// relative rather than per-channel, but the error feedback is the same.
 pub fn round_to_f16(weights: &[f32], rows: usize, moment: &InputMoment) -> Result<Vec<f32>> {
     let max = half::f16::MAX.to_f64();
-    let snapped = compensate(weights, rows, moment, |_, v| {
+    let snapped = compensate(weights, rows, moment, ColumnOrder::Natural, |_, v| {
         half::f16::from_f64(v.clamp(-max, max)).to_f64()
     })?;
     Ok(snapped.into_iter().map(|v| v as f32).collect())
+}
+
+/// The order the GPTQ sweep rounds a layer's columns in.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum ColumnOrder {
+    /// Patch order, for f16: energy order moved its largest deltas up (held-out
+    /// pseudo-images' max |delta ssim| 0.00076 -> 0.00094 against the 1e-3 bar).
+    Natural,
+    /// Descending input energy `E[x_i²]` (the paper's "act order"): the columns that move
+    /// the output most are rounded first, while every other column can still absorb their
+    /// error. On the reference model it took the 12-bit default's mean |delta ssim| on
+    /// held-out pseudo-images from 0.0104 to 0.0098, and on icons from 0.0048 to 0.0047.
+    ByEnergy,
 }
 
 /// The GPTQ sweep over a grid given by `snap(row, v)`, the grid value of row `row`
@@ -335,6 +349,7 @@ fn compensate(
     weights: &[f32],
     rows: usize,
     moment: &InputMoment,
+    column_order: ColumnOrder,
     snap: impl Fn(usize, f64) -> f64,
 ) -> Result<Vec<f64>> {
     let cols = moment.dim;
@@ -355,10 +370,16 @@ fn compensate(
         }
         h[[i, i]] += DAMPING * mean_diag;
     }
+    let mut order: Vec<usize> = (0..cols).collect();
+    if column_order == ColumnOrder::ByEnergy {
+        order.sort_by(|&a, &b| h[[b, b]].total_cmp(&h[[a, a]]).then(a.cmp(&b)));
+    }
+    // `H` with its rows and columns in rounding order.
+    let h = Array2::from_shape_fn((cols, cols), |(i, j)| h[[order[i], order[j]]]);
     let u = inverse_cholesky_upper(&h)?;
 
-    // Columns as rows: column i of W is a contiguous row of `w`.
-    let mut w = Array2::from_shape_fn((cols, rows), |(c, r)| weights[r * cols + c] as f64);
+    // Columns as rows, in rounding order: column order[i] of W is row i of `w`.
+    let mut w = Array2::from_shape_fn((cols, rows), |(i, r)| weights[r * cols + order[i]] as f64);
     let mut q = vec![0f64; rows * cols];
     for b0 in (0..cols).step_by(BLOCK) {
         let b1 = (b0 + BLOCK).min(cols);
@@ -368,7 +389,7 @@ fn compensate(
             for r in 0..rows {
                 let v = w[[i, r]];
                 let g = snap(r, v);
-                q[r * cols + i] = g;
+                q[r * cols + order[i]] = g;
                 err[[i - b0, r]] = (v - g) / d;
             }
             for j in i + 1..b1 {
@@ -514,6 +535,66 @@ mod tests {
         for (&g, &v) in gptq.iter().zip(&w) {
             assert!((v - g).abs() < 4.0 * step[0]);
         }
+    }
+
+    /// Inputs whose energy grows tenfold across the columns, correlated like pixels.
+    fn graded_layer(seed: u64) -> (InputMoment, Vec<f32>) {
+        let mut rng = crate::bench::inputs::SplitMix64::new(seed);
+        let mut moment = InputMoment::new(COLS);
+        let mut xs = Vec::new();
+        for _ in 0..400 {
+            let common = (rng.uniform() * 2.0) as f32;
+            for c in 0..COLS {
+                let gain = 0.3 + 3.0 * c as f32 / COLS as f32;
+                xs.push(gain * (common + 0.5 * (rng.uniform() as f32 - 0.5)));
+            }
+        }
+        moment.add(&xs, 400);
+        let w = (0..ROWS * COLS).map(|_| rng.uniform() as f32 - 0.5).collect();
+        (moment, w)
+    }
+
+    /// Rounding the high-energy columns first leaves a smaller output error than patch
+    /// order, where they come last with nothing left to absorb their error.
+    #[test]
+    fn rounding_by_energy_beats_patch_order() {
+        let step = 0.05f64;
+        for seed in [1, 2, 3] {
+            let (moment, w) = graded_layer(seed);
+            let h = moment.mean();
+            let snap = |_: usize, v: f64| (v / step).round().clamp(-127.0, 127.0) * step;
+            let sweep = |order| -> Vec<f32> {
+                let q = compensate(&w, ROWS, &moment, order, snap).unwrap();
+                q.into_iter().map(|v| v as f32).collect()
+            };
+            let by_energy = output_error(&w, &sweep(ColumnOrder::ByEnergy), ROWS, &h);
+            let natural = output_error(&w, &sweep(ColumnOrder::Natural), ROWS, &h);
+            assert!(
+                by_energy < 0.8 * natural,
+                "seed {seed}: by energy {by_energy:e} vs patch order {natural:e}"
+            );
+        }
+    }
+
+    /// With uncorrelated inputs there is nothing to compensate: any order gives nearest
+    /// rounding, each weight back in its own place.
+    #[test]
+    fn uncorrelated_inputs_round_to_nearest_in_any_order() {
+        let mut rng = crate::bench::inputs::SplitMix64::new(5);
+        let mut moment = InputMoment::new(COLS);
+        // One input active per patch, with a gain per column: a diagonal moment whose
+        // energies are out of patch order.
+        let mut xs = vec![0f32; COLS * COLS];
+        for c in 0..COLS {
+            xs[c * COLS + c] = 1.0 + ((c * 37) % 11) as f32;
+        }
+        moment.add(&xs, COLS);
+        let w: Vec<f32> = (0..ROWS * COLS).map(|_| rng.uniform() as f32 - 0.5).collect();
+        let step = vec![0.01f32; ROWS];
+        assert_eq!(
+            round(&w, ROWS, &step, 127.0, &moment).unwrap(),
+            nearest(&w, ROWS, COLS, &step, 127.0)
+        );
     }
 
     /// The same on the f16 grid: every value an exact f16, a smaller output error than

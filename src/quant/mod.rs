@@ -67,7 +67,8 @@ impl Profile {
     /// 12 bits (i16) for conservative. The inputs of ResNet-50's 3 x 3 x 512 layers get 11
     /// (`widest_exact_bits`: their 4608 products could overflow i32 on 12). On the
     /// reference model 12 bits measured 0.0048 / 0.0104 mean |d ssim| on held-out icons /
-    /// pseudo-images, 11 bits everywhere 0.0054 / 0.0108 (docs/PERFORMANCE.md).
+    /// pseudo-images, 11 bits everywhere 0.0054 / 0.0108 (GPTQ in patch order; in energy
+    /// order, the default since, 12 bits give 0.0047 / 0.0098: docs/PERFORMANCE.md).
     pub fn default_activation_bits(self) -> u8 {
         match self {
             Profile::Aggressive | Profile::Balanced => QuantParams::U8_BITS,
