@@ -138,7 +138,9 @@ proptest! {
         let (cout, cin) = (p.g.cout, p.g.cin);
         let direct = pack_weights_oihw(&p.weights_oihw, cout, cin, 3, 3);
         let want = pack_winograd_weights(&p.weights_oihw, cout, cin);
-        let got = pack_winograd_weights_from_direct(&direct, cout, cin);
+        // NaN where the destination held garbage: every float must be written.
+        let mut got = vec![f32::NAN; want.len()];
+        pack_winograd_weights_from_direct(&direct, cout, cin, &mut got);
         prop_assert!(
             got.iter().map(|v| v.to_bits()).eq(want.iter().map(|v| v.to_bits())),
             "cout {} cin {}", cout, cin

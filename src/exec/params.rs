@@ -70,9 +70,9 @@ impl Params {
                 Some(match transform[id] {
                     Some((cin, cout)) => {
                         let direct = Widened::filled(len, widen);
-                        let transformed =
-                            qp_kernels::conv::pack_winograd_weights_from_direct(direct.as_slice(), cout, cin);
-                        Widened::filled(transformed.len(), |dst| dst.copy_from_slice(&transformed))
+                        Widened::filled(qp_kernels::conv::winograd_weight_len(cin, cout), |dst| {
+                            qp_kernels::conv::pack_winograd_weights_from_direct(direct.as_slice(), cout, cin, dst)
+                        })
                     }
                     None => Widened::filled(len, widen),
                 })

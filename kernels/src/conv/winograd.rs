@@ -56,17 +56,48 @@ pub fn pack_winograd_weights(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
         "pack_winograd_weights: {} floats for OIHW [{cout}, {cin}, 3, 3]",
         w.len()
     );
-    const G: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
     let mut packed = vec![0.0f32; winograd_weight_len(cin, cout)];
+    transform_into(&mut packed, cout, cin, |co, ci, tap| w[(co * cin + ci) * 9 + tap]);
+    packed
+}
+
+/// `pack_winograd_weights` from 3x3 weights packed for the direct kernel
+/// (`pack_weights_oihw`, `[ceil(cout/16)][3][3][cin][16]`), into `dst`
+/// (`winograd_weight_len(cin, cout)` floats): an f16 file stores a Winograd layer's
+/// weights this way (half the bytes), and the engine transforms them once at load, straight
+/// into the buffer the kernel reads.
+pub fn pack_winograd_weights_from_direct(packed: &[f32], cout: usize, cin: usize, dst: &mut [f32]) {
+    assert_eq!(
+        packed.len(),
+        product(&[cout.div_ceil(PANEL), 3, 3, cin, PANEL]),
+        "pack_winograd_weights_from_direct: {} floats for cout {cout}, cin {cin}",
+        packed.len()
+    );
+    assert_eq!(
+        dst.len(),
+        winograd_weight_len(cin, cout),
+        "pack_winograd_weights_from_direct: destination of {} floats",
+        dst.len()
+    );
+    dst.fill(0.0);
+    transform_into(dst, cout, cin, |co, ci, tap| {
+        packed[(((co / PANEL) * 9 + tap) * cin + ci) * PANEL + co % PANEL]
+    });
+}
+
+/// Writes `U = G g Gᵀ` of every `(co, ci)` kernel, whose 3x3 taps `weight(co, ci, tap)`
+/// reads (tap = row * 3 + column), into the zeroed `packed`.
+fn transform_into(packed: &mut [f32], cout: usize, cin: usize, weight: impl Fn(usize, usize, usize) -> f32) {
+    const G: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
     for co in 0..cout {
         for ci in 0..cin {
-            let g = &w[(co * cin + ci) * 9..][..9];
+            let g: [f64; 9] = std::array::from_fn(|tap| weight(co, ci, tap) as f64);
             for a in 0..4 {
                 for b in 0..4 {
                     let mut u = 0.0f64;
                     for y in 0..3 {
                         for x in 0..3 {
-                            u += G[a][y] * g[y * 3 + x] as f64 * G[b][x];
+                            u += G[a][y] * g[y * 3 + x] * G[b][x];
                         }
                     }
                     let k = a * 4 + b;
@@ -75,29 +106,6 @@ pub fn pack_winograd_weights(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
             }
         }
     }
-    packed
-}
-
-/// `pack_winograd_weights` from 3x3 weights packed for the direct kernel
-/// (`pack_weights_oihw`, `[ceil(cout/16)][3][3][cin][16]`): an f16 file stores a Winograd
-/// layer's weights so, half the bytes of the transformed f32 ones and rounded once, and
-/// the engine transforms them at load. Bit-identical to transforming the OIHW weights.
-pub fn pack_winograd_weights_from_direct(packed: &[f32], cout: usize, cin: usize) -> Vec<f32> {
-    assert_eq!(
-        packed.len(),
-        product(&[cout.div_ceil(PANEL), 3, 3, cin, PANEL]),
-        "pack_winograd_weights_from_direct: {} floats for cout {cout}, cin {cin}",
-        packed.len()
-    );
-    let mut oihw = vec![0.0f32; product(&[cout, cin, 9])];
-    for co in 0..cout {
-        for ci in 0..cin {
-            for tap in 0..9 {
-                oihw[(co * cin + ci) * 9 + tap] = packed[(((co / PANEL) * 9 + tap) * cin + ci) * PANEL + co % PANEL];
-            }
-        }
-    }
-    pack_winograd_weights(&oihw, cout, cin)
 }
 
 /// Floats of scratch `conv2d_winograd_nhwc` needs for `g`.
