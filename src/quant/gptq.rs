@@ -502,20 +502,25 @@ mod tests {
     const COLS: usize = 150;
 
     /// A layer's weights (ROWS x COLS) and the moment of inputs with a strong shared
-    /// component, like neighbouring pixels of an image.
-    fn correlated_layer(seed: u64) -> (InputMoment, Vec<f32>) {
+    /// component, like neighbouring pixels of an image: column `c` is
+    /// `gain(c) * (common + noise * u)`, `u` uniform in [-0.5, 0.5).
+    fn layer_of(seed: u64, noise: f32, gain: impl Fn(usize) -> f32) -> (InputMoment, Vec<f32>) {
         let mut rng = crate::bench::inputs::SplitMix64::new(seed);
         let mut moment = InputMoment::new(COLS);
         let mut xs = Vec::new();
         for _ in 0..400 {
             let common = (rng.uniform() * 2.0) as f32;
-            for _ in 0..COLS {
-                xs.push(common + 0.3 * (rng.uniform() as f32 - 0.5));
+            for c in 0..COLS {
+                xs.push(gain(c) * (common + noise * (rng.uniform() as f32 - 0.5)));
             }
         }
         moment.add(&xs, 400);
         let w = (0..ROWS * COLS).map(|_| rng.uniform() as f32 - 0.5).collect();
         (moment, w)
+    }
+
+    fn correlated_layer(seed: u64) -> (InputMoment, Vec<f32>) {
+        layer_of(seed, 0.3, |_| 1.0)
     }
 
     /// On correlated inputs the compensated rounding leaves a smaller output error than
@@ -539,19 +544,7 @@ mod tests {
 
     /// Inputs whose energy grows tenfold across the columns, correlated like pixels.
     fn graded_layer(seed: u64) -> (InputMoment, Vec<f32>) {
-        let mut rng = crate::bench::inputs::SplitMix64::new(seed);
-        let mut moment = InputMoment::new(COLS);
-        let mut xs = Vec::new();
-        for _ in 0..400 {
-            let common = (rng.uniform() * 2.0) as f32;
-            for c in 0..COLS {
-                let gain = 0.3 + 3.0 * c as f32 / COLS as f32;
-                xs.push(gain * (common + 0.5 * (rng.uniform() as f32 - 0.5)));
-            }
-        }
-        moment.add(&xs, 400);
-        let w = (0..ROWS * COLS).map(|_| rng.uniform() as f32 - 0.5).collect();
-        (moment, w)
+        layer_of(seed, 0.5, |c| 0.3 + 3.0 * c as f32 / COLS as f32)
     }
 
     /// Rounding the high-energy columns first leaves a smaller output error than patch
