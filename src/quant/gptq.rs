@@ -547,21 +547,28 @@ mod tests {
         layer_of(seed, 0.5, |c| 0.3 + 3.0 * c as f32 / COLS as f32)
     }
 
-    /// Rounding the high-energy columns first leaves a smaller output error than patch
-    /// order, where they come last with nothing left to absorb their error.
+    /// Rounding the high-energy columns first (as INT8 `round` does) leaves a smaller
+    /// output error than patch order, where they come last with nothing left to absorb
+    /// their error.
     #[test]
     fn rounding_by_energy_beats_patch_order() {
-        let step = 0.05f64;
+        let step = 0.05f32;
         for seed in [1, 2, 3] {
             let (moment, w) = graded_layer(seed);
             let h = moment.mean();
-            let snap = |_: usize, v: f64| (v / step).round().clamp(-127.0, 127.0) * step;
-            let sweep = |order| -> Vec<f32> {
-                let q = compensate(&w, ROWS, &moment, order, snap).unwrap();
-                q.into_iter().map(|v| v as f32).collect()
-            };
-            let by_energy = output_error(&w, &sweep(ColumnOrder::ByEnergy), ROWS, &h);
-            let natural = output_error(&w, &sweep(ColumnOrder::Natural), ROWS, &h);
+            let int8: Vec<f32> = round(&w, ROWS, &[step; ROWS], 127.0, &moment)
+                .unwrap()
+                .into_iter()
+                .map(|k| k as f32 * step)
+                .collect();
+            let snap = |_: usize, v: f64| (v / step as f64).round().clamp(-127.0, 127.0) * step as f64;
+            let patch_order: Vec<f32> = compensate(&w, ROWS, &moment, ColumnOrder::Natural, snap)
+                .unwrap()
+                .into_iter()
+                .map(|v| v as f32)
+                .collect();
+            let by_energy = output_error(&w, &int8, ROWS, &h);
+            let natural = output_error(&w, &patch_order, ROWS, &h);
             assert!(
                 by_energy < 0.8 * natural,
                 "seed {seed}: by energy {by_energy:e} vs patch order {natural:e}"
