@@ -290,18 +290,24 @@ fn invert_lower(l: &Array2<f64>) -> Array2<f64> {
 
 /// Upper `U` with `H⁻¹ = Uᵀ U`: the lower Cholesky factor `L` of `H` with its index
 /// order reversed gives `U = P L⁻¹ P` (P the reversal), so no explicit `H⁻¹` is formed.
-fn inverse_cholesky_upper(h: &Array2<f64>) -> Result<Array2<f64>> {
-    let n = h.nrows();
-    let mut reversed = Array2::from_shape_fn((n, n), |(i, j)| h[[n - 1 - i, n - 1 - j]]);
-    cholesky_lower(&mut reversed)?;
-    let inv = invert_lower(&reversed);
-    Ok(Array2::from_shape_fn((n, n), |(i, j)| {
-        if j >= i {
-            inv[[n - 1 - i, n - 1 - j]]
-        } else {
-            0.0
-        }
-    }))
+/// Consumes `h`: the reversal is done in place (on a standard-layout square matrix,
+/// reversing the flat buffer maps `[i, j]` to `[n-1-i, n-1-j]`).
+fn inverse_cholesky_upper(mut h: Array2<f64>) -> Result<Array2<f64>> {
+    reverse_indices(&mut h);
+    cholesky_lower(&mut h)?;
+    let mut u = invert_lower(&h);
+    drop(h);
+    // `invert_lower` writes only the lower triangle: reversed, it is upper.
+    reverse_indices(&mut u);
+    Ok(u)
+}
+
+/// `a[[i, j]]` moved to `[n-1-i, n-1-j]`, in place.
+fn reverse_indices(a: &mut Array2<f64>) {
+    if !a.is_standard_layout() {
+        *a = a.as_standard_layout().into_owned();
+    }
+    a.as_slice_mut().expect("standard layout").reverse();
 }
 
 /// Rounds `weights` (`rows` output channels x `moment.dim` columns, row-major, columns in
@@ -383,7 +389,7 @@ fn compensate(
     if column_order == ColumnOrder::ByEnergy {
         order.sort_by(|&a, &b| h[[b, b]].total_cmp(&h[[a, a]]).then(a.cmp(&b)));
     }
-    let u = inverse_cholesky_upper(&in_order(h, &order))?;
+    let u = inverse_cholesky_upper(in_order(h, &order))?;
 
     // Columns as rows, in rounding order: column order[i] of W is row i of `w`.
     let mut w = Array2::from_shape_fn((cols, rows), |(i, r)| weights[r * cols + order[i]] as f64);
@@ -445,7 +451,7 @@ mod tests {
         #[test]
         fn the_inverse_factor_inverts(n in 1usize..300, seed in 0u64..1000) {
             let h = spd(n, seed);
-            let u = inverse_cholesky_upper(&h).unwrap();
+            let u = inverse_cholesky_upper(h.clone()).unwrap();
             let prod = u.t().dot(&u).dot(&h);
             for i in 0..n {
                 for j in 0..n {
