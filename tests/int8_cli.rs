@@ -18,6 +18,23 @@ fn convert(args: &[&str]) -> Output {
         .expect("run qp-convert")
 }
 
+/// The tiny model converted at `precision`, calibrated on `data`, to `out`, with `extra`
+/// flags.
+fn convert_calibrated(precision: &str, data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let model = fixture("tiny_bn/model.onnx");
+    let mut args = vec![
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--precision",
+        precision,
+        "--calibrate",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    convert(&args)
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -65,21 +82,18 @@ fn images_calibrate_and_the_report_is_printed_and_stored() {
     std::fs::create_dir_all(dir.join("icons")).unwrap();
     write_images(&dir.join("icons"), 12);
     let out = dir.join("tiny.int8.qpw");
-    let model = fixture("tiny_bn/model.onnx");
-    let o = convert(&[
-        model.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--precision",
+    let o = convert_calibrated(
         "int8",
-        "--calibrate",
-        dir.join("icons").to_str().unwrap(),
-        "--pseudo-samples",
-        "8",
-        // Off by default with GPTQ rounding; on here for the VNNI advice check below.
-        "--bias-correction-samples",
-        "9",
-    ]);
+        &dir.join("icons"),
+        &out,
+        &[
+            "--pseudo-samples",
+            "8",
+            // Off by default with GPTQ rounding; on here for the VNNI advice check below.
+            "--bias-correction-samples",
+            "9",
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let printed = text(&o);
     assert!(
@@ -102,9 +116,13 @@ fn images_calibrate_and_the_report_is_printed_and_stored() {
 
     // bench --accuracy measures the same thing against the FP32 file.
     let fp32 = dir.join("tiny.qpw");
-    assert!(convert(&[model.to_str().unwrap(), "-o", fp32.to_str().unwrap()])
-        .status
-        .success());
+    assert!(convert(&[
+        fixture("tiny_bn/model.onnx").to_str().unwrap(),
+        "-o",
+        fp32.to_str().unwrap()
+    ])
+    .status
+    .success());
     // The sets `bench --accuracy` measured on, as its JSON.
     let bench_accuracy = |extra: &[&str]| -> serde_json::Value {
         let o = Command::new(env!("CARGO_BIN_EXE_qp-engine"))
@@ -184,21 +202,19 @@ fn npy_arrays_calibrate_too() {
         .unwrap();
     }
     let out = dir.join("tiny.int8.qpw");
-    let o = convert(&[
-        fixture("tiny_bn/model.onnx").to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--precision",
+    let o = convert_calibrated(
         "int8",
-        "--calibrate",
-        dir.to_str().unwrap(),
-        "--profile",
-        "aggressive",
-        "--calibration-method",
-        "percentile99.9",
-        "--weight-rounding",
-        "gptq",
-    ]);
+        &dir,
+        &out,
+        &[
+            "--profile",
+            "aggressive",
+            "--calibration-method",
+            "percentile99.9",
+            "--weight-rounding",
+            "gptq",
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
     assert!(
         text(&o).contains("profile aggressive, 8-bit activations (u8), clipping percentile(99.9), gptq weight rounding, 3 calibration samples, biases not corrected"),
@@ -213,19 +229,12 @@ fn wider_activation_grids_are_stored_as_i16_and_reported() {
     let dir = scratch("wide");
     write_images(&dir, 6);
     let out = dir.join("tiny.int8-15.qpw");
-    let o = convert(&[
-        fixture("tiny_bn/model.onnx").to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--precision",
+    let o = convert_calibrated(
         "int8",
-        "--calibrate",
-        dir.to_str().unwrap(),
-        "--pseudo-samples",
-        "4",
-        "--activation-bits",
-        "15",
-    ]);
+        &dir,
+        &out,
+        &["--pseudo-samples", "4", "--activation-bits", "15"],
+    );
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("15-bit activations (i16)"), "{}", text(&o));
     assert!(engine_info(&out).contains("15-bit activations (i16)"));
@@ -250,21 +259,10 @@ fn wider_activation_grids_are_stored_as_i16_and_reported() {
 /// `qp-convert --precision fp16` of the tiny_bn fixture into `dir/name`, calibrated on
 /// `icons` with 8 pseudo-images held out, plus `extra`; it must succeed.
 fn convert_fp16_calibrated(dir: &Path, icons: &Path, name: &str, extra: &[&str]) -> (PathBuf, Output) {
-    let model = fixture("tiny_bn/model.onnx");
     let out = dir.join(name);
-    let mut args = vec![
-        model.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--precision",
-        "fp16",
-        "--calibrate",
-        icons.to_str().unwrap(),
-        "--pseudo-samples",
-        "8",
-    ];
+    let mut args = vec!["--pseudo-samples", "8"];
     args.extend_from_slice(extra);
-    let o = convert(&args);
+    let o = convert_calibrated("fp16", icons, &out, &args);
     assert!(o.status.success(), "{}", text(&o));
     (out, o)
 }
@@ -505,17 +503,7 @@ fn misuse_is_a_clear_error() {
     // A layer to keep FP32 that does not exist is named, with the ones that do.
     let images = scratch("keep");
     write_images(&images, 4);
-    let o = convert(&[
-        model,
-        "-o",
-        out,
-        "--precision",
-        "int8",
-        "--calibrate",
-        images.to_str().unwrap(),
-        "--keep-fp32",
-        "layer9.conv1",
-    ]);
+    let o = convert_calibrated("int8", &images, Path::new(out), &["--keep-fp32", "layer9.conv1"]);
     assert!(!o.status.success());
     let t = text(&o);
     assert!(t.contains("\"layer9.conv1\"") && t.contains("layer1.0.conv1"), "{t}");
